@@ -1,0 +1,367 @@
+// From bytes to at::Tensors: lazy handles, zero-copy views over the
+// mapping, positional reads, and slices that read only what they select.
+
+#include "safetensors/load.hpp"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "safetensors/torch_dtype.hpp"
+
+namespace safetensors {
+
+struct SafeOpen::State {
+  std::shared_ptr<Source> source;
+  Header header;
+  LoadOptions options;
+};
+
+namespace {
+
+using State = SafeOpen::State;
+
+Header read_header(const Source& source) {
+  const std::string& file = source.path();
+  if (source.data() != nullptr) {
+    return parse_header(source.data(), static_cast<std::size_t>(source.size()), file);
+  }
+  unsigned char prefix[kHeaderPrefixSize] = {};
+  const std::uint64_t size = source.size();
+  if (size >= kHeaderPrefixSize) source.read(0, prefix, kHeaderPrefixSize);
+  const std::uint64_t n = parse_header_length(prefix, size, file);
+  std::string json(static_cast<std::size_t>(n), '\0');
+  source.read(kHeaderPrefixSize, json.data(), json.size());
+  return parse_header(json, size - kHeaderPrefixSize - n, file);
+}
+
+// How a tensor of the file appears in torch: its dtype and shape, possibly as
+// raw bytes when the LibTorch in use lacks the dtype.
+struct TorchView {
+  c10::ScalarType dtype;
+  std::vector<std::int64_t> shape;
+  std::size_t element_size;  // bytes per torch element
+};
+
+std::int64_t to_dim(std::uint64_t d, const State& s, const TensorInfo& info) {
+  if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+    throw Error(ErrorCode::LimitExceeded, s.source->path(), info.name,
+                "dimension " + std::to_string(d) + " does not fit a torch size (int64)");
+  return static_cast<std::int64_t>(d);
+}
+
+TorchView torch_view(const State& s, const TensorInfo& info) {
+  TorchView v;
+  v.shape.reserve(info.shape.size() + 1);
+  for (std::uint64_t d : info.shape) v.shape.push_back(to_dim(d, s, info));
+  const unsigned bits = dtype_bits(info.dtype);
+  if (auto t = to_torch_dtype(info.dtype)) {
+    v.dtype = *t;
+    v.element_size = bits >= 8 ? bits / 8 : 1;
+    if (bits < 8) {
+      // Packed sub-byte dtype (F4 as float4_e2m1fn_x2): 8/bits values per element.
+      const std::int64_t per = 8 / bits;
+      if (v.shape.empty() || v.shape.back() % per != 0)
+        throw Error(ErrorCode::UnsupportedDtype, s.source->path(), info.name,
+                    std::string(dtype_name(info.dtype)) +
+                        " needs an even last dimension to map to a packed torch dtype");
+      v.shape.back() /= per;
+    }
+    return v;
+  }
+  if (!s.options.unsupported_as_bytes()) {
+    std::string since = torch_version_with(info.dtype);
+    throw Error(ErrorCode::UnsupportedDtype, s.source->path(), info.name,
+                "dtype " + std::string(dtype_name(info.dtype)) +
+                    (since == "none" ? std::string(" has no torch dtype in any LibTorch")
+                                     : " needs LibTorch " + since + " or newer") +
+                    " (this library was built against LibTorch " + torch_version() +
+                    "); LoadOptions().unsupported_as_bytes(true) reads its raw bytes");
+  }
+  v.dtype = c10::ScalarType::Byte;
+  v.element_size = 1;
+  if (bits > 8) {
+    v.shape.push_back(bits / 8);
+  } else if (bits < 8) {
+    // Pack the last dimension into bytes where it divides; otherwise flatten.
+    const std::uint64_t last_bits = info.shape.empty() ? 0 : info.shape.back() * bits;
+    if (!info.shape.empty() && last_bits % 8 == 0) {
+      v.shape.back() = static_cast<std::int64_t>(last_bits / 8);
+    } else {
+      v.shape = {static_cast<std::int64_t>(info.nbytes())};
+    }
+  }
+  return v;
+}
+
+// Applies LoadOptions::dtype and ::device to a CPU tensor.
+at::Tensor finish(at::Tensor t, const LoadOptions& options) {
+  if (options.dtype() && c10::isFloatingType(t.scalar_type()) &&
+      t.scalar_type() != *options.dtype())
+    t = t.to(*options.dtype());
+  if (options.device() != t.device()) t = t.to(options.device());
+  return t;
+}
+
+at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorInfo& info) {
+  const State& s = *state;
+  TorchView v = torch_view(s, info);
+  const std::uint64_t offset = s.header.data_offset() + info.begin;
+  const std::size_t nbytes = static_cast<std::size_t>(info.nbytes());
+  const auto options = at::TensorOptions().dtype(v.dtype);
+  std::byte* base = s.source->data();
+  if (base != nullptr && nbytes > 0) {
+    std::byte* p = base + offset;
+    if (reinterpret_cast<std::uintptr_t>(p) % v.element_size == 0) {
+      // Zero-copy: the tensor keeps the mapping alive. Conversions and device
+      // copies read straight from the mapping.
+      auto keep = s.source;
+      at::Tensor t = finish(
+          at::from_blob(p, v.shape, [keep](void*) mutable { keep.reset(); }, options), s.options);
+      if (s.options.copy() && t.data_ptr() == static_cast<void*>(p)) t = t.clone();
+      return t;
+    }
+  }
+  // Owned memory: unaligned data, pread backend, copy mode or another device.
+  at::Tensor t = at::empty(v.shape, options);
+  if (nbytes) s.source->read(offset, t.data_ptr(), nbytes);
+  return finish(std::move(t), s.options);
+}
+
+const TensorInfo& lookup(const State& s, const std::string& name) {
+  const TensorInfo* info = s.header.find(name);
+  if (!info)
+    throw Error(ErrorCode::TensorNotFound, s.source->path(), name,
+                "the file does not contain this tensor");
+  return *info;
+}
+
+template <class T>
+std::int64_t as_int(const T& v) {
+  if constexpr (std::is_integral_v<T>) {
+    return v;
+  } else {
+    return v.expect_int();  // c10::SymInt (LibTorch 2.x)
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// SafeOpen
+
+SafeOpen::SafeOpen(const std::string& path, LoadOptions options)
+    : SafeOpen(open_file(path, options.backend()), std::move(options)) {}
+
+SafeOpen::SafeOpen(std::shared_ptr<Source> source, LoadOptions options) {
+  if (!source) throw Error(ErrorCode::InvalidArgument, "", "", "SafeOpen over a null source");
+  Header header = read_header(*source);
+  state_ = std::make_shared<const State>(State{std::move(source), std::move(header), std::move(options)});
+}
+
+const std::string& SafeOpen::path() const noexcept { return state_->source->path(); }
+const LoadOptions& SafeOpen::options() const noexcept { return state_->options; }
+const Header& SafeOpen::header() const noexcept { return state_->header; }
+const Metadata& SafeOpen::metadata() const noexcept { return state_->header.metadata(); }
+std::size_t SafeOpen::size() const noexcept { return state_->header.tensors().size(); }
+bool SafeOpen::contains(const std::string& name) const { return state_->header.find(name); }
+const TensorInfo& SafeOpen::info(const std::string& name) const { return lookup(*state_, name); }
+
+std::vector<std::string> SafeOpen::keys() const {
+  std::vector<std::string> names;
+  names.reserve(size());
+  for (const TensorInfo& t : state_->header.tensors()) names.push_back(t.name);
+  return names;
+}
+
+at::Tensor SafeOpen::get_tensor(const std::string& name) const {
+  return make_tensor(state_, lookup(*state_, name));
+}
+
+TensorSlice SafeOpen::get_slice(const std::string& name) const {
+  return TensorSlice(state_, &lookup(*state_, name));
+}
+
+TensorDict SafeOpen::tensors() const {
+  TensorDict out;
+  out.reserve(size());
+  for (const TensorInfo& t : state_->header.tensors()) out.insert(t.name, make_tensor(state_, t));
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// TensorSlice
+
+std::vector<std::int64_t> TensorSlice::shape() const {
+  std::vector<std::int64_t> out;
+  for (std::uint64_t d : info_->shape) out.push_back(to_dim(d, *state_, *info_));
+  return out;
+}
+
+at::Tensor TensorSlice::operator()(at::ArrayRef<at::indexing::TensorIndex> indices) const {
+  const State& s = *state_;
+  const TensorInfo& info = *info_;
+  auto fail = [&](const std::string& detail) {
+    return Error(ErrorCode::InvalidSlice, s.source->path(), info.name, detail);
+  };
+  if (dtype_bits(info.dtype) < 8)
+    throw fail("slicing a packed " + std::string(dtype_name(info.dtype)) +
+               " tensor is not supported; use get_tensor");
+  TorchView v = torch_view(s, info);  // raw-bytes views add one whole trailing dim
+  const std::size_t rank = v.shape.size();
+
+  // Resolve the indices into (start, count, step, keep) per dimension.
+  struct Dim {
+    std::int64_t start = 0, count = 0, step = 1;
+    bool keep = true;
+  };
+  std::vector<Dim> dims(rank);
+  std::vector<std::size_t> new_axes;  // output positions of None
+  std::size_t consuming = 0;
+  bool ellipsis = false;
+  for (const auto& index : indices) {
+    if (index.is_integer() || index.is_slice()) {
+      ++consuming;
+    } else if (index.is_ellipsis()) {
+      if (ellipsis) throw fail("an index can only have a single ellipsis");
+      ellipsis = true;
+    } else if (!index.is_none()) {
+      throw fail("only integers, Slice, Ellipsis and None are supported");
+    }
+  }
+  if (consuming > info.shape.size())
+    throw fail("too many indices (" + std::to_string(consuming) + ") for a tensor of rank " +
+               std::to_string(info.shape.size()));
+  for (std::size_t d = 0; d < rank; ++d) dims[d] = Dim{0, v.shape[d], 1, true};
+  std::size_t d = 0;
+  std::size_t out_rank = 0;
+  for (const auto& index : indices) {
+    if (index.is_none()) {
+      new_axes.push_back(out_rank++);
+    } else if (index.is_ellipsis()) {
+      std::size_t skip = info.shape.size() - consuming;
+      d += skip;
+      out_rank += skip;
+    } else if (index.is_integer()) {
+      std::int64_t size = v.shape[d];
+      std::int64_t i = as_int(index.integer());
+      if (i < -size || i >= size)
+        throw fail("index " + std::to_string(i) + " is out of range for dimension " +
+                   std::to_string(d) + " of size " + std::to_string(size));
+      if (i < 0) i += size;
+      dims[d++] = Dim{i, 1, 1, false};
+    } else {
+      const auto& sl = index.slice();
+      std::int64_t size = v.shape[d];
+      std::int64_t step = as_int(sl.step());
+      if (step <= 0) throw fail("slice step must be positive");
+      auto clamp = [size](std::int64_t x) {
+        if (x < 0) x = x < -size ? 0 : x + size;
+        return std::min(x, size);
+      };
+      std::int64_t start = clamp(as_int(sl.start()));
+      std::int64_t stop = clamp(as_int(sl.stop()));
+      std::int64_t count = stop > start ? (stop - start + step - 1) / step : 0;
+      dims[d++] = Dim{start, count, step, true};
+      ++out_rank;
+    }
+  }
+
+  std::vector<std::int64_t> out_shape;
+  std::int64_t total = 1;
+  for (const Dim& dim : dims) {
+    if (dim.keep) out_shape.push_back(dim.count);
+    total *= dim.count;
+  }
+  for (std::size_t axis : new_axes) out_shape.insert(out_shape.begin() + axis, 1);
+  at::Tensor out = at::empty(out_shape, at::TensorOptions().dtype(v.dtype));
+  if (total == 0) return finish(std::move(out), s.options);
+
+  // Row-major strides (elements) of the stored tensor.
+  std::vector<std::uint64_t> stride(rank, 1);
+  for (std::size_t k = rank; k-- > 1;) stride[k - 1] = stride[k] * static_cast<std::uint64_t>(v.shape[k]);
+  // The innermost contiguous run: whole trailing dims, then one step-1 dim.
+  std::size_t k = rank;
+  std::uint64_t run = 1;
+  while (k > 0 && dims[k - 1].start == 0 && dims[k - 1].count == v.shape[k - 1] && dims[k - 1].step == 1) {
+    run *= static_cast<std::uint64_t>(v.shape[k - 1]);
+    --k;
+  }
+  if (k > 0 && dims[k - 1].step == 1) {
+    run *= static_cast<std::uint64_t>(dims[k - 1].count);
+    --k;
+  }
+  // Odometer over dims [0, k) plus, when the run stopped at a strided dim, that dim.
+  const std::size_t outer = k < rank && dims[k].step != 1 ? k + 1 : k;
+  const std::uint64_t esize = v.element_size;
+  const std::uint64_t run_bytes = run * esize;
+  auto inner_start = [&](std::size_t upto) {
+    std::uint64_t off = 0;
+    for (std::size_t j = upto; j < rank; ++j) off += static_cast<std::uint64_t>(dims[j].start) * stride[j];
+    return off;
+  };
+  const std::uint64_t base = s.header.data_offset() + info.begin;
+  const std::uint64_t fixed = inner_start(outer);  // offset contributed by dims >= outer
+  std::vector<std::int64_t> counter(outer, 0);
+  auto* dst = static_cast<char*>(out.data_ptr());
+
+  // For pread with many small runs, read the whole selected span once and gather.
+  std::string span_buffer;
+  std::uint64_t span_begin = 0;
+  const std::byte* memory = s.source->data();  // byte 0 of the file, or null
+  if (!memory) {
+    std::uint64_t first = 0, last = 0;
+    for (std::size_t j = 0; j < outer; ++j) {
+      first += static_cast<std::uint64_t>(dims[j].start) * stride[j];
+      last += static_cast<std::uint64_t>(dims[j].start + (dims[j].count - 1) * dims[j].step) * stride[j];
+    }
+    const std::uint64_t span_bytes = (last - first + run) * esize;
+    const std::uint64_t useful = static_cast<std::uint64_t>(total) * esize;
+    const std::uint64_t runs = useful / run_bytes;
+    if (runs > 1 && run_bytes < (64u << 10) && span_bytes <= std::max<std::uint64_t>(useful * 8, 1u << 20)) {
+      span_begin = base + (first + fixed) * esize;
+      span_buffer.resize(static_cast<std::size_t>(span_bytes));
+      s.source->read(span_begin, span_buffer.data(), span_buffer.size());
+    }
+  }
+  const auto* span =
+      span_buffer.empty() ? nullptr : reinterpret_cast<const std::byte*>(span_buffer.data());
+  for (;;) {
+    std::uint64_t off = fixed;
+    for (std::size_t j = 0; j < outer; ++j)
+      off += static_cast<std::uint64_t>(dims[j].start + counter[j] * dims[j].step) * stride[j];
+    const std::uint64_t at = base + off * esize;
+    if (memory) {
+      std::memcpy(dst, memory + at, static_cast<std::size_t>(run_bytes));
+    } else if (span) {
+      std::memcpy(dst, span + (at - span_begin), static_cast<std::size_t>(run_bytes));
+    } else {
+      s.source->read(at, dst, static_cast<std::size_t>(run_bytes));
+    }
+    dst += run_bytes;
+    std::size_t j = outer;
+    while (j > 0 && ++counter[j - 1] == dims[j - 1].count) counter[--j] = 0;
+    if (j == 0) break;
+  }
+  return finish(std::move(out), s.options);
+}
+
+// ---------------------------------------------------------------------------
+
+TensorDict load_file(const std::string& path, const LoadOptions& options) {
+  return SafeOpen(path, options).tensors();
+}
+
+TensorDict load(const void* data, std::size_t size, const LoadOptions& options) {
+  return SafeOpen(copy_buffer(data, size), options).tensors();
+}
+
+Metadata load_metadata(const std::string& path) {
+  return SafeOpen(path, LoadOptions().backend(Backend::Pread)).metadata();
+}
+
+}  // namespace safetensors

@@ -1,0 +1,169 @@
+// From at::Tensors to a file: check every tensor, plan the header, then
+// stream each tensor's bytes straight from its memory (one tensor at a time is
+// copied only when it is not contiguous CPU memory).
+
+#include "safetensors/save.hpp"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+#include "safetensors/error.hpp"
+#include "safetensors/torch_dtype.hpp"
+#include "safetensors/writer.hpp"
+
+namespace safetensors {
+
+NamedTensors::NamedTensors(const torch::OrderedDict<std::string, at::Tensor>& tensors) {
+  items_.reserve(tensors.size());
+  for (const auto& item : tensors) add(item.key(), item.value());
+}
+NamedTensors::NamedTensors(const std::map<std::string, at::Tensor>& tensors) {
+  items_.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) add(name, t);
+}
+NamedTensors::NamedTensors(const std::unordered_map<std::string, at::Tensor>& tensors) {
+  items_.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) add(name, t);
+}
+NamedTensors::NamedTensors(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  items_.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) add(name, t);
+}
+NamedTensors::NamedTensors(std::initializer_list<std::pair<std::string, at::Tensor>> tensors) {
+  items_.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) add(name, t);
+}
+
+NamedTensors& NamedTensors::add(std::string name, at::Tensor tensor) {
+  items_.push_back(Item{std::move(name), std::move(tensor), std::nullopt, {}});
+  return *this;
+}
+
+NamedTensors& NamedTensors::add_raw(std::string name, Dtype dtype, std::vector<std::uint64_t> shape,
+                                    at::Tensor bytes) {
+  items_.push_back(Item{std::move(name), std::move(bytes), dtype, std::move(shape)});
+  return *this;
+}
+
+namespace {
+
+// Checks one item and describes it for the planner.
+EntrySpec describe(const NamedTensors::Item& item, const std::string& file) {
+  const at::Tensor& t = item.tensor;
+  auto fail = [&](const std::string& detail) {
+    return Error(ErrorCode::InvalidArgument, file, item.name, detail);
+  };
+  if (!t.defined()) throw fail("the tensor is undefined");
+  if (t.layout() != c10::kStrided) throw fail("sparse tensors cannot be saved; call .to_dense()");
+  if (t.is_quantized()) throw fail("quantized tensors cannot be saved; call .dequantize()");
+  if (t.is_meta()) throw fail("meta tensors have no data to save");
+  EntrySpec spec;
+  spec.name = item.name;
+  if (item.raw_dtype) {
+    spec.dtype = *item.raw_dtype;
+    spec.shape = item.raw_shape;
+    if (t.scalar_type() != c10::kByte)
+      throw fail("raw bytes must be a uint8 tensor, not " + std::string(c10::toString(t.scalar_type())));
+    std::uint64_t bits = 1;
+    for (std::uint64_t d : spec.shape) bits *= d;  // overflow is caught by plan_write
+    bits *= dtype_bits(spec.dtype);
+    if (static_cast<std::uint64_t>(t.numel()) * 8 != bits)
+      throw fail("raw bytes hold " + std::to_string(t.numel()) + " bytes but " +
+                 std::string(dtype_name(spec.dtype)) + " of that shape needs " +
+                 std::to_string(bits / 8));
+    return spec;
+  }
+  auto dtype = from_torch_dtype(t.scalar_type());
+  if (!dtype)
+    throw fail("dtype " + std::string(c10::toString(t.scalar_type())) +
+               " has no safetensors equivalent");
+  spec.dtype = *dtype;
+  for (std::int64_t d : t.sizes()) spec.shape.push_back(static_cast<std::uint64_t>(d));
+  if (dtype_bits(spec.dtype) < 8 && !spec.shape.empty())
+    spec.shape.back() *= 8 / dtype_bits(spec.dtype);  // packed torch dtype (F4)
+  return spec;
+}
+
+// Refuses tensors whose bytes overlap in one storage: the file would hold them
+// twice and loading would untie them.
+void check_no_shared_memory(const NamedTensors& tensors, const std::string& file) {
+  struct Extent {
+    const void* storage;
+    std::uint64_t begin, end;
+    const std::string* name;
+  };
+  std::vector<Extent> extents;
+  for (const auto& item : tensors.items()) {
+    const at::Tensor& t = item.tensor;
+    if (t.numel() == 0 || !t.has_storage()) continue;
+    std::uint64_t span = 1;
+    for (std::int64_t d = 0; d < t.dim(); ++d)
+      span += static_cast<std::uint64_t>(t.size(d) - 1) * static_cast<std::uint64_t>(t.stride(d));
+    const std::uint64_t item_size = t.element_size();
+    const std::uint64_t begin = static_cast<std::uint64_t>(t.storage_offset()) * item_size;
+    extents.push_back({t.storage().unsafeGetStorageImpl(), begin, begin + span * item_size, &item.name});
+  }
+  std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) {
+    return std::tie(a.storage, a.begin) < std::tie(b.storage, b.begin);
+  });
+  for (std::size_t i = 1; i < extents.size(); ++i) {
+    const Extent& a = extents[i - 1];
+    const Extent& b = extents[i];
+    if (a.storage == b.storage && b.begin < a.end)
+      throw Error(ErrorCode::InvalidArgument, file, *b.name,
+                  "shares memory with tensor '" + *a.name +
+                      "'; saving both would store the bytes twice and untie them on load: "
+                      "save one of them, or .clone() it");
+  }
+}
+
+// Checks every tensor and plans the file; nothing is written yet.
+WritePlan prepare(const NamedTensors& tensors, const std::optional<Metadata>& metadata,
+                  const std::string& file) {
+  std::vector<EntrySpec> specs;
+  specs.reserve(tensors.size());
+  for (const auto& item : tensors.items()) specs.push_back(describe(item, file));
+  check_no_shared_memory(tensors, file);
+  return plan_write(specs, metadata, file);
+}
+
+void write_planned(const NamedTensors& tensors, const WritePlan& plan, Sink& sink,
+                   const std::string& file) {
+  sink.write(plan.header.data(), plan.header.size());
+  for (std::size_t i : plan.order) {
+    const auto& item = tensors.items()[i];
+    const std::uint64_t nbytes = plan.offsets[i].second - plan.offsets[i].first;
+    if (nbytes == 0) continue;
+    at::Tensor t = item.tensor;
+    try {
+      if (!t.device().is_cpu()) t = t.cpu();
+      t = t.resolve_conj().resolve_neg().contiguous();
+    } catch (const c10::Error& e) {
+      throw Error(ErrorCode::InvalidArgument, file, item.name,
+                  std::string("cannot copy the tensor to CPU memory: ") + e.what_without_backtrace());
+    }
+    sink.write(t.data_ptr(), static_cast<std::size_t>(nbytes));
+  }
+}
+
+}  // namespace
+
+void save_file(const NamedTensors& tensors, const std::string& path,
+               const std::optional<Metadata>& metadata, const SaveOptions& options) {
+  // Everything is checked before the filesystem is touched.
+  WritePlan plan = prepare(tensors, metadata, path);
+  AtomicFile file(path, AtomicFile::Options{options.fsync()});
+  write_planned(tensors, plan, file, path);
+  file.commit();
+}
+
+std::vector<std::uint8_t> save(const NamedTensors& tensors, const std::optional<Metadata>& metadata) {
+  WritePlan plan = prepare(tensors, metadata, "");
+  BufferSink sink;
+  sink.bytes().reserve(static_cast<std::size_t>(plan.file_size()));
+  write_planned(tensors, plan, sink, "");
+  return std::move(sink.bytes());
+}
+
+}  // namespace safetensors

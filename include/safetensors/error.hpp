@@ -1,0 +1,64 @@
+#pragma once
+// The one exception type of the library. Every failure (bad file, bad argument,
+// I/O error) is a safetensors::Error carrying the rule that was broken.
+// Torch-free.
+
+#include <stdexcept>
+#include <string>
+
+namespace safetensors {
+
+/// The rule that was broken. The format rules carry the names the reference
+/// implementation uses for them, so an error reads the same in both.
+enum class ErrorCode {
+  // --- the file format (reading) ---
+  HeaderTooSmall,                ///< fewer than 8 bytes: no header length
+  HeaderTooLarge,                ///< header length above kMaxHeaderSize
+  InvalidHeaderLength,           ///< header runs past the end of the file
+  InvalidHeader,                 ///< header is not UTF-8 (or starts with a BOM)
+  InvalidHeaderDeserialization,  ///< header is not the JSON object the spec describes
+  DuplicateKey,                  ///< a tensor name (or metadata key, or field) twice
+  InvalidOffset,                 ///< data_offsets leave a gap, overlap or are reversed
+  ValidationOverflow,            ///< shape product or byte size overflows 64 bits
+  MisalignedSlice,               ///< bit size not a multiple of 8
+  TensorInvalidInfo,             ///< byte range does not match dtype and shape
+  MetadataIncompleteBuffer,      ///< data buffer not covered exactly (truncated or trailing bytes)
+  ReservedName,                  ///< a tensor named "__metadata__"
+  LimitExceeded,                 ///< a documented limit of this library (rank, ...)
+  // --- mapping to torch ---
+  UnsupportedDtype,  ///< the LibTorch in use has no such dtype (see the message)
+  // --- API use ---
+  TensorNotFound,   ///< no tensor of that name
+  InvalidSlice,     ///< an index or slice outside the tensor
+  InvalidArgument,  ///< a tensor or option that cannot be saved or used
+  // --- the operating system ---
+  Io,           ///< open/read/write/rename/... failed (errno in the message)
+  FileChanged,  ///< the file shrank or changed while it was being read
+};
+
+/// The code's name, e.g. "InvalidOffset".
+const char* to_string(ErrorCode code) noexcept;
+
+class Error : public std::runtime_error {
+ public:
+  /// `file` and `tensor` may be empty. The message reads
+  /// "FILE: tensor 'NAME': DETAIL [Code]".
+  Error(ErrorCode code, const std::string& file, const std::string& tensor,
+        const std::string& detail);
+
+  ErrorCode code() const noexcept { return code_; }
+  /// The file the error is about ("" for in-memory buffers).
+  const std::string& file() const noexcept { return file_; }
+  /// The tensor the error is about ("" when none).
+  const std::string& tensor() const noexcept { return tensor_; }
+  /// The message without file, tensor and code.
+  const std::string& detail() const noexcept { return detail_; }
+
+ private:
+  ErrorCode code_;
+  std::string file_;
+  std::string tensor_;
+  std::string detail_;
+};
+
+}  // namespace safetensors

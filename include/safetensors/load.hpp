@@ -1,0 +1,128 @@
+#pragma once
+// Reading safetensors files into at::Tensors.
+//
+//   auto tensors = safetensors::load_file("model.safetensors");        // zero-copy
+//   auto gpu = safetensors::load_file("model.safetensors",
+//                                     safetensors::LoadOptions().device(torch::kCUDA));
+//   safetensors::SafeOpen f("model.safetensors");                       // lazy
+//   torch::Tensor w = f.get_tensor("wte.weight");
+//   torch::Tensor rows = f.get_slice("wte.weight")({Slice(0, 128)});     // reads 128 rows
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/TensorIndexing.h>
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <torch/arg.h>
+#include <torch/ordered_dict.h>
+
+#include "safetensors/error.hpp"
+#include "safetensors/header.hpp"
+#include "safetensors/source.hpp"
+
+namespace safetensors {
+
+/// Tensors by name, in file order.
+using TensorDict = torch::OrderedDict<std::string, at::Tensor>;
+
+/// Options for every read, in LibTorch's chainable style:
+/// `LoadOptions().device(torch::kCUDA).dtype(torch::kHalf)`.
+struct LoadOptions {
+  /// Where the tensors go. CPU tensors are views of the mapping (zero-copy)
+  /// unless `copy` is set or the backend is Pread; other devices get a copy.
+  TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
+  /// Converts floating-point tensors (not complex ones) to this dtype after loading;
+  /// integer and bool tensors keep theirs. Unset: every tensor keeps the file's dtype.
+  TORCH_ARG(std::optional<c10::ScalarType>, dtype) = std::nullopt;
+  /// How files are read (SafeOpen, load_file).
+  TORCH_ARG(Backend, backend) = Backend::Mmap;
+  /// CPU tensors own their memory instead of viewing the mapping.
+  TORCH_ARG(bool, copy) = false;
+  /// A tensor whose dtype the LibTorch in use lacks (F8 on 1.13, F6 anywhere)
+  /// is an UnsupportedDtype error by default. With this set it is returned as
+  /// its raw little-endian bytes: a uint8 tensor of shape `shape + [bits/8]`
+  /// (without the extra dimension for 8-bit dtypes; sub-byte dtypes pack the
+  /// last dimension: `[..., last*bits/8]`). SafeOpen::info() still tells the dtype.
+  TORCH_ARG(bool, unsupported_as_bytes) = false;
+};
+
+class TensorSlice;
+
+/// A lazily read file: opening reads and validates the header only; tensors are
+/// made on request. Copies share one open file; tensors keep it alive, so they
+/// outlive every handle. Safe to use from several threads at once.
+class SafeOpen {
+ public:
+  explicit SafeOpen(const std::string& path, LoadOptions options = {});
+  /// Over an already opened source (a file, or copy_buffer()).
+  explicit SafeOpen(std::shared_ptr<Source> source, LoadOptions options = {});
+
+  /// The file's path ("" for buffers).
+  const std::string& path() const noexcept;
+  const LoadOptions& options() const noexcept;
+  const Header& header() const noexcept;
+  /// Tensor names in file (data offset) order.
+  std::vector<std::string> keys() const;
+  std::size_t size() const noexcept;
+  bool contains(const std::string& name) const;
+  /// Dtype, shape and byte range. Throws TensorNotFound.
+  const TensorInfo& info(const std::string& name) const;
+  /// The `__metadata__` object (empty when absent).
+  const Metadata& metadata() const noexcept;
+
+  /// One tensor. Throws TensorNotFound, UnsupportedDtype.
+  at::Tensor get_tensor(const std::string& name) const;
+  /// A handle that reads parts of one tensor.
+  TensorSlice get_slice(const std::string& name) const;
+  /// Every tensor, in file order.
+  TensorDict tensors() const;
+
+  struct State;  // shared by copies, slices and tensors
+
+ private:
+  std::shared_ptr<const State> state_;
+};
+
+/// Part of one tensor, read without reading the rest: indices as in
+/// `at::Tensor::index`, i.e. integers (negative counts from the end),
+/// `Slice(start, stop, step)` (clamped like Python slices, step > 0),
+/// `Ellipsis` and `None`. Missing trailing dimensions are taken whole.
+/// Integers out of range are InvalidSlice errors.
+class TensorSlice {
+ public:
+  const TensorInfo& info() const noexcept { return *info_; }
+  Dtype dtype() const noexcept { return info_->dtype; }
+  std::vector<std::int64_t> shape() const;
+
+  /// `slice({Slice(0, 2), 1})`: the selected elements as a new tensor.
+  at::Tensor operator()(at::ArrayRef<at::indexing::TensorIndex> indices) const;
+  at::Tensor operator()(std::initializer_list<at::indexing::TensorIndex> indices) const {
+    return (*this)(at::ArrayRef<at::indexing::TensorIndex>(indices));
+  }
+  /// The whole tensor (a copy; see SafeOpen::get_tensor for a view).
+  at::Tensor all() const { return (*this)(at::ArrayRef<at::indexing::TensorIndex>{}); }
+
+ private:
+  friend class SafeOpen;
+  TensorSlice(std::shared_ptr<const SafeOpen::State> state, const TensorInfo* info)
+      : state_(std::move(state)), info_(info) {}
+  std::shared_ptr<const SafeOpen::State> state_;
+  const TensorInfo* info_;
+};
+
+/// Loads every tensor of a file, in file order.
+TensorDict load_file(const std::string& path, const LoadOptions& options = {});
+
+/// Loads every tensor of an in-memory file. The tensors own copies of their
+/// bytes, so `data` may be freed afterwards.
+TensorDict load(const void* data, std::size_t size, const LoadOptions& options = {});
+
+/// Reads a file's metadata only.
+Metadata load_metadata(const std::string& path);
+
+}  // namespace safetensors

@@ -1,0 +1,12 @@
+#pragma once
+// safetensors-torch: the safetensors format as LibTorch's checkpoint format.
+
+#include "safetensors/dtype.hpp"
+#include "safetensors/error.hpp"
+#include "safetensors/header.hpp"
+#include "safetensors/load.hpp"
+#include "safetensors/save.hpp"
+#include "safetensors/source.hpp"
+#include "safetensors/torch_dtype.hpp"
+#include "safetensors/version.hpp"
+#include "safetensors/writer.hpp"

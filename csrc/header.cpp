@@ -392,6 +392,13 @@ Header parse_header(std::string_view text, std::uint64_t data_size, const std::s
       static_cast<unsigned char>(text[1]) == 0xBB && static_cast<unsigned char>(text[2]) == 0xBF)
     throw Error(ErrorCode::InvalidHeader, file, "", "header starts with a byte-order mark");
 
+  // JSON has no raw NUL (control characters in strings must be escaped), and
+  // the JSON reader would take one for the end of input, ignoring the rest.
+  if (auto nul = text.find('\0'); nul != std::string_view::npos)
+    throw Error(ErrorCode::InvalidHeaderDeserialization, file, "",
+                "header holds a NUL byte at offset " + std::to_string(nul) +
+                    " (pad headers with spaces)");
+
   HeaderBuilder builder(file);
   bool ok = json::sax_parse(text.begin(), text.end(), &builder, json::input_format_t::json,
                             /*strict=*/true, /*ignore_comments=*/false);

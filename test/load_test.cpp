@@ -1,0 +1,280 @@
+// Reading into torch: zero-copy views and their lifetime, backends, options,
+// unaligned data, unsupported dtypes, errors.
+
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
+#include "safetensors/load.hpp"
+#include "safetensors/save.hpp"
+#include "safetensors/torch_dtype.hpp"
+#include "test_util.hpp"
+
+namespace safetensors {
+namespace {
+
+using test::error_code_of;
+using test::make_file;
+using test::TempDir;
+
+class Load : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    at::manual_seed(1);
+    a_ = at::randn({3, 4});
+    b_ = at::arange(10, at::kLong);
+    path_ = dir_.file("model.safetensors");
+    save_file({{"a", a_}, {"b", b_}}, path_, Metadata{{"format", "pt"}});
+  }
+  TempDir dir_;
+  std::string path_;
+  at::Tensor a_, b_;
+};
+
+TEST_F(Load, LoadFileReturnsTensorsInFileOrderWithValues) {
+  TensorDict t = load_file(path_);
+  ASSERT_EQ(t.size(), 2u);
+  // The writer puts I64 before F32: file order, not insertion order.
+  EXPECT_EQ(t.keys(), (std::vector<std::string>{"b", "a"}));
+  EXPECT_TRUE(at::equal(t["a"], a_));
+  EXPECT_TRUE(at::equal(t["b"], b_));
+}
+
+TEST_F(Load, MmapTensorsAreViewsOfOneMapping) {
+  SafeOpen f(path_);
+  at::Tensor x = f.get_tensor("a"), y = f.get_tensor("a");
+  EXPECT_EQ(x.data_ptr(), y.data_ptr());  // no copy was made
+  SafeOpen copy(path_, LoadOptions().copy(true));
+  EXPECT_NE(copy.get_tensor("a").data_ptr(), copy.get_tensor("a").data_ptr());
+  SafeOpen pread(path_, LoadOptions().backend(Backend::Pread));
+  EXPECT_NE(pread.get_tensor("a").data_ptr(), pread.get_tensor("a").data_ptr());
+  EXPECT_TRUE(at::equal(copy.get_tensor("a"), a_));
+  EXPECT_TRUE(at::equal(pread.get_tensor("a"), a_));
+}
+
+TEST_F(Load, TensorsOutliveTheHandleAndTheFile) {
+  at::Tensor x;
+  {
+    SafeOpen f(path_);
+    x = f.get_tensor("a");
+  }
+  std::filesystem::remove(path_);
+  EXPECT_TRUE(at::equal(x, a_));  // the mapping lives as long as the tensor
+  TensorDict all;
+  {
+    // A TensorDict's tensors outlive the call too.
+    save_file({{"a", a_}}, path_);
+    all = load_file(path_);
+  }
+  EXPECT_TRUE(at::equal(all["a"], a_));
+}
+
+TEST_F(Load, InPlaceOpsOnMappedTensorsAreAllowedAndPrivate) {
+  const std::string before = test::read_bytes(path_);
+  at::Tensor x = load_file(path_)["a"];
+  x.add_(1.0);
+  x[0][0] = 42.0;
+  EXPECT_FLOAT_EQ(x[0][0].item<float>(), 42.0f);
+  EXPECT_EQ(test::read_bytes(path_), before);
+  EXPECT_TRUE(at::equal(load_file(path_)["a"], a_));
+}
+
+TEST_F(Load, ResavingOverAMappedFileKeepsTheMappedTensorsIntact) {
+  TensorDict old = load_file(path_);
+  at::Tensor other = at::full({3, 4}, 7.0);
+  save_file({{"a", other}}, path_);
+  EXPECT_TRUE(at::equal(old["a"], a_));
+  EXPECT_TRUE(at::equal(old["b"], b_));
+  TensorDict now = load_file(path_);
+  EXPECT_EQ(now.size(), 1u);
+  EXPECT_TRUE(at::equal(now["a"], other));
+}
+
+TEST_F(Load, SafeOpenGivesKeysInfoAndMetadata) {
+  SafeOpen f(path_);
+  EXPECT_EQ(f.keys(), (std::vector<std::string>{"b", "a"}));
+  EXPECT_EQ(f.size(), 2u);
+  EXPECT_TRUE(f.contains("a"));
+  EXPECT_FALSE(f.contains("c"));
+  EXPECT_EQ(f.info("a").dtype, Dtype::F32);
+  EXPECT_EQ(f.info("a").shape, (std::vector<std::uint64_t>{3, 4}));
+  EXPECT_EQ(f.info("a").nbytes(), 48u);
+  EXPECT_EQ(f.metadata(), (Metadata{{"format", "pt"}}));
+  EXPECT_EQ(load_metadata(path_), (Metadata{{"format", "pt"}}));
+  EXPECT_EQ(f.path(), path_);
+  EXPECT_EQ(f.header().data_offset() % 8, 0u);
+}
+
+TEST_F(Load, UnknownNamesAreTensorNotFound) {
+  SafeOpen f(path_);
+  EXPECT_EQ(error_code_of([&] { f.get_tensor("nope"); }), ErrorCode::TensorNotFound);
+  EXPECT_EQ(error_code_of([&] { f.info("nope"); }), ErrorCode::TensorNotFound);
+  EXPECT_EQ(error_code_of([&] { f.get_slice("nope"); }), ErrorCode::TensorNotFound);
+  try {
+    f.get_tensor("nope");
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'nope'"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find(path_), std::string::npos);
+  }
+}
+
+TEST_F(Load, MissingFilesAndFoldersAreIo) {
+  EXPECT_EQ(error_code_of([&] { load_file(dir_.file("missing.safetensors")); }), ErrorCode::Io);
+  EXPECT_EQ(error_code_of([&] { load_file(dir_.path().string()); }), ErrorCode::Io);
+  EXPECT_EQ(error_code_of([&] {
+              load_file(dir_.file("missing.safetensors"), LoadOptions().backend(Backend::Pread));
+            }),
+            ErrorCode::Io);
+}
+
+TEST_F(Load, EmptyAndShortFilesAreHeaderTooSmallWithBothBackends) {
+  const std::string empty = dir_.file("empty.safetensors");
+  test::write_bytes(empty, "");
+  EXPECT_EQ(error_code_of([&] { load_file(empty); }), ErrorCode::HeaderTooSmall);
+  EXPECT_EQ(error_code_of([&] { load_file(empty, LoadOptions().backend(Backend::Pread)); }),
+            ErrorCode::HeaderTooSmall);
+  test::write_bytes(empty, "abc");
+  EXPECT_EQ(error_code_of([&] { load_file(empty, LoadOptions().backend(Backend::Pread)); }),
+            ErrorCode::HeaderTooSmall);
+}
+
+TEST_F(Load, DtypeOptionConvertsFloatingPointOnly) {
+  TensorDict t = load_file(path_, LoadOptions().dtype(at::kHalf));
+  EXPECT_EQ(t["a"].scalar_type(), at::kHalf);
+  EXPECT_EQ(t["b"].scalar_type(), at::kLong);
+  EXPECT_TRUE(at::equal(t["a"], a_.to(at::kHalf)));
+}
+
+TEST_F(Load, LoadFromBufferCopiesTheBytes) {
+  std::string bytes = test::read_bytes(path_);
+  TensorDict t = load(bytes.data(), bytes.size());
+  std::fill(bytes.begin(), bytes.end(), '\0');
+  bytes.clear();
+  bytes.shrink_to_fit();
+  EXPECT_TRUE(at::equal(t["a"], a_));
+  EXPECT_TRUE(at::equal(t["b"], b_));
+}
+
+TEST(LoadFile, EmptyFileWithNoTensorsLoads) {
+  std::string bytes = make_file("{}");
+  EXPECT_EQ(load(bytes.data(), bytes.size()).size(), 0u);
+}
+
+TEST(LoadFile, ScalarAndZeroSizedTensors) {
+  auto bytes = save({{"s", at::scalar_tensor(3.5, at::kDouble)}, {"z", at::empty({2, 0, 3})}});
+  TensorDict t = load(bytes.data(), bytes.size());
+  EXPECT_EQ(t["s"].dim(), 0);
+  EXPECT_EQ(t["s"].item<double>(), 3.5);
+  EXPECT_EQ(t["z"].sizes(), (std::vector<std::int64_t>{2, 0, 3}));
+}
+
+TEST(LoadFile, UnalignedDataIsCopiedToAlignedMemory) {
+  // Data starting 3 bytes past an 8-byte boundary, as older writers and MLX leave it.
+  const std::string json = R"({"x":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},"y":{"dtype":"I32","shape":[1],"data_offsets":[16,20]}})";
+  ASSERT_NE((8 + json.size()) % 8, 0u);
+  double xs[2] = {1.25, -3.5};
+  std::int32_t y = 77;
+  std::string data(reinterpret_cast<const char*>(xs), 16);
+  data += std::string(reinterpret_cast<const char*>(&y), 4);
+  TempDir dir;
+  test::write_bytes(dir.file("u.safetensors"), make_file(json, data));
+  for (Backend backend : {Backend::Mmap, Backend::Pread}) {
+    TensorDict t = load_file(dir.file("u.safetensors"), LoadOptions().backend(backend));
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(t["x"].data_ptr()) % 8, 0u);
+    EXPECT_EQ(t["x"][0].item<double>(), 1.25);
+    EXPECT_EQ(t["x"][1].item<double>(), -3.5);
+    EXPECT_EQ(t["y"].item<std::int32_t>(), 77);
+  }
+}
+
+// F6 has no torch dtype in any LibTorch: the dtype every build must refuse.
+TEST(LoadFile, UnsupportedDtypeIsAClearErrorOrRawBytesOnRequest) {
+  const std::string bytes = make_file(
+      R"({"f6":{"dtype":"F6_E2M3","shape":[2,4],"data_offsets":[0,6]},"f6odd":{"dtype":"F6_E3M2","shape":[4,1],"data_offsets":[6,9]}})",
+      "abcdefghi");
+  try {
+    load(bytes.data(), bytes.size());
+    FAIL() << "loaded F6";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::UnsupportedDtype);
+    EXPECT_NE(std::string(e.what()).find("F6_E"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("unsupported_as_bytes"), std::string::npos) << e.what();
+  }
+  TensorDict t = load(bytes.data(), bytes.size(), LoadOptions().unsupported_as_bytes(true));
+  EXPECT_EQ(t["f6"].scalar_type(), at::kByte);
+  EXPECT_EQ(t["f6"].sizes(), (std::vector<std::int64_t>{2, 3}));  // 4 x 6 bits = 3 bytes per row
+  EXPECT_EQ(t["f6odd"].sizes(), (std::vector<std::int64_t>{3}));  // rows are not whole bytes
+  EXPECT_EQ(std::string(static_cast<const char*>(t["f6"].data_ptr()), 6), "abcdef");
+}
+
+TEST(LoadFile, DtypesNewerThanThisLibTorchNameTheVersionNeeded) {
+  for (Dtype d : kAllDtypes) {
+    if (to_torch_dtype(d)) continue;
+    const std::string name(dtype_name(d));
+    const unsigned bits = dtype_bits(d);
+    const std::string json = R"({"t":{"dtype":")" + name + R"(","shape":[8],"data_offsets":[0,)" +
+                             std::to_string(bits) + "]}}";
+    const std::string bytes = make_file(json, std::string(bits, '\x01'));
+    try {
+      load(bytes.data(), bytes.size());
+      ADD_FAILURE() << name << " loaded without its torch dtype";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::UnsupportedDtype) << name;
+      const std::string since = torch_version_with(d);
+      if (since != "none") EXPECT_NE(std::string(e.what()).find(since), std::string::npos) << e.what();
+    }
+    TensorDict raw = load(bytes.data(), bytes.size(), LoadOptions().unsupported_as_bytes(true));
+    EXPECT_EQ(raw["t"].scalar_type(), at::kByte);
+    EXPECT_EQ(static_cast<unsigned>(raw["t"].numel()), bits) << name;  // 8 elements of `bits` bits
+  }
+}
+
+TEST(LoadFile, MultiByteUnsupportedDtypesGetATrailingByteDimension) {
+  // On LibTorch < 2.3 U16/U32/U64 are raw bytes with a trailing dimension of the
+  // element size; where torch has them they load as themselves.
+  const std::string bytes = make_file(R"({"u":{"dtype":"U32","shape":[2,3],"data_offsets":[0,24]}})",
+                                      std::string(24, '\x02'));
+  TensorDict t = load(bytes.data(), bytes.size(), LoadOptions().unsupported_as_bytes(true));
+  if (to_torch_dtype(Dtype::U32)) {
+    EXPECT_EQ(t["u"].sizes(), (std::vector<std::int64_t>{2, 3}));
+  } else {
+    EXPECT_EQ(t["u"].sizes(), (std::vector<std::int64_t>{2, 3, 4}));
+  }
+}
+
+TEST(LoadFile, PreadBackendReportsAFileThatShrankAfterOpening) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  save_file({{"x", at::arange(1000, at::kFloat)}}, path);
+  SafeOpen f(path, LoadOptions().backend(Backend::Pread));
+  ::truncate(path.c_str(), 200);
+  EXPECT_EQ(error_code_of([&] { f.get_tensor("x"); }), ErrorCode::FileChanged);
+}
+
+TEST(LoadFile, ManyThreadsReadOneHandle) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (int i = 0; i < 16; ++i) tensors.emplace_back("t" + std::to_string(i), at::randn({64, 33}));
+  save_file(tensors, path);
+  for (Backend backend : {Backend::Mmap, Backend::Pread}) {
+    SafeOpen f(path, LoadOptions().backend(backend));
+    std::vector<std::thread> threads;
+    std::atomic<int> mismatches{0};
+    for (int k = 0; k < 8; ++k)
+      threads.emplace_back([&, k] {
+        for (int rep = 0; rep < 20; ++rep)
+          for (const auto& [name, t] : tensors)
+            if (!at::equal(f.get_tensor(name), t) ||
+                !at::equal(f.get_slice(name)({at::indexing::Slice(k, k + 5)}),
+                           t.slice(0, k, k + 5)))
+              ++mismatches;
+      });
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(mismatches.load(), 0);
+  }
+}
+
+}  // namespace
+}  // namespace safetensors

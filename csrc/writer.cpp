@@ -3,7 +3,9 @@
 
 #include "safetensors/writer.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -200,6 +202,23 @@ std::string temp_name_for(const std::string& path) {
          base_name(path) + suffix;
 }
 
+// Removes hidden temporary files of earlier saves to `path` whose process is
+// gone (killed between naming its temporary file and renaming it).
+void remove_stale_temps(const std::string& path) {
+  const std::string dir = parent_dir(path);
+  const std::string prefix = "." + base_name(path) + ".tmp-";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  while (const dirent* e = ::readdir(d)) {
+    std::string_view name(e->d_name);
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const long pid = std::strtol(e->d_name + prefix.size(), nullptr, 10);
+    if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH))
+      ::unlinkat(::dirfd(d), e->d_name, 0);
+  }
+  ::closedir(d);
+}
+
 mode_t current_umask() {
   std::ifstream status("/proc/self/status");
   std::string line;
@@ -226,6 +245,7 @@ AtomicFile::AtomicFile(std::string path, Options options)
   if (exists && S_ISDIR(st.st_mode))
     throw Error(ErrorCode::Io, path_, "", "cannot save: the path is a directory");
   mode_t mode = exists ? (st.st_mode & 07777) : (0666 & ~current_umask());
+  remove_stale_temps(path_);
 
   std::string dir = parent_dir(path_);
 #ifdef O_TMPFILE

@@ -1,1 +1,88 @@
-int main(){}
+// safetensors-torch: inspect, verify and convert safetensors files from the
+// command line. Exit status: 0 success, 1 an invalid file or failed operation,
+// 2 a usage error.
+
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "commands.hpp"
+#include "safetensors/torch_dtype.hpp"
+#include "safetensors/version.hpp"
+
+namespace {
+
+namespace cli = safetensors::cli;
+
+std::string version_text() {
+  return "safetensors-torch " SAFETENSORS_TORCH_VERSION " (LibTorch " +
+         safetensors::torch_version() + ")";
+}
+
+// CLI11 check for --metadata: empty when valid, else the complaint.
+std::string check_key_value(const std::string& arg) {
+  return arg.find('=') == std::string::npos ? "expected KEY=VALUE, got '" + arg + "'" : "";
+}
+
+// KEY=VALUE arguments (already checked) as metadata; a later key wins.
+safetensors::Metadata parse_metadata(const std::vector<std::string>& args) {
+  safetensors::Metadata metadata;
+  for (const std::string& arg : args) {
+    const std::size_t eq = arg.find('=');
+    metadata[arg.substr(0, eq)] = arg.substr(eq + 1);
+  }
+  return metadata;
+}
+
+// --help and --version succeed; every other parse error is a usage error. CLI11's
+// own exit codes vary by error kind, so only its message is used.
+int exit_for(const CLI::App& app, const CLI::ParseError& e) {
+  const int printed = app.exit(e);
+  const bool success = dynamic_cast<const CLI::CallForHelp*>(&e) ||
+                       dynamic_cast<const CLI::CallForAllHelp*>(&e) ||
+                       dynamic_cast<const CLI::CallForVersion*>(&e);
+  return success ? printed : cli::kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Inspect, verify and convert safetensors files.", "safetensors-torch"};
+  app.set_version_flag("--version", version_text());
+  app.require_subcommand(1);
+
+  std::string inspect_path;
+  bool json = false;
+  CLI::App* inspect = app.add_subcommand("inspect", "List a file's tensors, metadata and totals");
+  inspect->add_option("FILE", inspect_path, "A safetensors file")->required();
+  inspect->add_flag("--json", json, "Print one JSON object instead of a table");
+
+  std::vector<std::string> verify_paths;
+  CLI::App* verify = app.add_subcommand("verify", "Validate files and load every tensor");
+  verify->add_option("FILE", verify_paths, "Safetensors files")->required();
+
+  std::string in, out;
+  std::vector<std::string> metadata_args;
+  CLI::App* convert = app.add_subcommand("convert", "Rewrite a file through the library");
+  convert->add_option("IN", in, "The file to read")->required();
+  convert->add_option("OUT", out, "The file to write")->required();
+  convert->add_option("--metadata", metadata_args, "Set a metadata entry (repeatable)")
+      ->type_name("KEY=VALUE")
+      ->check(check_key_value);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return exit_for(app, e);
+  }
+
+  try {
+    if (*inspect) return cli::inspect(inspect_path, json);
+    if (*verify) return cli::verify(verify_paths);
+    return cli::convert(in, out, parse_metadata(metadata_args));
+  } catch (const std::exception& e) {
+    // The commands report their own failures; this is a last resort.
+    std::cerr << "safetensors-torch: error: " << e.what() << '\n';
+    return cli::kExitInvalid;
+  }
+}

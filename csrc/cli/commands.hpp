@@ -1,0 +1,40 @@
+#pragma once
+// The subcommands of the safetensors-torch tool and the helpers they share.
+// Each command returns the process exit status.
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "safetensors/header.hpp"
+
+namespace safetensors::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitInvalid = 1;  ///< an invalid file or a failed operation
+inline constexpr int kExitUsage = 2;    ///< bad command line
+
+/// Prints the tensors, metadata and totals of one file (a table, or JSON).
+int inspect(const std::string& path, bool json);
+
+/// Validates each file and loads every tensor; prints one line per file.
+int verify(const std::vector<std::string>& paths);
+
+/// Rewrites `in` as `out`, with `overrides` replacing or adding metadata keys.
+int convert(const std::string& in, const std::string& out, const Metadata& overrides);
+
+/// `s` with control characters escaped as \xNN: names and paths come from
+/// untrusted files and must not break the one-line-per-file output or reach
+/// the terminal as escape sequences.
+std::string printable(std::string_view s);
+
+/// "PATH: error: MESSAGE" for the exception being handled (call it inside a
+/// catch block), on one line. Library errors already begin with "PATH: ";
+/// that prefix is not repeated.
+std::string error_line(const std::string& path);
+
+/// Throws Error(Io) when `path` is a FIFO: opening one blocks until a writer
+/// appears, so the library's own "not a regular file" check would come too late.
+void refuse_fifo(const std::string& path);
+
+}  // namespace safetensors::cli

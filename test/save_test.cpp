@@ -1,0 +1,259 @@
+// Writing: the reference's exact bytes, every accepted container, refusals,
+// and crash-safety (failure mid-write, disk full, a killed writer).
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "safetensors/load.hpp"
+#include "safetensors/save.hpp"
+#include "test_util.hpp"
+
+namespace safetensors {
+namespace {
+
+using test::as_string;
+using test::error_code_of;
+using test::make_file;
+using test::read_bytes;
+using test::TempDir;
+
+TEST(Save, OneTensorIsTheReferenceBytes) {
+  at::Tensor t = at::arange(6, at::kFloat).reshape({1, 2, 3});
+  const std::string json = R"({"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}})";
+  const std::string expected =
+      make_file(json + std::string(64 - json.size(), ' '),
+                std::string(static_cast<const char*>(t.data_ptr()), 24));
+  EXPECT_EQ(as_string(save({{"attn.0", t}})), expected);
+}
+
+TEST(Save, NothingIsTheReferenceBytes) {
+  EXPECT_EQ(as_string(save(NamedTensors{})), make_file("{}      "));
+}
+
+TEST(Save, DataFollowsTheHeaderInDtypeThenNameOrder) {
+  at::Tensor f = at::tensor({1.5f, 2.5f});
+  at::Tensor l = at::tensor({int64_t{7}});
+  at::Tensor b = at::tensor({1, 0, 1}).to(at::kBool);
+  std::string bytes = as_string(save({{"f", f}, {"b", b}, {"l", l}}, Metadata{{"format", "pt"}}));
+  Header h = parse_header(bytes.data(), bytes.size());
+  ASSERT_EQ(h.tensors().size(), 3u);
+  EXPECT_EQ(h.tensors()[0].name, "l");
+  EXPECT_EQ(h.tensors()[1].name, "f");
+  EXPECT_EQ(h.tensors()[2].name, "b");
+  const char* data = bytes.data() + h.data_offset();
+  EXPECT_EQ(std::memcmp(data, l.data_ptr(), 8), 0);
+  EXPECT_EQ(std::memcmp(data + 8, f.data_ptr(), 8), 0);
+  EXPECT_EQ(std::memcmp(data + 16, b.data_ptr(), 3), 0);
+  EXPECT_EQ(h.metadata(), (Metadata{{"format", "pt"}}));
+}
+
+TEST(Save, EveryContainerGivesTheSameBytes) {
+  at::Tensor x = at::randn({4}), y = at::randint(0, 9, {2, 2});
+  auto expected = save({{"x", x}, {"y", y}});
+  torch::OrderedDict<std::string, at::Tensor> od;
+  od.insert("y", y);
+  od.insert("x", x);
+  EXPECT_EQ(save(od), expected);
+  EXPECT_EQ(save(std::map<std::string, at::Tensor>{{"y", y}, {"x", x}}), expected);
+  EXPECT_EQ(save(std::unordered_map<std::string, at::Tensor>{{"y", y}, {"x", x}}), expected);
+  EXPECT_EQ(save(std::vector<std::pair<std::string, at::Tensor>>{{"y", y}, {"x", x}}), expected);
+  EXPECT_EQ(save(NamedTensors().add("y", y).add("x", x)), expected);
+}
+
+TEST(Save, SaveFileWritesTheSameBytesAsSave) {
+  TempDir dir;
+  at::Tensor x = at::randn({5, 3});
+  save_file({{"x", x}}, dir.file("a.safetensors"), Metadata{{"k", "v"}});
+  EXPECT_EQ(read_bytes(dir.file("a.safetensors")), as_string(save({{"x", x}}, Metadata{{"k", "v"}})));
+}
+
+TEST(Save, NonContiguousAndConjugateTensorsAreWrittenAsTheirValues) {
+  at::Tensor base = at::randn({4, 6});
+  at::Tensor t = base.t();
+  at::Tensor other = at::randn({4, 6});
+  at::Tensor strided = other.index({at::indexing::Slice(), at::indexing::Slice(0, at::indexing::None, 2)});
+  at::Tensor z = at::complex(at::randn({3}), at::randn({3}));
+  at::Tensor conj = z.conj();  // lazily conjugated view
+  at::Tensor neg = at::randn({3}).neg_().neg();
+  auto bytes = save({{"t", t}, {"s", strided}, {"c", conj}, {"n", neg}});
+  TensorDict back = load(bytes.data(), bytes.size());
+  EXPECT_TRUE(at::equal(back["t"], t));
+  EXPECT_TRUE(at::equal(back["s"], strided));
+  EXPECT_TRUE(at::equal(back["c"], conj.resolve_conj()));
+  EXPECT_TRUE(at::equal(back["n"], neg));
+  EXPECT_EQ(back["c"].scalar_type(), at::kComplexFloat);
+}
+
+TEST(Save, RefusesWhatCannotBeSaved) {
+  EXPECT_EQ(error_code_of([] { save({{"u", at::Tensor()}}); }), ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of([] { save({{"s", at::eye(3).to_sparse()}}); }), ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of([] { save({{"c", at::zeros({2}, at::kComplexDouble)}}); }),
+            ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of([] { save({{"m", at::empty({2}, at::TensorOptions().device(at::kMeta))}}); }),
+            ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of([] { save({{"__metadata__", at::zeros({2})}}); }), ErrorCode::ReservedName);
+  EXPECT_EQ(error_code_of([] {
+              save(std::vector<std::pair<std::string, at::Tensor>>{{"a", at::zeros({1})}, {"a", at::ones({1})}});
+            }),
+            ErrorCode::DuplicateKey);
+}
+
+TEST(Save, RefusesTensorsThatShareMemory) {
+  at::Tensor w = at::randn({4, 4});
+  try {
+    save({{"w", w}, {"tied", w}});
+    FAIL() << "saved a tensor twice";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("shares memory"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(error_code_of([&] { save({{"w", w}, {"row", w[1]}}); }), ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of([&] { save({{"w", w}, {"t", w.t()}}); }), ErrorCode::InvalidArgument);
+  // Disjoint parts of one storage are separate tensors, as in the reference.
+  auto bytes = save({{"top", w.slice(0, 0, 2)}, {"bottom", w.slice(0, 2, 4)}});
+  TensorDict back = load(bytes.data(), bytes.size());
+  EXPECT_TRUE(at::equal(back["top"], w.slice(0, 0, 2)));
+  EXPECT_TRUE(at::equal(back["bottom"], w.slice(0, 2, 4)));
+  // Empty tensors share nothing.
+  EXPECT_NO_THROW(save({{"e1", w.slice(0, 0, 0)}, {"e2", w.slice(0, 1, 1)}, {"w", w}}));
+}
+
+TEST(Save, RawBytesKeepADtypeThisLibTorchLacks) {
+  at::Tensor bytes = at::arange(12, at::kByte);
+  auto file = save(NamedTensors().add_raw("f8", Dtype::F8_E4M3, {3, 4}, bytes));
+  Header h = parse_header(file.data(), file.size());
+  EXPECT_EQ(h.tensors()[0].dtype, Dtype::F8_E4M3);
+  TensorDict back = load(file.data(), file.size(), LoadOptions().unsupported_as_bytes(true));
+  EXPECT_EQ(std::memcmp(back["f8"].contiguous().data_ptr(), bytes.data_ptr(), 12), 0);
+  EXPECT_EQ(error_code_of([&] { save(NamedTensors().add_raw("x", Dtype::U16, {5}, bytes)); }),
+            ErrorCode::InvalidArgument);  // 12 bytes are not 5 x U16
+  EXPECT_EQ(error_code_of([&] { save(NamedTensors().add_raw("x", Dtype::U8, {12}, bytes.to(at::kInt))); }),
+            ErrorCode::InvalidArgument);
+}
+
+// ---------------------------------------------------------------- files and crash-safety
+
+TEST(SaveFile, AFailedSaveLeavesTheOldFileAndNoTemporaryFile) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  save_file({{"x", at::ones({3})}}, path);
+  const std::string before = read_bytes(path);
+  EXPECT_THROW(save_file({{"x", at::ones({3})}, {"u", at::Tensor()}}, path), Error);
+  EXPECT_THROW(save_file({{"__metadata__", at::ones({3})}}, path), Error);
+  EXPECT_EQ(read_bytes(path), before);
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"m.safetensors"});
+}
+
+// A write that fails mid-file (disk full, quota): RLIMIT_FSIZE makes write()
+// fail with EFBIG once the file passes the limit.
+TEST(SaveFile, AWriteFailingMidFileLeavesTheOldFile) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  save_file({{"x", at::ones({3})}}, path);
+  const std::string before = read_bytes(path);
+  struct rlimit old_limit;
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit small = old_limit;
+  small.rlim_cur = 64 * 1024;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  ErrorCode code = ErrorCode::InvalidArgument;
+  try {
+    save_file({{"big", at::zeros({1 << 20})}}, path);
+  } catch (const Error& e) {
+    code = e.code();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old_limit);
+  ::signal(SIGXFSZ, old_handler);
+  EXPECT_EQ(code, ErrorCode::Io);
+  EXPECT_EQ(read_bytes(path), before);
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"m.safetensors"});
+}
+
+TEST(SaveFile, MissingFolderIsIo) {
+  TempDir dir;
+  EXPECT_EQ(error_code_of([&] { save_file({{"x", at::ones({1})}}, dir.file("no/such/m.safetensors")); }),
+            ErrorCode::Io);
+  EXPECT_EQ(error_code_of([&] { save_file({{"x", at::ones({1})}}, dir.path().string()); }),
+            ErrorCode::Io);
+}
+
+TEST(SaveFile, NewFilesFollowTheUmaskAndExistingFilesKeepTheirMode) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  mode_t old = ::umask(022);
+  save_file({{"x", at::ones({1})}}, path);
+  ::umask(old);
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0644u);
+  ::chmod(path.c_str(), 0600);
+  save_file({{"x", at::ones({2})}}, path);
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST(SaveFile, SavingThroughASymlinkReplacesItsTarget) {
+  TempDir dir;
+  const std::string target = dir.file("real.safetensors");
+  const std::string link = dir.file("link.safetensors");
+  save_file({{"x", at::ones({1})}}, target);
+  std::filesystem::create_symlink(target, link);
+  save_file({{"x", at::full({1}, 5.0)}}, link);
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  EXPECT_EQ(load_file(target)["x"].item<float>(), 5.0f);
+}
+
+TEST(SaveFile, StaleTemporaryFilesOfDeadWritersAreRemoved) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  // A pid that cannot be running (above pid_max) and one that is (ours).
+  test::write_bytes(dir.file(".m.safetensors.tmp-99999999-0-1"), "stale");
+  const std::string live = ".m.safetensors.tmp-" + std::to_string(::getpid()) + "-0-1";
+  test::write_bytes(dir.file(live), "in progress");
+  save_file({{"x", at::ones({1})}}, path);
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{live, "m.safetensors"}));
+}
+
+// A writer killed at random moments: the target is always the old or the new
+// complete file, and nothing else is left in the folder.
+TEST(SaveFile, AKilledWriterLeavesTheOldOrTheNewFile) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  at::Tensor a = at::zeros({1 << 20});  // 4 MiB
+  at::Tensor b = at::ones({1 << 20});
+  save_file({{"x", a}}, path);
+  std::mt19937 rng(7);
+  int saw_new = 0;
+  for (int trial = 0; trial < 20; ++trial) {
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      for (;;) save_file({{"x", (trial % 2) ? a : b}}, path, std::nullopt, SaveOptions().fsync(false));
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 20000));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    TensorDict t = load_file(path);
+    ASSERT_EQ(t.size(), 1u);
+    const bool is_a = at::equal(t["x"], a), is_b = at::equal(t["x"], b);
+    EXPECT_TRUE(is_a || is_b) << "trial " << trial;
+    saw_new += is_b;
+    // A temporary file can only survive a kill between naming and renaming it;
+    // the next save removes it.
+    save_file({{"x", a}}, path);
+    EXPECT_EQ(dir.entries(), std::vector<std::string>{"m.safetensors"}) << "trial " << trial;
+  }
+  EXPECT_GT(saw_new, 0);
+}
+
+}  // namespace
+}  // namespace safetensors

@@ -79,15 +79,17 @@ class BufferCopy final : public Source {
 }  // namespace
 
 std::shared_ptr<Source> open_file(const std::string& path, Backend backend) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw Error(ErrorCode::Io, path, "", "cannot open: " + errno_text(errno));
   FdGuard guard(fd);
   struct stat st;
   if (::fstat(fd, &st) != 0)
     throw Error(ErrorCode::Io, path, "", "cannot stat: " + errno_text(errno));
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+  if (!S_ISREG(st.st_mode))
     throw Error(ErrorCode::Io, path, "",
                 S_ISDIR(st.st_mode) ? "is a directory" : "is not a regular file");
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   auto size = static_cast<std::uint64_t>(st.st_size);
   if (backend == Backend::Pread) return std::make_shared<PreadFile>(path, size, guard.release());
   if (size == 0) return std::make_shared<MappedFile>(path, 0, nullptr);

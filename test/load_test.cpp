@@ -1,6 +1,7 @@
 // Reading into torch: zero-copy views and their lifetime, backends, options,
 // unaligned data, unsupported dtypes, errors.
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -126,6 +127,13 @@ TEST_F(Load, MissingFilesAndFoldersAreIo) {
               load_file(dir_.file("missing.safetensors"), LoadOptions().backend(Backend::Pread));
             }),
             ErrorCode::Io);
+}
+
+TEST_F(Load, FifosAreRefusedWithoutWaitingForAWriter) {
+  const std::string fifo = dir_.file("pipe.safetensors");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(error_code_of([&] { load_file(fifo); }), ErrorCode::Io);
+  EXPECT_EQ(error_code_of([&] { SafeOpen(fifo, LoadOptions().backend(Backend::Pread)); }), ErrorCode::Io);
 }
 
 TEST_F(Load, EmptyAndShortFilesAreHeaderTooSmallWithBothBackends) {

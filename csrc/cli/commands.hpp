@@ -33,8 +33,5 @@ std::string printable(std::string_view s);
 /// that prefix is not repeated.
 std::string error_line(const std::string& path);
 
-/// Throws Error(Io) when `path` is a FIFO: opening one blocks until a writer
-/// appears, so the library's own "not a regular file" check would come too late.
-void refuse_fifo(const std::string& path);
 
 }  // namespace safetensors::cli

@@ -41,7 +41,6 @@ NamedTensors read_tensors(const SafeOpen& file) {
 
 int convert(const std::string& in, const std::string& out, const Metadata& overrides) {
   try {
-    refuse_fifo(in);
     // Pread: the tensors own their memory, so OUT may even replace IN.
     SafeOpen file(in, LoadOptions().backend(Backend::Pread).unsupported_as_bytes(true));
     NamedTensors tensors = read_tensors(file);

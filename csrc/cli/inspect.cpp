@@ -85,7 +85,6 @@ void print_json(const std::string& path, const Header& header) {
 
 int inspect(const std::string& path, bool json) {
   try {
-    refuse_fifo(path);
     SafeOpen file(path, LoadOptions().backend(Backend::Pread));
     if (json) {
       print_json(path, file.header());

@@ -56,10 +56,4 @@ std::string error_line(const std::string& path) {
   return printable(path) + ": error: " + printable(message);
 }
 
-void refuse_fifo(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode))
-    throw Error(ErrorCode::Io, path, "", "is not a regular file");
-}
-
 }  // namespace safetensors::cli

@@ -33,5 +33,4 @@ std::string printable(std::string_view s);
 /// that prefix is not repeated.
 std::string error_line(const std::string& path);
 
-
 }  // namespace safetensors::cli

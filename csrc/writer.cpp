@@ -285,6 +285,27 @@ void AtomicFile::discard() noexcept {
 
 void AtomicFile::write(const void* data, std::size_t n) {
   if (fd_ < 0) throw Error(ErrorCode::Io, path_, "", "write after commit or failure");
+  // Small pieces (headers, many small tensors) are gathered so that a file of
+  // 100,000 tensors costs a few system calls, not 100,000; large ones go
+  // straight from tensor memory to the file.
+  if (n >= kBufferSize / 2) {
+    flush();
+    write_fd(data, n);
+    return;
+  }
+  if (buffer_.size() + n > kBufferSize) flush();
+  if (buffer_.capacity() < kBufferSize) buffer_.reserve(kBufferSize);
+  const auto* p = static_cast<const char*>(data);
+  buffer_.insert(buffer_.end(), p, p + n);
+}
+
+void AtomicFile::flush() {
+  if (buffer_.empty()) return;
+  write_fd(buffer_.data(), buffer_.size());
+  buffer_.clear();
+}
+
+void AtomicFile::write_fd(const void* data, std::size_t n) {
   const auto* p = static_cast<const char*>(data);
   while (n > 0) {
     std::size_t chunk = n < (std::size_t{1} << 30) ? n : (std::size_t{1} << 30);
@@ -304,6 +325,7 @@ void AtomicFile::write(const void* data, std::size_t n) {
 
 void AtomicFile::commit() {
   if (fd_ < 0) throw Error(ErrorCode::Io, path_, "", "commit after failure");
+  flush();
   auto fail = [&](const std::string& what) {
     int err = errno;
     discard();

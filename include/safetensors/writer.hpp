@@ -71,6 +71,7 @@ class AtomicFile final : public Sink {
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
+  /// Writes (small pieces are buffered). Throws Error(Io); the target is then unchanged.
   void write(const void* data, std::size_t n) override;
   /// Flushes and renames over the target. Throws Error(Io) on failure, in which
   /// case the target is unchanged.
@@ -78,9 +79,13 @@ class AtomicFile final : public Sink {
   const std::string& path() const noexcept { return path_; }
 
  private:
+  static constexpr std::size_t kBufferSize = std::size_t{1} << 20;
+  void flush();
+  void write_fd(const void* data, std::size_t n);
   void discard() noexcept;
   std::string path_;
   Options options_;
+  std::vector<char> buffer_;
   int fd_ = -1;
   std::string temp_path_;  // empty while the file is unnamed (O_TMPFILE)
   bool committed_ = false;

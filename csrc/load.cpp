@@ -265,7 +265,8 @@ at::Tensor TensorSlice::operator()(at::ArrayRef<at::indexing::TensorIndex> indic
       };
       std::int64_t start = clamp(as_int(sl.start()));
       std::int64_t stop = clamp(as_int(sl.stop()));
-      std::int64_t count = stop > start ? (stop - start + step - 1) / step : 0;
+      // Not (stop - start + step - 1) / step: that overflows for steps near 2^63.
+      std::int64_t count = stop > start ? (stop - start - 1) / step + 1 : 0;
       dims[d++] = Dim{start, count, step, true};
       ++out_rank;
     }

@@ -1,0 +1,253 @@
+// Load and save timings against what users would use instead, measured side
+// by side in one run: LibTorch's own archive (torch::save / torch::load), a
+// plain memcpy of the same bytes, and a plain write() of the same bytes.
+//
+//   bench [--dir DIR] [--reps N] [--only NAME]
+//
+// Workloads are generated: a GPT-2-small-shaped state dict (124M parameters)
+// in F32 and BF16, a LoRA-like file of 1000 [32, 32] tensors, and a header of
+// 100,000 small tensors. Every figure is the median of N repetitions with a
+// warm page cache.
+
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include <safetensors/safetensors.hpp>
+
+namespace st = safetensors;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Workload {
+  std::string name;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  std::size_t bytes = 0;
+};
+
+// GPT-2 small: 12 layers, d=768, vocab 50257, 1024 positions (124M parameters).
+Workload gpt2(c10::ScalarType dtype) {
+  Workload w{dtype == at::kFloat ? "gpt2-f32" : "gpt2-bf16", {}, 0};
+  const std::int64_t d = 768, vocab = 50257, positions = 1024;
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape) {
+    at::Tensor t = at::randn(shape).to(dtype);
+    w.bytes += t.nbytes();
+    w.tensors.emplace_back(name, t);
+  };
+  add("wte.weight", {vocab, d});
+  add("wpe.weight", {positions, d});
+  for (int l = 0; l < 12; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    add(p + "ln_1.weight", {d});
+    add(p + "ln_1.bias", {d});
+    add(p + "attn.c_attn.weight", {d, 3 * d});
+    add(p + "attn.c_attn.bias", {3 * d});
+    add(p + "attn.c_proj.weight", {d, d});
+    add(p + "attn.c_proj.bias", {d});
+    add(p + "ln_2.weight", {d});
+    add(p + "ln_2.bias", {d});
+    add(p + "mlp.c_fc.weight", {d, 4 * d});
+    add(p + "mlp.c_fc.bias", {4 * d});
+    add(p + "mlp.c_proj.weight", {4 * d, d});
+    add(p + "mlp.c_proj.bias", {d});
+  }
+  add("ln_f.weight", {d});
+  add("ln_f.bias", {d});
+  return w;
+}
+
+Workload many(const std::string& name, int count, std::vector<std::int64_t> shape) {
+  Workload w{name, {}, 0};
+  for (int i = 0; i < count; ++i) {
+    at::Tensor t = at::randn(shape);
+    w.bytes += t.nbytes();
+    w.tensors.emplace_back("base_model.model.layers." + std::to_string(i) + ".lora_A.weight", t);
+  }
+  return w;
+}
+
+double median_seconds(int reps, const std::function<void()>& f) {
+  std::vector<double> times;
+  f();  // warm-up: page cache, allocator, lazy initialisation
+  for (int i = 0; i < reps; ++i) {
+    auto start = Clock::now();
+    f();
+    times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+long peak_rss_kb() {
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
+
+// Reads a byte of every cache line so that lazily mapped pages are really
+// loaded; the sum goes to a volatile so the reads cannot be optimised away.
+volatile std::uint64_t touch_sink;
+void touch(const st::TensorDict& tensors) {
+  std::uint64_t sum = 0;
+  for (const auto& item : tensors) {
+    const auto* p = static_cast<const std::uint8_t*>(item.value().data_ptr());
+    const std::size_t n = item.value().nbytes();
+    for (std::size_t i = 0; i < n; i += 64) sum += p[i];
+  }
+  touch_sink = sum;
+}
+
+void write_all(int fd, const void* data, std::size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t put = ::write(fd, p, n);
+    if (put <= 0) throw std::runtime_error("write failed");
+    p += put;
+    n -= static_cast<std::size_t>(put);
+  }
+}
+
+struct Row {
+  std::string workload, what;
+  double seconds;
+  std::string baseline;  // the row this one is compared with
+};
+
+class Report {
+ public:
+  void add(const std::string& workload, const std::string& what, double seconds,
+           const std::string& baseline = "") {
+    rows_.push_back({workload, what, seconds, baseline});
+    std::printf("%-12s %-34s %10.3f ms\n", workload.c_str(), what.c_str(), seconds * 1e3);
+    std::fflush(stdout);
+  }
+  void print_ratios() const {
+    std::printf("\n%-12s %-34s %10s  %s\n", "workload", "operation", "ms",
+                "compared with (its time / this time)");
+    for (const Row& r : rows_) {
+      std::printf("%-12s %-34s %10.3f", r.workload.c_str(), r.what.c_str(), r.seconds * 1e3);
+      if (!r.baseline.empty())
+        for (const Row& b : rows_)
+          if (b.workload == r.workload && b.what == r.baseline)
+            std::printf("  %7.2fx  %s", b.seconds / r.seconds, b.what.c_str());
+      std::printf("\n");
+    }
+  }
+
+ private:
+  std::vector<Row> rows_;
+};
+
+void run(const Workload& w, const fs::path& dir, int reps, Report& report) {
+  const std::string file = (dir / (w.name + ".safetensors")).string();
+  const std::string archive = (dir / (w.name + ".pt")).string();
+  const std::string raw = (dir / (w.name + ".bin")).string();
+  std::printf("== %s: %zu tensors, %.1f MB\n", w.name.c_str(), w.tensors.size(), w.bytes / 1e6);
+
+  // --- saving
+  const st::NamedTensors named(w.tensors);
+  report.add(w.name, "save_file", median_seconds(reps, [&] { st::save_file(named, file); }),
+             "write() of the same bytes");
+  report.add(w.name, "save_file (no fsync)",
+             median_seconds(reps, [&] { st::save_file(named, file, std::nullopt, st::SaveOptions().fsync(false)); }),
+             "write() of the same bytes");
+  report.add(w.name, "write() of the same bytes", median_seconds(reps, [&] {
+               int fd = ::open(raw.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+               for (const auto& [name, t] : w.tensors) write_all(fd, t.data_ptr(), t.nbytes());
+               ::fsync(fd);
+               ::close(fd);
+             }));
+  report.add(w.name, "torch::save (OutputArchive)", median_seconds(reps, [&] {
+               torch::serialize::OutputArchive out;
+               for (const auto& [name, t] : w.tensors) out.write(name, t);
+               out.save_to(archive);
+             }),
+             "save_file");
+
+  // --- loading
+  report.add(w.name, "load_file (zero-copy)", median_seconds(reps, [&] { st::load_file(file); }),
+             "torch::load (InputArchive)");
+  report.add(w.name, "load_file + touch every page",
+             median_seconds(reps, [&] { touch(st::load_file(file)); }), "memcpy of the same bytes");
+  report.add(w.name, "load_file copy(true)",
+             median_seconds(reps, [&] { st::load_file(file, st::LoadOptions().copy(true)); }),
+             "memcpy of the same bytes");
+  report.add(w.name, "load_file pread backend",
+             median_seconds(reps, [&] { st::load_file(file, st::LoadOptions().backend(st::Backend::Pread)); }),
+             "memcpy of the same bytes");
+  report.add(w.name, "SafeOpen + get_tensor(one)", median_seconds(reps, [&] {
+               st::SafeOpen f(file);
+               f.get_tensor(w.tensors.front().first);
+             }));
+  {
+    const at::Tensor& big = w.tensors.front().second;
+    using at::indexing::Slice;
+    report.add(w.name, "get_slice(first tensor)[0:n/8]", median_seconds(reps, [&] {
+                 st::SafeOpen f(file);
+                 f.get_slice(w.tensors.front().first)({Slice(0, std::max<std::int64_t>(1, big.size(0) / 8))});
+               }));
+  }
+  report.add(w.name, "memcpy of the same bytes", median_seconds(reps, [&] {
+               for (const auto& [name, t] : w.tensors) {
+                 at::Tensor dst = at::empty_like(t);
+                 std::memcpy(dst.data_ptr(), t.data_ptr(), t.nbytes());
+               }
+             }));
+  report.add(w.name, "torch::load (InputArchive)", median_seconds(reps, [&] {
+               torch::serialize::InputArchive in;
+               in.load_from(archive);
+               at::Tensor t;
+               for (const auto& [name, unused] : w.tensors) in.read(name, t);
+             }));
+  fs::remove(file);
+  fs::remove(archive);
+  fs::remove(raw);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  fs::path dir = fs::temp_directory_path();
+  int reps = 5;
+  std::string only;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    if (flag == "--dir") dir = argv[i + 1];
+    else if (flag == "--reps") reps = std::atoi(argv[i + 1]);
+    else if (flag == "--only") only = argv[i + 1];
+  }
+  at::manual_seed(0);
+  std::printf("safetensors-torch %s, LibTorch %s, files in %s, median of %d\n", SAFETENSORS_TORCH_VERSION,
+              st::torch_version().c_str(), dir.c_str(), reps);
+  Report report;
+  std::vector<std::function<Workload()>> workloads = {
+      [] { return gpt2(at::kFloat); },
+      [] { return gpt2(at::kBFloat16); },
+      [] { return many("lora-1000", 1000, {32, 32}); },
+      [] { return many("header-100k", 100000, {2}); },
+  };
+  for (const auto& make : workloads) {
+    Workload w = make();
+    if (!only.empty() && w.name != only) continue;
+    run(w, dir, reps, report);
+  }
+  report.print_ratios();
+  std::printf("peak RSS %.1f MB\n", peak_rss_kb() / 1e3);
+}

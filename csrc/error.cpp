@@ -21,6 +21,8 @@ const char* to_string(ErrorCode code) noexcept {
     case ErrorCode::TensorNotFound: return "TensorNotFound";
     case ErrorCode::InvalidSlice: return "InvalidSlice";
     case ErrorCode::InvalidArgument: return "InvalidArgument";
+    case ErrorCode::StateDictMismatch: return "StateDictMismatch";
+    case ErrorCode::InvalidIndex: return "InvalidIndex";
     case ErrorCode::Io: return "Io";
     case ErrorCode::FileChanged: return "FileChanged";
   }

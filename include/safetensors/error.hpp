@@ -31,6 +31,8 @@ enum class ErrorCode {
   TensorNotFound,   ///< no tensor of that name
   InvalidSlice,     ///< an index or slice outside the tensor
   InvalidArgument,  ///< a tensor or option that cannot be saved or used
+  StateDictMismatch,  ///< a module and a checkpoint disagree (strict load_state_dict)
+  InvalidIndex,       ///< a sharded checkpoint's index or its set of shards is inconsistent
   // --- the operating system ---
   Io,           ///< open/read/write/rename/... failed (errno in the message)
   FileChanged,  ///< the file shrank or changed while it was being read

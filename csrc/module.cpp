@@ -1,0 +1,337 @@
+// A module's state dict from and to checkpoints: match the file's names to the
+// module's, check every entry before touching a parameter, then fill them one
+// tensor at a time (or make them views of the mapping).
+
+#include "safetensors/module.hpp"
+
+#include <torch/nn/module.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <sstream>
+#include <tuple>
+#include <unordered_map>
+
+#include "safetensors/error.hpp"
+#include "safetensors/sharded.hpp"
+#include "safetensors/torch_dtype.hpp"
+
+namespace safetensors {
+
+namespace {
+
+using Entries = std::vector<std::pair<std::string, at::Tensor>>;
+
+// Parameters then buffers, with the dotted names Python's state_dict uses.
+Entries module_state(const torch::nn::Module& module) {
+  Entries out;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+std::string shape_text(const std::vector<std::uint64_t>& shape) {
+  return shape_text(std::vector<std::int64_t>(shape.begin(), shape.end()));
+}
+
+// Torch dtypes by their safetensors names where the format has one, so a
+// report compares like with like ("F32" against "BF16").
+std::string dtype_text(c10::ScalarType type) {
+  if (auto d = from_torch_dtype(type)) return std::string(dtype_name(*d));
+  return c10::toString(type);
+}
+
+// The shape a file tensor has in torch: packed sub-byte dtypes (F4) hold
+// several values per element.
+std::vector<std::int64_t> torch_shape(const TensorInfo& info) {
+  std::vector<std::int64_t> shape(info.shape.begin(), info.shape.end());
+  const unsigned bits = dtype_bits(info.dtype);
+  if (bits < 8 && !shape.empty()) shape.back() /= 8 / bits;
+  return shape;
+}
+
+// Why a file tensor cannot fill `target`, or nullopt when it can.
+std::optional<std::string> misfit(const at::Tensor& target, const TensorInfo& info,
+                                  bool convert_dtype) {
+  const auto type = to_torch_dtype(info.dtype);
+  if (!type)
+    return "the file's dtype has no torch dtype in LibTorch " + torch_version();
+  if (c10::IntArrayRef(torch_shape(info)) != target.sizes()) return std::string("shape");
+  if (*type == target.scalar_type()) return std::nullopt;
+  if (convert_dtype && c10::isFloatingType(*type) && c10::isFloatingType(target.scalar_type()))
+    return std::nullopt;
+  return std::string("dtype");
+}
+
+std::optional<std::string> module_name_of(const std::string& file_name,
+                                          const StateDictLoadOptions& options) {
+  std::string name = file_name;
+  const std::string& strip = options.strip_prefix();
+  if (!strip.empty() && name.compare(0, strip.size(), strip) == 0) name.erase(0, strip.size());
+  name.insert(0, options.add_prefix());
+  if (options.rename()) return options.rename()(name);
+  return name;
+}
+
+// `removed -> kept` entries a saver recorded in the metadata: a key that is no
+// tensor of the checkpoint, naming one that is.
+std::vector<std::pair<std::string, std::string>> recorded_aliases(const ShardedOpen& checkpoint) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const SafeOpen& shard : checkpoint.shards())
+    for (const auto& [key, value] : shard.metadata())
+      if (checkpoint.contains(value) && !checkpoint.contains(key)) out.emplace_back(key, value);
+  return out;
+}
+
+// The same memory seen the same way: entries tied in the module.
+bool same_view(const at::Tensor& a, const at::Tensor& b) {
+  return a.is_same(b) ||
+         (a.has_storage() && b.has_storage() && a.storage().is_alias_of(b.storage()) &&
+          a.storage_offset() == b.storage_offset() && a.sizes() == b.sizes() &&
+          a.strides() == b.strides() && a.scalar_type() == b.scalar_type());
+}
+
+// One module entry and the file tensor that fills it.
+struct Fill {
+  std::size_t target;
+  std::string source;
+};
+
+// Matches the checkpoint's names to the module's and checks every pair.
+class Matcher {
+ public:
+  Matcher(const Entries& targets, const ShardedOpen& checkpoint, const StateDictLoadOptions& options)
+      : targets_(targets), checkpoint_(checkpoint), options_(options), claimed_(targets.size()) {
+    for (std::size_t i = 0; i < targets.size(); ++i) index_.emplace(targets[i].first, i);
+  }
+
+  void match() {
+    for (const std::string& name : checkpoint_.keys()) consider(name, name, /*alias=*/false);
+    for (const auto& [removed, kept] : recorded_aliases(checkpoint_)) consider(removed, kept, /*alias=*/true);
+    fill_module_ties();
+    for (std::size_t i = 0; i < targets_.size(); ++i)
+      if (!claimed_[i]) report_.missing_keys.push_back(targets_[i].first);
+    std::vector<bool> filled(targets_.size());
+    for (const Fill& f : fills_) filled[f.target] = true;
+    for (std::size_t i = 0; i < targets_.size(); ++i)
+      if (filled[i]) report_.loaded_keys.push_back(targets_[i].first);
+  }
+
+  LoadReport& report() { return report_; }
+  const std::vector<Fill>& fills() const { return fills_; }
+
+ private:
+  // `name` is the file's name for the entry; `source` the tensor that holds its
+  // data (itself, or the kept name of an alias).
+  void consider(const std::string& name, const std::string& source, bool alias) {
+    const std::optional<std::string> mapped = module_name_of(name, options_);
+    if (!mapped) return;
+    const auto it = index_.find(*mapped);
+    if (it == index_.end()) {
+      // An alias names no tensor of the file: a module without it is not at fault.
+      if (!alias) report_.unexpected_keys.push_back({name, *mapped});
+      return;
+    }
+    const std::size_t i = it->second;
+    if (claimed_[i])
+      throw Error(ErrorCode::InvalidArgument, "", name,
+                  "renaming maps two tensors of the checkpoint to '" + *mapped + "'");
+    claimed_[i] = true;
+    const at::Tensor& target = targets_[i].second;
+    const TensorInfo& info = checkpoint_.info(source);
+    if (auto reason = misfit(target, info, options_.convert_dtype())) {
+      report_.mismatched.push_back({name, *mapped, target.sizes().vec(), target.scalar_type(),
+                                    info.shape, info.dtype, *reason});
+      return;
+    }
+    fills_.push_back({i, source});
+  }
+
+  // An entry the file lacks but that the module ties to a filled one (an output
+  // layer sharing the embedding's weight) gets the same tensor.
+  void fill_module_ties() {
+    const std::size_t loaded = fills_.size();
+    for (std::size_t i = 0; i < targets_.size(); ++i) {
+      if (claimed_[i]) continue;
+      for (std::size_t f = 0; f < loaded; ++f) {
+        if (!same_view(targets_[i].second, targets_[fills_[f].target].second)) continue;
+        claimed_[i] = true;
+        fills_.push_back({i, fills_[f].source});
+        break;
+      }
+    }
+  }
+
+  const Entries& targets_;
+  const ShardedOpen& checkpoint_;
+  const StateDictLoadOptions& options_;
+  std::unordered_map<std::string, std::size_t> index_;
+  std::vector<bool> claimed_;  // matched by a name of the file (filled or mismatched)
+  std::vector<Fill> fills_;
+  LoadReport report_;
+};
+
+void fill(Entries& targets, const std::vector<Fill>& fills, const ShardedOpen& checkpoint,
+          LoadMode mode) {
+  torch::NoGradGuard no_grad;
+  // Tied entries must end up sharing one tensor, so each view is made once.
+  std::unordered_map<std::string, at::Tensor> views;
+  for (const Fill& f : fills) {
+    at::Tensor& target = targets[f.target].second;
+    if (mode == LoadMode::ZeroCopy && target.device().is_cpu()) {
+      auto [it, fresh] = views.try_emplace(f.source);
+      if (fresh) it->second = checkpoint.get_tensor(f.source).to(target.scalar_type());
+      target.set_data(it->second);
+    } else {
+      // Straight from the mapping into the parameter's memory, converting and
+      // crossing devices on the way: no second copy of the tensor.
+      target.copy_(checkpoint.get_tensor(f.source));
+    }
+  }
+}
+
+// The byte range a tensor's elements span in its storage.
+std::pair<std::uint64_t, std::uint64_t> extent(const at::Tensor& t) {
+  std::uint64_t span = 1;
+  for (std::int64_t d = 0; d < t.dim(); ++d)
+    span += static_cast<std::uint64_t>(t.size(d) - 1) * static_cast<std::uint64_t>(t.stride(d));
+  const std::uint64_t size = t.element_size();
+  const std::uint64_t begin = static_cast<std::uint64_t>(t.storage_offset()) * size;
+  return {begin, begin + span * size};
+}
+
+// Covers its whole storage, as the reference's `_is_complete` asks.
+bool is_complete(const at::Tensor& t) {
+  return t.storage_offset() == 0 &&
+         static_cast<std::uint64_t>(t.numel()) * t.element_size() == t.storage().nbytes();
+}
+
+// Groups of items whose bytes overlap, each sorted by name.
+std::vector<std::vector<const NamedTensors::Item*>> overlapping_groups(const NamedTensors& tensors) {
+  struct Span {
+    const void* storage;
+    std::uint64_t begin, end;
+    const NamedTensors::Item* item;
+  };
+  std::vector<Span> spans;
+  for (const auto& item : tensors.items()) {
+    const at::Tensor& t = item.tensor;
+    if (!t.defined() || !t.has_storage() || t.is_meta() || t.numel() == 0) continue;
+    const auto [begin, end] = extent(t);
+    spans.push_back({t.storage().unsafeGetStorageImpl(), begin, end, &item});
+  }
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+    return std::tie(a.storage, a.begin) < std::tie(b.storage, b.begin);
+  });
+  std::vector<std::vector<const NamedTensors::Item*>> groups;
+  std::uint64_t group_end = 0;
+  for (std::size_t i = 0; i < spans.size(); ++i) {
+    const bool joins = i > 0 && spans[i].storage == spans[i - 1].storage && spans[i].begin < group_end;
+    if (!joins) {
+      groups.emplace_back();
+      group_end = 0;
+    }
+    groups.back().push_back(spans[i].item);
+    group_end = std::max(group_end, spans[i].end);
+  }
+  groups.erase(std::remove_if(groups.begin(), groups.end(), [](const auto& g) { return g.size() < 2; }),
+               groups.end());
+  for (auto& g : groups)
+    std::sort(g.begin(), g.end(), [](const auto* a, const auto* b) { return a->name < b->name; });
+  return groups;
+}
+
+}  // namespace
+
+std::string LoadReport::describe() const {
+  std::ostringstream out;
+  for (const std::string& name : missing_keys) out << "missing: '" << name << "'\n";
+  for (const Unexpected& u : unexpected_keys) {
+    out << "unexpected: '" << u.file_name << "'";
+    if (u.module_name != u.file_name) out << " (renamed '" << u.module_name << "')";
+    out << "\n";
+  }
+  for (const Mismatch& m : mismatched) {
+    out << "mismatched: '" << m.file_name << "'";
+    if (m.module_name != m.file_name) out << " (renamed '" << m.module_name << "')";
+    out << ": the module has " << dtype_text(m.expected_dtype) << " " << shape_text(m.expected_shape)
+        << ", the checkpoint " << dtype_name(m.found_dtype) << " " << shape_text(m.found_shape) << " ("
+        << m.reason << ")\n";
+  }
+  return out.str();
+}
+
+LoadReport load_state_dict(torch::nn::Module& module, const ShardedOpen& checkpoint,
+                           const StateDictLoadOptions& options) {
+  Entries targets = module_state(module);
+  Matcher matcher(targets, checkpoint, options);
+  matcher.match();
+  LoadReport& report = matcher.report();
+  // Checked before anything is filled: a failed strict load leaves the module as it was.
+  if (options.strict() && !report.ok())
+    throw Error(ErrorCode::StateDictMismatch, checkpoint.path(), "",
+                "the module and the checkpoint disagree:\n" + report.describe());
+  fill(targets, matcher.fills(), checkpoint, options.mode());
+  return std::move(report);
+}
+
+LoadReport load_state_dict(torch::nn::Module& module, const std::string& path,
+                           const StateDictLoadOptions& options) {
+  return load_state_dict(module, ShardedOpen(path, LoadOptions().backend(options.backend())), options);
+}
+
+LoadReport load_state_dict(torch::nn::Module& module, const SafeOpen& file,
+                           const StateDictLoadOptions& options) {
+  return load_state_dict(module, ShardedOpen(file), options);
+}
+
+Deduplicated deduplicate_shared(const NamedTensors& tensors) {
+  Deduplicated out;
+  for (const auto& group : overlapping_groups(tensors)) {
+    const auto kept = std::find_if(group.begin(), group.end(),
+                                   [](const auto* item) { return is_complete(item->tensor); });
+    if (kept == group.end()) {
+      std::string names;
+      for (const auto* item : group) names += (names.empty() ? "'" : ", '") + item->name + "'";
+      throw Error(ErrorCode::InvalidArgument, "", group.front()->name,
+                  "tensors " + names +
+                      " share memory and none covers the whole storage: saving one would store "
+                      "more than the tensors; .clone() them");
+    }
+    for (const auto* item : group)
+      if (item != *kept) out.aliases.emplace(item->name, (*kept)->name);
+  }
+  for (const auto& item : tensors.items())
+    if (!out.aliases.count(item.name)) {
+      if (item.raw_dtype) {
+        out.tensors.add_raw(item.name, *item.raw_dtype, item.raw_shape, item.tensor);
+      } else {
+        out.tensors.add(item.name, item.tensor);
+      }
+    }
+  return out;
+}
+
+void save_state_dict(const torch::nn::Module& module, const std::string& path,
+                     const std::optional<Metadata>& metadata, const StateDictSaveOptions& options) {
+  NamedTensors state;
+  for (auto& [name, tensor] : module_state(module)) state.add(std::move(name), std::move(tensor));
+  Deduplicated saved = deduplicate_shared(state);
+  Metadata meta = metadata.value_or(Metadata{});
+  meta.emplace("format", "pt");
+  for (const auto& [removed, kept] : saved.aliases) meta.emplace(removed, kept);  // user keys win
+  if (options.max_shard_size()) {
+    save_sharded(saved.tensors, path, meta,
+                 ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()));
+  } else {
+    save_file(saved.tensors, path, meta, SaveOptions().fsync(options.fsync()));
+  }
+}
+
+}  // namespace safetensors

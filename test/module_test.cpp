@@ -1,0 +1,388 @@
+// State dicts of torch::nn modules: names, strict and non-strict loads with
+// every report field, exact shapes, the dtype policy, copy and zero-copy
+// modes, renaming, and tied weights.
+
+#include <torch/torch.h>
+
+#include "safetensors/load.hpp"
+#include "safetensors/module.hpp"
+#include "safetensors/save.hpp"
+#include "test_util.hpp"
+
+namespace safetensors {
+namespace {
+
+using test::error_code_of;
+using test::TempDir;
+using namespace torch::nn;
+
+struct InnerImpl : Module {
+  InnerImpl() : fc(register_module("fc", Linear(3, 2))) {}
+  Linear fc;
+};
+TORCH_MODULE(Inner);
+
+// Every kind of torch::nn container and layer, nested.
+struct NetImpl : Module {
+  NetImpl()
+      : conv(register_module("conv", Conv2d(Conv2dOptions(1, 2, 3)))),
+        bn(register_module("bn", BatchNorm2d(2))),
+        embed(register_module("embed", Embedding(5, 3))),
+        norm(register_module("norm", LayerNorm(LayerNormOptions({3})))),
+        seq(register_module("seq", Sequential(Linear(3, 4), ReLU(), Linear(4, 3)))),
+        list(register_module("list", ModuleList(Linear(3, 3), Inner()))),
+        dict(register_module("dict", ModuleDict(torch::OrderedDict<std::string, std::shared_ptr<Module>>{
+                                         {"proj", Linear(3, 1).ptr()}}))),
+        inner(register_module("inner", Inner())) {}
+  Conv2d conv;
+  BatchNorm2d bn;
+  Embedding embed;
+  LayerNorm norm;
+  Sequential seq;
+  ModuleList list;
+  ModuleDict dict;
+  Inner inner;
+};
+TORCH_MODULE(Net);
+
+const std::vector<std::string> kNetNames = {
+    "conv.weight", "conv.bias", "bn.weight", "bn.bias", "embed.weight", "norm.weight", "norm.bias",
+    "seq.0.weight", "seq.0.bias", "seq.2.weight", "seq.2.bias", "list.0.weight", "list.0.bias",
+    "list.1.fc.weight", "list.1.fc.bias", "dict.proj.weight", "dict.proj.bias", "inner.fc.weight",
+    "inner.fc.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"};
+
+// A Linear whose weight is [2, 3]: small modules for precise reports.
+struct SmallImpl : Module {
+  SmallImpl() : fc(register_module("fc", Linear(3, 2))) {}
+  Linear fc;
+};
+TORCH_MODULE(Small);
+
+// An embedding and an output layer that share one weight.
+struct TiedHeadImpl : Module {
+  explicit TiedHeadImpl(const torch::Tensor& w) : weight(register_parameter("weight", w)) {}
+  torch::Tensor weight;
+};
+TORCH_MODULE(TiedHead);
+
+struct TiedImpl : Module {
+  TiedImpl()
+      : embed(register_module("embed", Embedding(4, 3))),
+        head(register_module("head", TiedHead(embed->weight))) {}
+  Embedding embed;
+  TiedHead head;
+};
+TORCH_MODULE(Tied);
+
+// The same names as Tied, without the tie.
+struct UntiedImpl : Module {
+  UntiedImpl()
+      : embed(register_module("embed", Embedding(4, 3))),
+        head(register_module("head", TiedHead(torch::zeros({4, 3})))) {}
+  Embedding embed;
+  TiedHead head;
+};
+TORCH_MODULE(Untied);
+
+std::map<std::string, torch::Tensor> state_of(const Module& m) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& p : m.named_parameters()) out[p.key()] = p.value().detach().clone();
+  for (const auto& b : m.named_buffers()) out[b.key()] = b.value().clone();
+  return out;
+}
+
+bool same_state(const Module& a, const Module& b) {
+  auto sa = state_of(a), sb = state_of(b);
+  if (sa.size() != sb.size()) return false;
+  for (const auto& [name, t] : sa)
+    if (!sb.count(name) || !test::bitwise_equal(t, sb[name])) return false;
+  return true;
+}
+
+std::string error_message(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(StateDict, RoundTripKeepsEveryParameterAndBufferUnderPythonNames) {
+  TempDir dir;
+  Net saved;
+  saved->bn->running_mean.uniform_();
+  saved->bn->running_var.uniform_();
+  saved->bn->num_batches_tracked.fill_(7);
+  save_state_dict(*saved, dir.file("net.safetensors"));
+
+  SafeOpen f(dir.file("net.safetensors"));
+  std::vector<std::string> keys = f.keys(), expected = kNetNames;
+  std::sort(keys.begin(), keys.end());
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(keys, expected);
+  EXPECT_EQ(f.metadata(), (Metadata{{"format", "pt"}}));
+
+  Net loaded;
+  ASSERT_FALSE(same_state(*saved, *loaded));
+  LoadReport report = load_state_dict(*loaded, dir.file("net.safetensors"));
+  EXPECT_TRUE(report.ok()) << report.describe();
+  EXPECT_EQ(report.loaded_keys.size(), kNetNames.size());
+  EXPECT_TRUE(same_state(*saved, *loaded));
+}
+
+TEST(StateDict, CopyModeFillsTheParametersOwnMemory) {
+  TempDir dir;
+  Small saved, loaded;
+  save_state_dict(*saved, dir.file("m.safetensors"));
+  const void* before = loaded->fc->weight.data_ptr();
+  SafeOpen f(dir.file("m.safetensors"));
+  load_state_dict(*loaded, f);
+  EXPECT_EQ(loaded->fc->weight.data_ptr(), before);
+  EXPECT_NE(loaded->fc->weight.data_ptr(), f.get_tensor("fc.weight").data_ptr());
+  EXPECT_TRUE(loaded->fc->weight.requires_grad());
+  EXPECT_TRUE(torch::equal(loaded->fc->weight, saved->fc->weight));
+}
+
+TEST(StateDict, ZeroCopyModeMakesParametersViewsOfTheFileAndWritesStayPrivate) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  Small saved;
+  save_state_dict(*saved, path);
+  const std::string bytes = test::read_bytes(path);
+  SafeOpen f(path);
+  Small a, b;
+  load_state_dict(*a, f, StateDictLoadOptions().mode(LoadMode::ZeroCopy));
+  load_state_dict(*b, f, StateDictLoadOptions().mode(LoadMode::ZeroCopy));
+  // One copy of the bytes, in the mapping, for every module.
+  EXPECT_EQ(a->fc->weight.data_ptr(), f.get_tensor("fc.weight").data_ptr());
+  EXPECT_EQ(a->fc->bias.data_ptr(), b->fc->bias.data_ptr());
+  EXPECT_TRUE(a->fc->weight.requires_grad());
+  EXPECT_TRUE(torch::equal(a->fc->weight, saved->fc->weight));
+  {
+    torch::NoGradGuard no_grad;
+    a->fc->weight.add_(1);
+  }
+  EXPECT_EQ(test::read_bytes(path), bytes);
+  Small c;
+  load_state_dict(*c, path, StateDictLoadOptions().mode(LoadMode::ZeroCopy));
+  EXPECT_TRUE(torch::equal(c->fc->weight, saved->fc->weight));
+}
+
+TEST(StateDict, StrictLoadListsEveryProblemAtOnceAndChangesNothing) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  save_file({{"fc.weight", torch::ones({3, 2})}, {"extra", torch::ones({1})}}, path);
+  Small m;
+  auto before = state_of(*m);
+  std::string message;
+  try {
+    load_state_dict(*m, path);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::StateDictMismatch);
+    message = e.what();
+  }
+  EXPECT_NE(message.find("missing: 'fc.bias'"), std::string::npos) << message;
+  EXPECT_NE(message.find("unexpected: 'extra'"), std::string::npos) << message;
+  EXPECT_NE(message.find("mismatched: 'fc.weight'"), std::string::npos) << message;
+  EXPECT_NE(message.find("F32 [2, 3]"), std::string::npos) << message;
+  for (const auto& [name, t] : state_of(*m)) EXPECT_TRUE(torch::equal(t, before[name])) << name;
+}
+
+TEST(StateDict, NonStrictLoadsWhatMatchesAndReportsTheRest) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  torch::Tensor bias = torch::tensor({5.0f, 6.0f});
+  save_file({{"fc.weight", torch::ones({3, 2}, torch::kDouble)}, {"fc.bias", bias}, {"extra", torch::ones({1})}},
+            path);
+  Small m;
+  torch::Tensor weight = m->fc->weight.detach().clone();
+  LoadReport r = load_state_dict(*m, path, StateDictLoadOptions().strict(false));
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.loaded_keys, std::vector<std::string>{"fc.bias"});
+  EXPECT_TRUE(r.missing_keys.empty());
+  ASSERT_EQ(r.unexpected_keys.size(), 1u);
+  EXPECT_EQ(r.unexpected_keys[0].file_name, "extra");
+  EXPECT_EQ(r.unexpected_keys[0].module_name, "extra");
+  ASSERT_EQ(r.mismatched.size(), 1u);
+  const LoadReport::Mismatch& mm = r.mismatched[0];
+  EXPECT_EQ(mm.file_name, "fc.weight");
+  EXPECT_EQ(mm.module_name, "fc.weight");
+  EXPECT_EQ(mm.expected_shape, (std::vector<std::int64_t>{2, 3}));
+  EXPECT_EQ(mm.expected_dtype, torch::kFloat);
+  EXPECT_EQ(mm.found_shape, (std::vector<std::uint64_t>{3, 2}));
+  EXPECT_EQ(mm.found_dtype, Dtype::F64);
+  EXPECT_EQ(mm.reason, "shape");
+  EXPECT_TRUE(torch::equal(m->fc->bias, bias));
+  EXPECT_TRUE(torch::equal(m->fc->weight, weight));
+
+  save_file({{"fc.weight", torch::ones({2, 3})}}, path);
+  r = load_state_dict(*m, path, StateDictLoadOptions().strict(false));
+  EXPECT_EQ(r.missing_keys, std::vector<std::string>{"fc.bias"});
+  EXPECT_EQ(r.loaded_keys, std::vector<std::string>{"fc.weight"});
+  EXPECT_TRUE(r.unexpected_keys.empty());
+  EXPECT_TRUE(r.mismatched.empty());
+  EXPECT_TRUE(torch::equal(m->fc->bias, bias));  // a missing entry keeps its value
+}
+
+TEST(StateDict, ShapesMustMatchExactlyWithoutBroadcastingOrReplacement) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  save_file({{"fc.weight", torch::ones({1})}, {"fc.bias", torch::ones({1, 2})}}, path);
+  Small m;
+  torch::Tensor weight = m->fc->weight.detach().clone();
+  EXPECT_EQ(error_code_of([&] { load_state_dict(*m, path); }), ErrorCode::StateDictMismatch);
+  LoadReport r = load_state_dict(*m, path, StateDictLoadOptions().strict(false).mode(LoadMode::ZeroCopy));
+  EXPECT_EQ(r.mismatched.size(), 2u);
+  EXPECT_EQ(m->fc->weight.sizes(), (std::vector<std::int64_t>{2, 3}));
+  EXPECT_EQ(m->fc->bias.sizes(), (std::vector<std::int64_t>{2}));
+  EXPECT_TRUE(torch::equal(m->fc->weight, weight));
+}
+
+TEST(StateDict, ADifferentDtypeIsAMismatchUnlessConversionIsAllowed) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  torch::Tensor w = torch::randn({2, 3}).to(torch::kBFloat16);
+  save_file({{"fc.weight", w}, {"fc.bias", torch::ones({2}, torch::kBFloat16)}}, path);
+  Small m;
+  LoadReport r = load_state_dict(*m, path, StateDictLoadOptions().strict(false));
+  ASSERT_EQ(r.mismatched.size(), 2u);
+  EXPECT_EQ(r.mismatched[0].reason, "dtype");
+  EXPECT_EQ(r.mismatched[0].found_dtype, Dtype::BF16);
+
+  for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
+    Small converted;
+    load_state_dict(*converted, path, StateDictLoadOptions().convert_dtype(true).mode(mode));
+    EXPECT_EQ(converted->fc->weight.scalar_type(), torch::kFloat);
+    EXPECT_TRUE(torch::equal(converted->fc->weight, w.to(torch::kFloat)));
+  }
+  // Conversion is between floating-point dtypes only.
+  save_file({{"fc.weight", torch::ones({2, 3}, torch::kInt)}, {"fc.bias", torch::ones({2})}}, path);
+  r = load_state_dict(*m, path, StateDictLoadOptions().strict(false).convert_dtype(true));
+  ASSERT_EQ(r.mismatched.size(), 1u);
+  EXPECT_EQ(r.mismatched[0].found_dtype, Dtype::I32);
+}
+
+TEST(StateDict, RenamingStripsAndAddsPrefixesAndMapsOrDropsNames) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  torch::Tensor w = torch::randn({2, 3}), b = torch::randn({2});
+  save_file({{"model.transformer.fc.weight", w}, {"model.transformer.fc.bias", b}, {"model.pooler", b.clone()}}, path);
+  auto rename = [](const std::string& name) -> std::optional<std::string> {
+    if (name == "pooler") return std::nullopt;
+    return "head." + name.substr(std::string("transformer.").size());
+  };
+  struct WrapImpl : Module {
+    WrapImpl() : head(register_module("head", Small())) {}
+    Small head;
+  };
+  auto wrapped = std::make_shared<WrapImpl>();
+  LoadReport r = load_state_dict(*wrapped, path, StateDictLoadOptions().strip_prefix("model.").rename(rename));
+  EXPECT_TRUE(r.ok()) << r.describe();
+  EXPECT_TRUE(torch::equal(wrapped->head->fc->weight, w));
+
+  Small m;  // add_prefix runs after strip_prefix; the report names both sides
+  r = load_state_dict(*m, path,
+                      StateDictLoadOptions().strict(false).strip_prefix("model.transformer.").add_prefix("x."));
+  EXPECT_EQ(r.missing_keys, (std::vector<std::string>{"fc.weight", "fc.bias"}));
+  ASSERT_EQ(r.unexpected_keys.size(), 3u);  // in file order
+  EXPECT_EQ(r.unexpected_keys[0].file_name, "model.pooler");
+  EXPECT_EQ(r.unexpected_keys[0].module_name, "x.model.pooler");  // no prefix to strip
+  EXPECT_EQ(r.unexpected_keys[2].file_name, "model.transformer.fc.weight");
+  EXPECT_EQ(r.unexpected_keys[2].module_name, "x.fc.weight");
+
+  EXPECT_EQ(error_code_of([&] {
+              load_state_dict(*m, path, StateDictLoadOptions().rename([](const std::string&) {
+                return std::optional<std::string>("fc.bias");
+              }));
+            }),
+            ErrorCode::InvalidArgument);  // two tensors for one parameter
+}
+
+TEST(StateDict, TiedWeightsAreSavedOnceAndTheTieIsRestored) {
+  TempDir dir;
+  const std::string path = dir.file("tied.safetensors");
+  Tied saved;
+  save_state_dict(*saved, path, Metadata{{"note", "mine"}});
+  SafeOpen f(path);
+  EXPECT_EQ(f.keys(), std::vector<std::string>{"embed.weight"});  // the first name in byte order
+  EXPECT_EQ(f.metadata(), (Metadata{{"format", "pt"}, {"head.weight", "embed.weight"}, {"note", "mine"}}));
+
+  Tied copied;
+  LoadReport r = load_state_dict(*copied, path);
+  EXPECT_EQ(r.loaded_keys, (std::vector<std::string>{"embed.weight", "head.weight"}));
+  EXPECT_TRUE(torch::equal(copied->head->weight, saved->embed->weight));
+
+  Tied viewed;
+  load_state_dict(*viewed, f, StateDictLoadOptions().mode(LoadMode::ZeroCopy));
+  EXPECT_EQ(viewed->head->weight.data_ptr(), viewed->embed->weight.data_ptr());
+  EXPECT_EQ(viewed->head->weight.data_ptr(), f.get_tensor("embed.weight").data_ptr());
+
+  // A module without the tie gets the alias filled from the kept tensor.
+  Untied untied;
+  r = load_state_dict(*untied, path);
+  EXPECT_TRUE(r.ok()) << r.describe();
+  EXPECT_TRUE(torch::equal(untied->head->weight, saved->embed->weight));
+
+  // A tie the module has and the file does not record (transformers omits lm_head).
+  save_file({{"embed.weight", torch::ones({4, 3})}}, path);
+  Tied plain;
+  r = load_state_dict(*plain, path);
+  EXPECT_EQ(r.loaded_keys, (std::vector<std::string>{"embed.weight", "head.weight"}));
+  EXPECT_TRUE(torch::equal(plain->head->weight, torch::ones({4, 3})));
+}
+
+TEST(StateDict, UserMetadataKeysAreNotOverwrittenByAliases) {
+  TempDir dir;
+  const std::string path = dir.file("tied.safetensors");
+  Tied saved;
+  save_state_dict(*saved, path, Metadata{{"head.weight", "user value"}, {"format", "custom"}});
+  EXPECT_EQ(SafeOpen(path).metadata(), (Metadata{{"format", "custom"}, {"head.weight", "user value"}}));
+}
+
+TEST(Deduplicate, KeepsOneNamePerStorageAndRefusesWhenNoneCoversIt) {
+  torch::Tensor w = torch::randn({4, 4});
+  Deduplicated d = deduplicate_shared({{"z", w}, {"b", w.t()}, {"row", w[1]}, {"other", torch::ones({2})}});
+  EXPECT_EQ(d.aliases, (std::map<std::string, std::string>{{"row", "b"}, {"z", "b"}}));
+  ASSERT_EQ(d.tensors.size(), 2u);
+  EXPECT_EQ(d.tensors.items()[0].name, "b");
+  EXPECT_EQ(d.tensors.items()[1].name, "other");
+  // Disjoint halves of one storage are separate tensors.
+  EXPECT_TRUE(deduplicate_shared({{"top", w.slice(0, 0, 2)}, {"bottom", w.slice(0, 2, 4)}}).aliases.empty());
+  EXPECT_EQ(error_code_of([&] { deduplicate_shared({{"a", w.slice(0, 0, 3)}, {"b", w.slice(0, 1, 4)}}); }),
+            ErrorCode::InvalidArgument);
+  std::string message = error_message([&] { deduplicate_shared({{"a", w[0]}, {"b", w[0]}}); });
+  EXPECT_NE(message.find("none covers the whole storage"), std::string::npos) << message;
+}
+
+TEST(StateDict, SavesParametersFromAnyLayoutAsContiguousValues) {
+  TempDir dir;
+  struct TransposedImpl : Module {
+    TransposedImpl() : w(register_parameter("w", torch::randn({3, 5}).t())) {}
+    torch::Tensor w;
+  };
+  auto m = std::make_shared<TransposedImpl>();
+  save_state_dict(*m, dir.file("t.safetensors"));
+  EXPECT_TRUE(torch::equal(SafeOpen(dir.file("t.safetensors")).get_tensor("w"), m->w));
+}
+
+TEST(StateDict, FillsCudaParametersStraightFromTheFile) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  TempDir dir;
+  Small saved;
+  save_state_dict(*saved, dir.file("m.safetensors"));
+  for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
+    Small gpu;
+    gpu->to(torch::kCUDA);
+    load_state_dict(*gpu, dir.file("m.safetensors"), StateDictLoadOptions().mode(mode));
+    EXPECT_TRUE(gpu->fc->weight.is_cuda());
+    EXPECT_TRUE(torch::equal(gpu->fc->weight.cpu(), saved->fc->weight));
+  }
+  Small from_gpu;
+  from_gpu->to(torch::kCUDA);
+  save_state_dict(*from_gpu, dir.file("gpu.safetensors"));
+  EXPECT_TRUE(torch::equal(SafeOpen(dir.file("gpu.safetensors")).get_tensor("fc.bias"), from_gpu->fc->bias.cpu()));
+}
+
+}  // namespace
+}  // namespace safetensors

@@ -1,0 +1,266 @@
+// Sharded checkpoints: packing, the index, lazy access over the shards, every
+// inconsistency a loader must refuse, and crash-safety of a whole set.
+
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include "safetensors/load.hpp"
+#include "safetensors/module.hpp"
+#include "safetensors/save.hpp"
+#include "safetensors/sharded.hpp"
+#include "test_util.hpp"
+
+namespace safetensors {
+namespace {
+
+using test::error_code_of;
+using test::read_bytes;
+using test::TempDir;
+using test::write_bytes;
+
+const std::string kFluxml = std::string(SAFETENSORS_TEST_DATA_DIR) + "/vectors/fluxml_sharded";
+
+// Ten F32 tensors of 10 floats (40 bytes) each, named t0..t9.
+NamedTensors ten_tensors() {
+  NamedTensors out;
+  for (int i = 0; i < 10; ++i) out.add("t" + std::to_string(i), torch::full({10}, static_cast<float>(i)));
+  return out;
+}
+
+nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(read_bytes(path)); }
+
+// Writes an index over the given weight map.
+void write_index(const TempDir& dir, const nlohmann::json& weight_map) {
+  write_bytes(dir.file(std::string(kIndexFileName)),
+              nlohmann::json{{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}}.dump());
+}
+
+TEST(ShardedSave, PacksGreedilyInKeyOrderAndWritesTheIndex) {
+  TempDir dir;
+  auto files = save_sharded(ten_tensors(), dir.path().string(), Metadata{{"k", "v"}},
+                            ShardedSaveOptions().max_shard_size(100));
+  const std::vector<std::string> expected = {
+      "model-00001-of-00005.safetensors", "model-00002-of-00005.safetensors",
+      "model-00003-of-00005.safetensors", "model-00004-of-00005.safetensors",
+      "model-00005-of-00005.safetensors", std::string(kIndexFileName)};
+  EXPECT_EQ(files, expected);
+  std::vector<std::string> entries = expected;
+  std::sort(entries.begin(), entries.end());
+  EXPECT_EQ(dir.entries(), entries);  // no temporary file left
+
+  nlohmann::json index = read_json(dir.file(std::string(kIndexFileName)));
+  EXPECT_EQ(index["metadata"]["total_size"], 400);
+  EXPECT_EQ(index["weight_map"]["t0"], "model-00001-of-00005.safetensors");
+  EXPECT_EQ(index["weight_map"]["t1"], "model-00001-of-00005.safetensors");
+  EXPECT_EQ(index["weight_map"]["t2"], "model-00002-of-00005.safetensors");
+  EXPECT_EQ(index["weight_map"]["t9"], "model-00005-of-00005.safetensors");
+  const std::string set_id = index["metadata"][std::string(kShardSetKey)];
+  for (int i = 0; i < 5; ++i) {
+    SafeOpen shard(dir.file(expected[i]));
+    EXPECT_EQ(shard.keys(), (std::vector<std::string>{"t" + std::to_string(2 * i), "t" + std::to_string(2 * i + 1)}));
+    EXPECT_EQ(shard.metadata(), (Metadata{{"format", "pt"}, {"k", "v"}, {std::string(kShardSetKey), set_id}}));
+  }
+}
+
+TEST(ShardedSave, ATensorLargerThanTheLimitSitsAlone) {
+  TempDir dir;
+  NamedTensors tensors;
+  tensors.add("a", torch::zeros({10})).add("big", torch::zeros({50})).add("c", torch::zeros({10})).add("d", torch::zeros({10}));
+  save_sharded(tensors, dir.path().string(), std::nullopt, ShardedSaveOptions().max_shard_size(100));
+  ShardIndex index = read_index(dir.file(std::string(kIndexFileName)));
+  EXPECT_EQ(index.total_size, 320u);
+  EXPECT_EQ(index.weight_map, (std::map<std::string, std::string>{{"a", "model-00001-of-00003.safetensors"},
+                                                                  {"big", "model-00002-of-00003.safetensors"},
+                                                                  {"c", "model-00003-of-00003.safetensors"},
+                                                                  {"d", "model-00003-of-00003.safetensors"}}));
+}
+
+TEST(ShardedSave, OneShardIsModelSafetensorsWithoutAnIndex) {
+  TempDir dir;
+  save_sharded(ten_tensors(), dir.path().string(), std::nullopt, ShardedSaveOptions().max_shard_size(100));
+  auto files = save_sharded(ten_tensors(), dir.path().string());  // 5 GB: one shard
+  EXPECT_EQ(files, std::vector<std::string>{std::string(kSingleFileName)});
+  EXPECT_FALSE(std::filesystem::exists(dir.file(std::string(kIndexFileName))));  // the stale one is gone
+  EXPECT_EQ(SafeOpen(dir.file(std::string(kSingleFileName))).metadata(), (Metadata{{"format", "pt"}}));
+  ShardedOpen opened(dir.path().string());
+  EXPECT_EQ(opened.index(), nullptr);
+  EXPECT_EQ(opened.size(), 10u);
+}
+
+TEST(ShardedSave, RefusesTensorsThatShareMemory) {
+  TempDir dir;
+  torch::Tensor w = torch::ones({4});
+  EXPECT_EQ(error_code_of([&] { save_sharded({{"a", w}, {"b", w}}, dir.path().string()); }),
+            ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of([&] {
+              save_sharded(ten_tensors(), dir.path().string(), std::nullopt, ShardedSaveOptions().max_shard_size(0));
+            }),
+            ErrorCode::InvalidArgument);
+  EXPECT_TRUE(dir.entries().empty());
+}
+
+TEST(ShardedOpen, ReadsASavedSetLazilyLikeSafeOpen) {
+  TempDir dir;
+  save_sharded(ten_tensors(), dir.path().string(), std::nullopt, ShardedSaveOptions().max_shard_size(100));
+  for (const std::string& path : {dir.path().string(), dir.file(std::string(kIndexFileName))}) {
+    ShardedOpen ckpt(path);
+    ASSERT_NE(ckpt.index(), nullptr);
+    EXPECT_EQ(ckpt.shards().size(), 5u);
+    EXPECT_EQ(ckpt.size(), 10u);
+    EXPECT_EQ(ckpt.keys().front(), "t0");
+    EXPECT_EQ(ckpt.metadata().at("total_size"), "400");
+    EXPECT_TRUE(ckpt.contains("t7"));
+    EXPECT_EQ(ckpt.info("t7").shape, std::vector<std::uint64_t>{10});
+    EXPECT_EQ(ckpt.shard_of("t7").path(), dir.file("model-00004-of-00005.safetensors"));
+    EXPECT_TRUE(torch::equal(ckpt.get_tensor("t7"), torch::full({10}, 7.0f)));
+    EXPECT_TRUE(torch::equal(ckpt.get_slice("t3")({torch::indexing::Slice(0, 2)}), torch::full({2}, 3.0f)));
+    EXPECT_EQ(ckpt.tensors().size(), 10u);
+    EXPECT_EQ(error_code_of([&] { ckpt.get_tensor("nope"); }), ErrorCode::TensorNotFound);
+  }
+}
+
+TEST(ShardedOpen, ReadsTheFluxmlSetAsItsUnshardedTwin) {
+  ShardedOpen ckpt(kFluxml, LoadOptions().unsupported_as_bytes(true));
+  EXPECT_EQ(ckpt.shards().size(), 6u);
+  EXPECT_EQ(ckpt.size(), 36u);
+  EXPECT_EQ(ckpt.index()->total_size, 4305u);
+  SafeOpen twin(std::string(SAFETENSORS_TEST_DATA_DIR) + "/vectors/fluxml_non_sharded_model.safetensors",
+                LoadOptions().unsupported_as_bytes(true));
+  std::size_t compared = 0;
+  for (const std::string& name : ckpt.keys()) {
+    if (!twin.contains(name)) continue;
+    EXPECT_TRUE(test::bitwise_equal(ckpt.get_tensor(name), twin.get_tensor(name))) << name;
+    ++compared;
+  }
+  EXPECT_EQ(compared, twin.size());
+}
+
+TEST(ShardedOpen, OpensOnlyTheShardsTheIndexLists) {
+  TempDir dir;
+  for (const auto& entry : std::filesystem::directory_iterator(kFluxml))
+    std::filesystem::copy(entry.path(), dir.path() / entry.path().filename());
+  write_bytes(dir.file("model-00007-of-00006.safetensors"), "not a safetensors file");
+  EXPECT_EQ(ShardedOpen(dir.path().string(), LoadOptions().unsupported_as_bytes(true)).shards().size(), 6u);
+}
+
+TEST(ShardIndex, RefusesShardNamesOutsideTheFolder) {
+  for (const std::string bad : {"/etc/model.safetensors", "C:model.safetensors", "../model.safetensors",
+                                "a/../../model.safetensors", "model.bin", ".safetensors",
+                                "a\\model.safetensors"}) {
+    const std::string json = nlohmann::json{{"weight_map", {{"w", bad}}}}.dump();
+    EXPECT_EQ(error_code_of([&] { parse_index(json); }), ErrorCode::InvalidIndex) << bad;
+  }
+  EXPECT_NO_THROW(parse_index(R"({"weight_map": {"w": "sub/model-1.safetensors"}})"));
+  for (const std::string bad : {"[]", "{", R"({"metadata": {}})", R"({"weight_map": {"w": 1}})",
+                                R"({"weight_map": {}, "metadata": {"total_size": -1}})"})
+    EXPECT_EQ(error_code_of([&] { parse_index(bad); }), ErrorCode::InvalidIndex) << bad;
+}
+
+TEST(ShardedOpen, RefusesASetThatDisagreesWithItsIndex) {
+  TempDir dir;
+  save_file({{"a", torch::ones({1})}}, dir.file("one.safetensors"));
+  save_file({{"b", torch::ones({1})}, {"a", torch::ones({1})}}, dir.file("two.safetensors"));
+  const std::string path = dir.path().string();
+  write_index(dir, {{"a", "two.safetensors"}, {"b", "two.safetensors"}, {"x", "one.safetensors"}});
+  EXPECT_EQ(error_code_of([&] { ShardedOpen{path}; }), ErrorCode::InvalidIndex);  // a: in another shard
+  write_index(dir, {{"a", "one.safetensors"}, {"b", "two.safetensors"}});
+  EXPECT_EQ(error_code_of([&] { ShardedOpen{path}; }), ErrorCode::InvalidIndex);  // a: in two shards
+  write_index(dir, {{"b", "two.safetensors"}});
+  EXPECT_EQ(error_code_of([&] { ShardedOpen{path}; }), ErrorCode::InvalidIndex);  // a: not listed
+  save_file({{"b", torch::ones({1})}}, dir.file("two.safetensors"));
+  write_index(dir, {{"a", "one.safetensors"}, {"b", "two.safetensors"}, {"c", "two.safetensors"}});
+  EXPECT_EQ(error_code_of([&] { ShardedOpen{path}; }), ErrorCode::InvalidIndex);  // c: listed, absent
+  write_index(dir, {{"a", "one.safetensors"}, {"b", "two.safetensors"}});
+  EXPECT_EQ(ShardedOpen(path).size(), 2u);
+  write_index(dir, {{"a", "missing.safetensors"}});
+  EXPECT_EQ(error_code_of([&] { ShardedOpen{path}; }), ErrorCode::Io);
+  TempDir empty;
+  EXPECT_EQ(error_code_of([&] { ShardedOpen{empty.path().string()}; }), ErrorCode::Io);
+}
+
+TEST(ShardedOpen, RefusesASetMixedFromTwoSaves) {
+  TempDir a, b;
+  NamedTensors other;
+  for (int i = 0; i < 10; ++i) other.add("t" + std::to_string(i), torch::zeros({10}));
+  save_sharded(ten_tensors(), a.path().string(), std::nullopt, ShardedSaveOptions().max_shard_size(100));
+  save_sharded(other, b.path().string(), std::nullopt, ShardedSaveOptions().max_shard_size(100));
+  std::filesystem::copy_file(b.file("model-00002-of-00005.safetensors"), a.file("model-00002-of-00005.safetensors"),
+                             std::filesystem::copy_options::overwrite_existing);
+  std::string message;
+  try {
+    ShardedOpen{a.path().string()};
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidIndex);
+    message = e.what();
+  }
+  EXPECT_NE(message.find("another save"), std::string::npos) << message;
+}
+
+// A failure in the middle of a save leaves the previous set as it was, and nothing else.
+TEST(ShardedSave, AFailureWhileWritingLeavesThePreviousSet) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  save_sharded(ten_tensors(), folder, std::nullopt, ShardedSaveOptions().max_shard_size(100));
+  const auto entries = dir.entries();
+  const std::string index = read_bytes(dir.file(std::string(kIndexFileName)));
+  const std::string last = read_bytes(dir.file("model-00005-of-00005.safetensors"));
+
+  NamedTensors bad = ten_tensors();
+  bad.add("z_undefined", torch::Tensor());  // packed in the last shard
+  EXPECT_EQ(error_code_of([&] { save_sharded(bad, folder, std::nullopt, ShardedSaveOptions().max_shard_size(100)); }),
+            ErrorCode::InvalidArgument);
+  EXPECT_EQ(dir.entries(), entries);
+  EXPECT_EQ(read_bytes(dir.file(std::string(kIndexFileName))), index);
+
+  // A write that fails with the disk "full" (RLIMIT_FSIZE) in the third shard.
+  NamedTensors large;
+  for (int i = 0; i < 4; ++i) large.add("t" + std::to_string(i), torch::zeros({i < 2 ? 1000 : 100000}));
+  struct rlimit old_limit;
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit small = old_limit;
+  small.rlim_cur = 64 * 1024;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  ErrorCode code = ErrorCode::InvalidArgument;
+  try {
+    save_sharded(large, folder, std::nullopt, ShardedSaveOptions().max_shard_size(5000).fsync(false));
+  } catch (const Error& e) {
+    code = e.code();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old_limit);
+  ::signal(SIGXFSZ, old_handler);
+  EXPECT_EQ(code, ErrorCode::Io);
+  EXPECT_EQ(dir.entries(), entries);
+  EXPECT_EQ(read_bytes(dir.file(std::string(kIndexFileName))), index);
+  EXPECT_EQ(read_bytes(dir.file("model-00005-of-00005.safetensors")), last);
+  EXPECT_EQ(ShardedOpen(folder).size(), 10u);
+}
+
+struct TwoLayersImpl : torch::nn::Module {
+  TwoLayersImpl()
+      : a(register_module("a", torch::nn::Linear(8, 8))), b(register_module("b", torch::nn::Linear(8, 8))) {}
+  torch::nn::Linear a, b;
+};
+TORCH_MODULE(TwoLayers);
+
+TEST(ShardedStateDict, RoundTripsAModuleThroughShards) {
+  TempDir dir;
+  TwoLayers saved, loaded;
+  save_state_dict(*saved, dir.path().string(), std::nullopt, StateDictSaveOptions().max_shard_size(300));
+  EXPECT_EQ(ShardedOpen(dir.path().string()).shards().size(), 2u);
+  LoadReport r = load_state_dict(*loaded, dir.path().string());
+  EXPECT_TRUE(r.ok()) << r.describe();
+  EXPECT_TRUE(torch::equal(loaded->b->weight, saved->b->weight));
+  EXPECT_TRUE(torch::equal(loaded->a->bias, saved->a->bias));
+  ShardedOpen ckpt(dir.file(std::string(kIndexFileName)));
+  TwoLayers viewed;
+  load_state_dict(*viewed, ckpt, StateDictLoadOptions().mode(LoadMode::ZeroCopy));
+  EXPECT_EQ(viewed->b->weight.data_ptr(), ckpt.get_tensor("b.weight").data_ptr());
+}
+
+}  // namespace
+}  // namespace safetensors

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing safetensors-torch needs on Debian 12 (or
 # newer): a compiler, CMake, Ninja, ccache, LibTorch, nlohmann_json, CLI11 and
-# GoogleTest. Run as root (or through sudo).
+# GoogleTest, and Python's torch (the migration tests compare with torch.load).
+# Run as root (or through sudo).
 set -euo pipefail
 SUDO=
 [[ $(id -u) -eq 0 ]] || SUDO=sudo
@@ -10,5 +11,5 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   g++ cmake ninja-build ccache pkg-config \
   libtorch-dev nlohmann-json3-dev libcli11-dev libgtest-dev \
-  python3 >/dev/null
+  python3 python3-torch >/dev/null
 echo "dependencies installed"

@@ -2,6 +2,8 @@
 // The subcommands of the safetensors-torch tool and the helpers they share.
 // Each command returns the process exit status.
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,8 +22,20 @@ int inspect(const std::string& path, bool json);
 /// Validates each file and loads every tensor; prints one line per file.
 int verify(const std::vector<std::string>& paths);
 
-/// Rewrites `in` as `out`, with `overrides` replacing or adding metadata keys.
-int convert(const std::string& in, const std::string& out, const Metadata& overrides);
+/// How `convert` reads a checkpoint that is not a safetensors file.
+struct ConvertArgs {
+  std::vector<std::string> key;             ///< the sub-dict to convert ("model")
+  std::optional<std::uint64_t> shard_size;  ///< write a sharded folder
+};
+
+/// Rewrites `in` (safetensors, torch.save or torch::save, detected by content)
+/// as `out`, with `overrides` replacing or adding metadata keys.
+int convert(const std::string& in, const std::string& out, const Metadata& overrides,
+            const ConvertArgs& args = {});
+
+/// Compares two checkpoints tensor by tensor; 0 when equal, 1 otherwise.
+int diff(const std::string& a, const std::string& b, const std::vector<std::string>& key_a,
+         const std::vector<std::string>& key_b);
 
 /// `s` with control characters escaped as \xNN: names and paths come from
 /// untrusted files and must not break the one-line-per-file output or reach

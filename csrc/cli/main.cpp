@@ -34,6 +34,17 @@ safetensors::Metadata parse_metadata(const std::vector<std::string>& args) {
   return metadata;
 }
 
+// "model.encoder" -> {"model", "encoder"}; "" -> {}.
+std::vector<std::string> split_key(const std::string& key) {
+  std::vector<std::string> parts;
+  if (key.empty()) return parts;
+  std::size_t start = 0;
+  for (std::size_t dot; (dot = key.find('.', start)) != std::string::npos; start = dot + 1)
+    parts.push_back(key.substr(start, dot - start));
+  parts.push_back(key.substr(start));
+  return parts;
+}
+
 // --help and --version succeed; every other parse error is a usage error. CLI11's
 // own exit codes vary by error kind, so only its message is used.
 int exit_for(const CLI::App& app, const CLI::ParseError& e) {
@@ -63,12 +74,26 @@ int main(int argc, char** argv) {
 
   std::string in, out;
   std::vector<std::string> metadata_args;
-  CLI::App* convert = app.add_subcommand("convert", "Rewrite a file through the library");
-  convert->add_option("IN", in, "The file to read")->required();
+  CLI::App* convert = app.add_subcommand(
+      "convert", "Write a safetensors file from a safetensors, torch.save or torch::save file");
+  convert->add_option("IN", in, "The file to read (its format is detected from its content)")->required();
   convert->add_option("OUT", out, "The file to write")->required();
   convert->add_option("--metadata", metadata_args, "Set a metadata entry (repeatable)")
       ->type_name("KEY=VALUE")
       ->check(check_key_value);
+  std::string convert_key;
+  std::optional<std::uint64_t> shard_size;
+  convert->add_option("--key", convert_key, "Convert only this sub-dict of a checkpoint (dotted path)")
+      ->type_name("PATH");
+  convert->add_option("--shard-size", shard_size, "Write OUT as a folder of shards of at most BYTES each")
+      ->type_name("BYTES");
+
+  std::string diff_a, diff_b, key_a, key_b;
+  CLI::App* diff = app.add_subcommand("diff", "Compare two checkpoints tensor by tensor (exit 0 when equal)");
+  diff->add_option("A", diff_a, "A checkpoint of any supported format")->required();
+  diff->add_option("B", diff_b, "A checkpoint of any supported format")->required();
+  diff->add_option("--key-a", key_a, "Compare only this sub-dict of A (dotted path)")->type_name("PATH");
+  diff->add_option("--key-b", key_b, "Compare only this sub-dict of B (dotted path)")->type_name("PATH");
 
   try {
     app.parse(argc, argv);
@@ -79,7 +104,8 @@ int main(int argc, char** argv) {
   try {
     if (*inspect) return cli::inspect(inspect_path, json);
     if (*verify) return cli::verify(verify_paths);
-    return cli::convert(in, out, parse_metadata(metadata_args));
+    if (*diff) return cli::diff(diff_a, diff_b, split_key(key_a), split_key(key_b));
+    return cli::convert(in, out, parse_metadata(metadata_args), {split_key(convert_key), shard_size});
   } catch (const std::exception& e) {
     // The commands report their own failures; this is a last resort.
     std::cerr << "safetensors-torch: error: " << e.what() << '\n';

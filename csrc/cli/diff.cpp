@@ -1,0 +1,34 @@
+// `diff A B [--key-a K] [--key-b K]`: compares two checkpoints of any supported
+// format tensor by tensor, so that a conversion can be shown to lose nothing.
+
+#include <iostream>
+
+#include "commands.hpp"
+#include "safetensors/error.hpp"
+#include "safetensors/migrate.hpp"
+
+namespace safetensors::cli {
+
+int diff(const std::string& a, const std::string& b, const std::vector<std::string>& key_a,
+         const std::vector<std::string>& key_b) {
+  DiffReport report;
+  try {
+    report = diff_checkpoints(a, b, CheckpointOptions().key(key_a), CheckpointOptions().key(key_b));
+  } catch (const Error& e) {
+    std::cerr << error_line(e.file().empty() ? a : e.file()) << '\n';
+    return kExitInvalid;
+  } catch (...) {
+    std::cerr << error_line(a) << '\n';
+    return kExitInvalid;
+  }
+  for (const std::string& name : report.only_in_a) std::cout << "only in A: " << printable(name) << '\n';
+  for (const std::string& name : report.only_in_b) std::cout << "only in B: " << printable(name) << '\n';
+  for (const TensorDifference& d : report.different)
+    std::cout << "differs: " << printable(d.name) << ": " << d.detail << '\n';
+  std::cout << (report.equal() ? "equal: " : "different: ") << report.identical << " identical, "
+            << report.different.size() << " different, " << report.only_in_a.size() << " only in A, "
+            << report.only_in_b.size() << " only in B\n";
+  return report.equal() ? kExitOk : kExitInvalid;
+}
+
+}  // namespace safetensors::cli

@@ -1,0 +1,540 @@
+#include "unpickler.hpp"
+
+#include <array>
+#include <cstdio>
+#include <cstring>
+#include <unordered_map>
+
+#include "../checked.hpp"
+#include "safetensors/error.hpp"
+#include "safetensors/header.hpp"
+
+namespace safetensors::pickle {
+namespace {
+
+/// Most values one pickle may create. A state dict needs about ten per tensor;
+/// the bound keeps a pickle of a billion one-byte EMPTY_LIST opcodes from
+/// turning into a billion heap objects.
+constexpr std::size_t kMaxValues = 20'000'000;
+
+struct StorageType {
+  const char* name;
+  Dtype dtype;
+};
+
+// torch.<Name>Storage classes that name the element type of a storage (the
+// second field of a persistent id). UntypedStorage counts bytes.
+constexpr StorageType kStorageTypes[] = {
+    {"BoolStorage", Dtype::BOOL},   {"ByteStorage", Dtype::U8},
+    {"CharStorage", Dtype::I8},     {"ShortStorage", Dtype::I16},
+    {"IntStorage", Dtype::I32},     {"LongStorage", Dtype::I64},
+    {"HalfStorage", Dtype::F16},    {"BFloat16Storage", Dtype::BF16},
+    {"FloatStorage", Dtype::F32},   {"DoubleStorage", Dtype::F64},
+    {"ComplexFloatStorage", Dtype::C64}, {"UntypedStorage", Dtype::U8},
+};
+
+// Storage classes torch has but the safetensors format has no dtype for.
+constexpr const char* kStorageTypesWithoutDtype[] = {
+    "ComplexDoubleStorage", "QInt8Storage", "QUInt8Storage", "QInt32Storage",
+    "QUInt4x2Storage", "QUInt2x4Storage",
+};
+
+class Machine;
+using Handler = void (Machine::*)();
+
+struct Opcode {
+  std::uint8_t code;
+  const char* name;
+  Handler handler;  // nullptr: a real pickle opcode that a checkpoint never needs
+};
+
+class Machine {
+ public:
+  Machine(std::string_view data, std::size_t offset, const std::string& file)
+      : data_(data), pos_(offset), file_(file) {}
+
+  Pickle run(std::size_t& offset);
+
+ private:
+  static const std::array<const Opcode*, 256>& dispatch_table();
+
+  [[noreturn]] void fail(const std::string& detail, ErrorCode code = ErrorCode::InvalidHeaderDeserialization) const {
+    throw Error(code, file_, "", "pickle: " + detail + " (at byte " + std::to_string(op_pos_) + ")");
+  }
+
+  // --- reading the stream ---
+  std::string_view take(std::uint64_t n) {
+    if (n > data_.size() - pos_) fail("truncated: needs " + std::to_string(n) + " more bytes");
+    std::string_view out = data_.substr(pos_, n);
+    pos_ += n;
+    return out;
+  }
+  std::uint64_t read_uint(int bytes) {
+    const std::string_view b = take(bytes);
+    std::uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[i]);
+    return v;
+  }
+  std::string_view read_line() {
+    const std::size_t end = data_.find('\n', pos_);
+    if (end == std::string_view::npos) fail("truncated: unterminated line");
+    std::string_view line = data_.substr(pos_, end - pos_);
+    pos_ = end + 1;
+    return line;
+  }
+
+  // --- values and the stack ---
+  Value* make(Value::Kind kind) {
+    if (pickle_.arena.size() >= kMaxValues)
+      fail("more than " + std::to_string(kMaxValues) + " values", ErrorCode::LimitExceeded);
+    pickle_.arena.push_back(std::make_unique<Value>());
+    pickle_.arena.back()->kind = kind;
+    return pickle_.arena.back().get();
+  }
+  void push(Value* v) { stack_.push_back(v); }
+  Value* pop() {
+    if (stack_.size() <= stack_floor()) fail("stack underflow");
+    Value* v = stack_.back();
+    stack_.pop_back();
+    return v;
+  }
+  Value* top() {
+    if (stack_.size() <= stack_floor()) fail("stack underflow");
+    return stack_.back();
+  }
+  std::size_t stack_floor() const { return marks_.empty() ? 0 : marks_.back(); }
+  std::vector<Value*> pop_mark() {
+    if (marks_.empty()) fail("no MARK to pop to");
+    std::vector<Value*> items(stack_.begin() + static_cast<std::ptrdiff_t>(marks_.back()), stack_.end());
+    stack_.resize(marks_.back());
+    marks_.pop_back();
+    return items;
+  }
+  Value* expect(Value* v, Value::Kind kind, const char* what) {
+    if (v->kind != kind) fail(std::string(what) + " expected, got " + describe(*v));
+    return v;
+  }
+  std::uint64_t non_negative(const Value* v, const char* what) {
+    if (v->kind != Value::Kind::Int || v->integer < 0)
+      fail(std::string(what) + " must be a non-negative int, got " + describe(*v));
+    return static_cast<std::uint64_t>(v->integer);
+  }
+
+  void push_int(std::int64_t v) { Value* x = make(Value::Kind::Int); x->integer = v; push(x); }
+  void push_text(Value::Kind kind, std::string_view s);
+  void push_tuple(std::vector<Value*> items) {
+    Value* t = make(Value::Kind::Tuple);
+    t->items = std::move(items);
+    push(t);
+  }
+  void memo_put(std::uint64_t index) { memo_[index] = top(); }
+  void memo_get(std::uint64_t index) {
+    auto it = memo_.find(index);
+    if (it == memo_.end()) fail("memo index " + std::to_string(index) + " was never stored");
+    push(it->second);
+  }
+
+  Value* resolve_global(std::string_view module, std::string_view name);
+  Value* call(Value* callable, Value* args);
+  Value* rebuild_tensor(const std::vector<Value*>& args);
+  Value* persistent_load(Value* pid);
+
+  // --- opcode handlers, in the order of the table ---
+  void op_proto();
+  void op_frame() {  // a size hint only; the opcodes inside are read as usual
+    if (read_uint(8) > data_.size() - pos_) fail("truncated: a frame runs past the end");
+  }
+  void op_stop() { stopped_ = true; }
+  void op_mark() { marks_.push_back(stack_.size()); }
+  void op_pop() { (void)pop(); }
+  void op_pop_mark() { (void)pop_mark(); }
+  void op_dup() { push(top()); }
+  void op_none() { push(make(Value::Kind::None)); }
+  void op_true() { Value* v = make(Value::Kind::Bool); v->boolean = true; push(v); }
+  void op_false() { push(make(Value::Kind::Bool)); }
+  void op_binint() { push_int(static_cast<std::int32_t>(read_uint(4))); }
+  void op_binint1() { push_int(static_cast<std::int64_t>(read_uint(1))); }
+  void op_binint2() { push_int(static_cast<std::int64_t>(read_uint(2))); }
+  void op_long1() { push_long(read_uint(1)); }
+  void op_long4() { push_long(read_uint(4)); }
+  void push_long(std::uint64_t n);
+  void op_binfloat();
+  void op_binunicode() { push_text(Value::Kind::String, take(read_uint(4))); }
+  void op_short_binunicode() { push_text(Value::Kind::String, take(read_uint(1))); }
+  void op_binunicode8() { push_text(Value::Kind::String, take(read_uint(8))); }
+  void op_binbytes() { push_text(Value::Kind::Bytes, take(read_uint(4))); }
+  void op_short_binbytes() { push_text(Value::Kind::Bytes, take(read_uint(1))); }
+  void op_binbytes8() { push_text(Value::Kind::Bytes, take(read_uint(8))); }
+  void op_empty_list() { push(make(Value::Kind::List)); }
+  void op_empty_tuple() { push_tuple({}); }
+  void op_empty_dict() { push(make(Value::Kind::Dict)); }
+  void op_tuple() { push_tuple(pop_mark()); }
+  void op_tuple1() { Value* a = pop(); push_tuple({a}); }
+  void op_tuple2() { Value* b = pop(); Value* a = pop(); push_tuple({a, b}); }
+  void op_tuple3() { Value* c = pop(); Value* b = pop(); Value* a = pop(); push_tuple({a, b, c}); }
+  void op_append();
+  void op_appends();
+  void op_setitem();
+  void op_setitems();
+  void op_binput() { memo_put(read_uint(1)); }
+  void op_long_binput() { memo_put(read_uint(4)); }
+  void op_memoize() { memo_put(memo_.size()); }
+  void op_binget() { memo_get(read_uint(1)); }
+  void op_long_binget() { memo_get(read_uint(4)); }
+  void op_global();
+  void op_stack_global();
+  void op_reduce();
+  void op_build();
+  void op_binpersid() { Value* pid = pop(); push(persistent_load(pid)); }
+
+  static const Opcode kOpcodes[];
+
+  std::string_view data_;
+  std::size_t pos_;
+  std::size_t op_pos_ = 0;
+  const std::string& file_;
+  Pickle pickle_;
+  std::vector<Value*> stack_;
+  std::vector<std::size_t> marks_;
+  std::unordered_map<std::uint64_t, Value*> memo_;
+  bool stopped_ = false;
+};
+
+// Every opcode of pickle protocols 0 to 5. Those without a handler are refused
+// by name: a checkpoint never needs them, and several (INST, OBJ, NEWOBJ, EXT*)
+// exist to construct arbitrary objects.
+const Opcode Machine::kOpcodes[] = {
+    {0x80, "PROTO", &Machine::op_proto},
+    {0x95, "FRAME", &Machine::op_frame},
+    {'.', "STOP", &Machine::op_stop},
+    {'(', "MARK", &Machine::op_mark},
+    {'0', "POP", &Machine::op_pop},
+    {'1', "POP_MARK", &Machine::op_pop_mark},
+    {'2', "DUP", &Machine::op_dup},
+    {'N', "NONE", &Machine::op_none},
+    {0x88, "NEWTRUE", &Machine::op_true},
+    {0x89, "NEWFALSE", &Machine::op_false},
+    {'J', "BININT", &Machine::op_binint},
+    {'K', "BININT1", &Machine::op_binint1},
+    {'M', "BININT2", &Machine::op_binint2},
+    {0x8a, "LONG1", &Machine::op_long1},
+    {0x8b, "LONG4", &Machine::op_long4},
+    {'G', "BINFLOAT", &Machine::op_binfloat},
+    {'X', "BINUNICODE", &Machine::op_binunicode},
+    {0x8c, "SHORT_BINUNICODE", &Machine::op_short_binunicode},
+    {0x8d, "BINUNICODE8", &Machine::op_binunicode8},
+    {'B', "BINBYTES", &Machine::op_binbytes},
+    {'C', "SHORT_BINBYTES", &Machine::op_short_binbytes},
+    {0x8e, "BINBYTES8", &Machine::op_binbytes8},
+    {']', "EMPTY_LIST", &Machine::op_empty_list},
+    {')', "EMPTY_TUPLE", &Machine::op_empty_tuple},
+    {'}', "EMPTY_DICT", &Machine::op_empty_dict},
+    {'t', "TUPLE", &Machine::op_tuple},
+    {0x85, "TUPLE1", &Machine::op_tuple1},
+    {0x86, "TUPLE2", &Machine::op_tuple2},
+    {0x87, "TUPLE3", &Machine::op_tuple3},
+    {'a', "APPEND", &Machine::op_append},
+    {'e', "APPENDS", &Machine::op_appends},
+    {'s', "SETITEM", &Machine::op_setitem},
+    {'u', "SETITEMS", &Machine::op_setitems},
+    {'q', "BINPUT", &Machine::op_binput},
+    {'r', "LONG_BINPUT", &Machine::op_long_binput},
+    {0x94, "MEMOIZE", &Machine::op_memoize},
+    {'h', "BINGET", &Machine::op_binget},
+    {'j', "LONG_BINGET", &Machine::op_long_binget},
+    {'c', "GLOBAL", &Machine::op_global},
+    {0x93, "STACK_GLOBAL", &Machine::op_stack_global},
+    {'R', "REDUCE", &Machine::op_reduce},
+    {'b', "BUILD", &Machine::op_build},
+    {'Q', "BINPERSID", &Machine::op_binpersid},
+    // Refused.
+    {'I', "INT", nullptr},
+    {'L', "LONG", nullptr},
+    {'F', "FLOAT", nullptr},
+    {'S', "STRING", nullptr},
+    {'T', "BINSTRING", nullptr},
+    {'U', "SHORT_BINSTRING", nullptr},
+    {'V', "UNICODE", nullptr},
+    {'p', "PUT", nullptr},
+    {'g', "GET", nullptr},
+    {'P', "PERSID", nullptr},
+    {'d', "DICT", nullptr},
+    {'l', "LIST", nullptr},
+    {'i', "INST", nullptr},
+    {'o', "OBJ", nullptr},
+    {0x81, "NEWOBJ", nullptr},
+    {0x92, "NEWOBJ_EX", nullptr},
+    {0x82, "EXT1", nullptr},
+    {0x83, "EXT2", nullptr},
+    {0x84, "EXT4", nullptr},
+    {0x8f, "EMPTY_SET", nullptr},
+    {0x90, "ADDITEMS", nullptr},
+    {0x91, "FROZENSET", nullptr},
+    {0x96, "BYTEARRAY8", nullptr},
+    {0x97, "NEXT_BUFFER", nullptr},
+    {0x98, "READONLY_BUFFER", nullptr},
+};
+
+const std::array<const Opcode*, 256>& Machine::dispatch_table() {
+  static const std::array<const Opcode*, 256> table = [] {
+    std::array<const Opcode*, 256> t{};
+    for (const Opcode& op : kOpcodes) t[op.code] = &op;
+    return t;
+  }();
+  return table;
+}
+
+Pickle Machine::run(std::size_t& offset) {
+  const auto& table = dispatch_table();
+  while (!stopped_) {
+    op_pos_ = pos_;
+    const auto code = static_cast<std::uint8_t>(take(1)[0]);
+    const Opcode* op = table[code];
+    if (!op) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02x", code);
+      fail(std::string("unknown opcode ") + hex);
+    }
+    if (!op->handler) fail(std::string("opcode ") + op->name + " is not allowed in a checkpoint");
+    if (op_pos_ == offset && code != 0x80) fail("no PROTO opcode: only pickle protocols 2 to 5 are read");
+    (this->*op->handler)();
+  }
+  if (stack_.size() != 1 || !marks_.empty()) fail("STOP with " + std::to_string(stack_.size()) + " values on the stack");
+  pickle_.root = stack_.back();
+  offset = pos_;
+  return std::move(pickle_);
+}
+
+void Machine::op_proto() {
+  const auto protocol = static_cast<int>(read_uint(1));
+  if (protocol < kMinProtocol || protocol > kMaxProtocol)
+    fail("pickle protocol " + std::to_string(protocol) + " (only 2 to 5 are read)");
+}
+
+void Machine::push_long(std::uint64_t n) {
+  if (n > kMaxIntegerBytes) fail("an integer of " + std::to_string(n) + " bytes does not fit 64 bits");
+  const std::string_view b = take(n);
+  std::uint64_t v = 0;
+  for (std::size_t i = n; i-- > 0;) v = (v << 8) | static_cast<unsigned char>(b[i]);
+  // Sign-extend the two's complement value from n bytes.
+  if (n > 0 && n < 8 && (static_cast<unsigned char>(b[n - 1]) & 0x80)) v |= ~std::uint64_t{0} << (8 * n);
+  push_int(static_cast<std::int64_t>(v));
+}
+
+void Machine::op_binfloat() {
+  std::uint64_t bits = 0;
+  for (char c : take(8)) bits = (bits << 8) | static_cast<unsigned char>(c);  // big-endian
+  Value* v = make(Value::Kind::Float);
+  std::memcpy(&v->real, &bits, sizeof bits);
+  push(v);
+}
+
+void Machine::push_text(Value::Kind kind, std::string_view s) {
+  if (kind == Value::Kind::String && !is_valid_utf8(s)) fail("a string is not valid UTF-8");
+  Value* v = make(kind);
+  v->text = std::string(s);
+  push(v);
+}
+
+void Machine::op_append() {
+  Value* item = pop();
+  expect(top(), Value::Kind::List, "APPEND target")->items.push_back(item);
+}
+
+void Machine::op_appends() {
+  std::vector<Value*> items = pop_mark();
+  Value* list = expect(top(), Value::Kind::List, "APPENDS target");
+  list->items.insert(list->items.end(), items.begin(), items.end());
+}
+
+void Machine::op_setitem() {
+  Value* value = pop();
+  Value* key = pop();
+  expect(top(), Value::Kind::Dict, "SETITEM target")->entries.emplace_back(key, value);
+}
+
+void Machine::op_setitems() {
+  std::vector<Value*> items = pop_mark();
+  if (items.size() % 2) fail("SETITEMS with an odd number of values");
+  Value* dict = expect(top(), Value::Kind::Dict, "SETITEMS target");
+  for (std::size_t i = 0; i < items.size(); i += 2) dict->entries.emplace_back(items[i], items[i + 1]);
+}
+
+Value* Machine::resolve_global(std::string_view module, std::string_view name) {
+  const std::string full = std::string(module) + "." + std::string(name);
+  Value* g = make(Value::Kind::Global);
+  g->text = full;
+  if (full == "collections.OrderedDict") {
+    g->callable = Callable::OrderedDict;
+  } else if (full == "torch._utils._rebuild_tensor_v2") {
+    g->callable = Callable::RebuildTensor;
+  } else if (full == "torch._utils._rebuild_parameter" ||
+             full == "torch._utils._rebuild_parameter_with_state") {
+    g->callable = Callable::RebuildParameter;
+  } else if (module == "torch") {
+    for (const StorageType& s : kStorageTypes)
+      if (name == s.name) {
+        g->callable = Callable::StorageType;
+        g->storage_dtype = s.dtype;
+        return g;
+      }
+    for (const char* s : kStorageTypesWithoutDtype)
+      if (name == s) fail("torch." + std::string(name) + " has no safetensors dtype", ErrorCode::UnsupportedDtype);
+    fail("global '" + full + "' is not allowed: a checkpoint may only refer to tensors, storages and OrderedDict; nothing is imported or run");
+  } else {
+    fail("global '" + full + "' is not allowed: a checkpoint may only refer to tensors, storages and OrderedDict; nothing is imported or run");
+  }
+  return g;
+}
+
+void Machine::op_global() {
+  const std::string_view module = read_line();
+  const std::string_view name = read_line();
+  push(resolve_global(module, name));
+}
+
+void Machine::op_stack_global() {
+  Value* name = expect(pop(), Value::Kind::String, "STACK_GLOBAL name");
+  Value* module = expect(pop(), Value::Kind::String, "STACK_GLOBAL module");
+  push(resolve_global(module->text, name->text));
+}
+
+void Machine::op_reduce() {
+  Value* args = expect(pop(), Value::Kind::Tuple, "REDUCE arguments");
+  Value* callable = expect(pop(), Value::Kind::Global, "REDUCE callable");
+  push(call(callable, args));
+}
+
+Value* Machine::call(Value* callable, Value* args) {
+  const std::vector<Value*>& a = args->items;
+  switch (callable->callable) {
+    case Callable::OrderedDict: {
+      if (!a.empty()) fail("collections.OrderedDict called with arguments");
+      Value* d = make(Value::Kind::Dict);
+      d->ordered = true;
+      return d;
+    }
+    case Callable::RebuildTensor:
+      return rebuild_tensor(a);
+    case Callable::RebuildParameter:
+      // (data, requires_grad, backward_hooks[, state]): the data is the tensor.
+      if (a.size() < 3 || a.size() > 4) fail("_rebuild_parameter with " + std::to_string(a.size()) + " arguments");
+      expect(a[0], Value::Kind::Tensor, "_rebuild_parameter data");
+      a[0]->tensor->requires_grad = expect(a[1], Value::Kind::Bool, "requires_grad")->boolean;
+      return a[0];
+    case Callable::StorageType:
+      break;
+  }
+  fail("'" + callable->text + "' cannot be called");
+}
+
+Value* Machine::persistent_load(Value* pid) {
+  expect(pid, Value::Kind::Tuple, "persistent id");
+  const std::vector<Value*>& f = pid->items;
+  // ('storage', storage_type, key, location, numel)
+  if (f.size() != 5 || f[0]->kind != Value::Kind::String || f[0]->text != "storage")
+    fail("persistent id is not ('storage', type, key, location, numel)");
+  Value* type = expect(f[1], Value::Kind::Global, "storage type");
+  if (type->callable != Callable::StorageType) fail("'" + type->text + "' is not a storage type");
+  auto storage = std::make_unique<StorageRef>();
+  storage->dtype = type->storage_dtype;
+  storage->key = expect(f[2], Value::Kind::String, "storage key")->text;
+  storage->location = expect(f[3], Value::Kind::String, "storage location")->text;
+  storage->numel = non_negative(f[4], "storage size");
+  std::uint64_t bits = 0;
+  if (!checked_numel_bits({storage->numel}, dtype_bits(storage->dtype), bits))
+    fail("storage '" + storage->key + "' size overflows", ErrorCode::ValidationOverflow);
+  Value* v = make(Value::Kind::Storage);
+  v->storage = std::move(storage);
+  return v;
+}
+
+// _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+// backward_hooks[, metadata]); the view must lie inside the storage.
+Value* Machine::rebuild_tensor(const std::vector<Value*>& a) {
+  if (a.size() != 6 && a.size() != 7) fail("_rebuild_tensor_v2 with " + std::to_string(a.size()) + " arguments");
+  auto t = std::make_unique<TensorRef>();
+  t->storage = *expect(a[0], Value::Kind::Storage, "tensor storage")->storage;
+  t->offset = non_negative(a[1], "storage offset");
+  const auto& size = expect(a[2], Value::Kind::Tuple, "tensor size")->items;
+  const auto& stride = expect(a[3], Value::Kind::Tuple, "tensor stride")->items;
+  if (size.size() != stride.size()) fail("tensor size and stride differ in rank");
+  if (size.size() > kMaxRank)
+    fail("tensor of rank " + std::to_string(size.size()) + " (at most " + std::to_string(kMaxRank) + ")", ErrorCode::LimitExceeded);
+  for (std::size_t i = 0; i < size.size(); ++i) {
+    t->size.push_back(non_negative(size[i], "tensor size"));
+    t->stride.push_back(non_negative(stride[i], "tensor stride"));
+  }
+  t->requires_grad = expect(a[4], Value::Kind::Bool, "requires_grad")->boolean;
+  if (a[5]->kind != Value::Kind::Dict || !a[5]->entries.empty())
+    fail("tensor with backward hooks (" + describe(*a[5]) + ")");
+
+  // The last element the view reaches must be inside the storage.
+  std::uint64_t numel = 0;
+  if (!checked_numel_bits(t->size, 1, numel)) fail("tensor size overflows", ErrorCode::ValidationOverflow);
+  if (numel > 0) {
+    std::uint64_t last = t->offset;
+    for (std::size_t i = 0; i < t->size.size(); ++i) {
+      std::uint64_t step = 0;
+      if (__builtin_mul_overflow(t->size[i] - 1, t->stride[i], &step) || __builtin_add_overflow(last, step, &last))
+        fail("tensor extent overflows", ErrorCode::ValidationOverflow);
+    }
+    if (last >= t->storage.numel)
+      fail("tensor view (offset " + std::to_string(t->offset) + ", last element " + std::to_string(last) +
+               ") lies outside its storage '" + t->storage.key + "' of " + std::to_string(t->storage.numel) + " elements",
+           ErrorCode::TensorInvalidInfo);
+  }
+  Value* v = make(Value::Kind::Tensor);
+  v->tensor = std::move(t);
+  return v;
+}
+
+void Machine::op_build() {
+  Value* state = pop();
+  Value* target = top();
+  // OrderedDict state dicts carry their `_metadata` (module versions) as
+  // instance state; it is a dict and is accepted without being applied.
+  if (target->kind == Value::Kind::Dict && target->ordered && state->kind == Value::Kind::Dict) return;
+  fail("BUILD of " + describe(*target) + " with " + describe(*state));
+}
+
+}  // namespace
+
+std::string describe(const Value& v) {
+  switch (v.kind) {
+    case Value::Kind::None: return "None";
+    case Value::Kind::Bool: return v.boolean ? "bool True" : "bool False";
+    case Value::Kind::Int: return "int " + std::to_string(v.integer);
+    case Value::Kind::Float: {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "float %.17g", v.real);
+      return buf;
+    }
+    case Value::Kind::String:
+      return v.text.size() <= 40 ? "str '" + v.text + "'" : "str of " + std::to_string(v.text.size()) + " chars";
+    case Value::Kind::Bytes: return "bytes of " + std::to_string(v.text.size());
+    case Value::Kind::List: return "list of " + std::to_string(v.items.size());
+    case Value::Kind::Tuple: return "tuple of " + std::to_string(v.items.size());
+    case Value::Kind::Dict: return (v.ordered ? "OrderedDict of " : "dict of ") + std::to_string(v.entries.size());
+    case Value::Kind::Global: return "global " + v.text;
+    case Value::Kind::Storage: return "storage '" + v.storage->key + "'";
+    case Value::Kind::Tensor: return "tensor";
+  }
+  return "value";
+}
+
+Pickle unpickle(std::string_view data, std::size_t& offset, const std::string& file) {
+  if (offset > data.size()) throw Error(ErrorCode::InvalidHeaderDeserialization, file, "", "pickle: offset past the end");
+  return Machine(data, offset, file).run(offset);
+}
+
+Pickle unpickle(std::string_view data, const std::string& file) {
+  std::size_t offset = 0;
+  Pickle p = unpickle(data, offset, file);
+  if (offset != data.size())
+    throw Error(ErrorCode::InvalidHeaderDeserialization, file, "",
+                "pickle: " + std::to_string(data.size() - offset) + " bytes after STOP");
+  return p;
+}
+
+}  // namespace safetensors::pickle

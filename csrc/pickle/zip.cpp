@@ -1,0 +1,197 @@
+#include "zip.hpp"
+
+#include <algorithm>
+
+#include "safetensors/error.hpp"
+
+namespace safetensors::pickle {
+namespace {
+
+// Record signatures and fixed sizes from the zip specification (APPNOTE 6.3).
+constexpr std::uint32_t kLocalSignature = 0x04034b50;
+constexpr std::uint32_t kCentralSignature = 0x02014b50;
+constexpr std::uint32_t kEndSignature = 0x06054b50;
+constexpr std::uint32_t kZip64EndSignature = 0x06064b50;
+constexpr std::uint32_t kZip64LocatorSignature = 0x07064b50;
+constexpr std::uint64_t kLocalHeaderSize = 30;
+constexpr std::uint64_t kCentralHeaderSize = 46;
+constexpr std::uint64_t kEndSize = 22;
+constexpr std::uint64_t kZip64EndSize = 56;
+constexpr std::uint64_t kZip64LocatorSize = 20;
+constexpr std::uint64_t kMaxCommentSize = 0xFFFF;
+constexpr std::uint16_t kZip64ExtraId = 0x0001;
+constexpr std::uint16_t kMethodStored = 0;
+constexpr std::uint16_t kFlagEncrypted = 0x0001;
+constexpr std::uint32_t kZip64Marker32 = 0xFFFFFFFF;
+
+[[noreturn]] void fail(const Source& source, const std::string& detail) {
+  throw Error(ErrorCode::InvalidHeaderDeserialization, source.path(), "",
+              "not a valid torch.save zip archive: " + detail);
+}
+
+std::uint64_t little_endian(const unsigned char* p, int bytes) {
+  std::uint64_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+// A bounds-checked window of the file, read into memory.
+class Bytes {
+ public:
+  Bytes(const Source& source, std::uint64_t offset, std::uint64_t size, const char* what)
+      : source_(source) {
+    if (offset > source.size() || size > source.size() - offset)
+      fail(source, std::string(what) + " lies outside the file");
+    data_.resize(size);
+    source.read(offset, data_.data(), size);
+  }
+  std::uint64_t u(std::uint64_t at, int bytes) const {
+    if (at > data_.size() || static_cast<std::uint64_t>(bytes) > data_.size() - at)
+      fail(source_, "a record is cut short");
+    return little_endian(reinterpret_cast<const unsigned char*>(data_.data()) + at, bytes);
+  }
+  std::string_view text(std::uint64_t at, std::uint64_t n) const {
+    if (at > data_.size() || n > data_.size() - at) fail(source_, "a name is cut short");
+    return std::string_view(data_).substr(at, n);
+  }
+  std::uint64_t size() const { return data_.size(); }
+
+ private:
+  const Source& source_;
+  std::string data_;
+};
+
+struct Directory {
+  std::uint64_t offset = 0, size = 0, count = 0;
+};
+
+// The zip64 end record, which replaces the classic one's saturated fields.
+Directory read_zip64_directory(const Source& source, std::uint64_t end_offset) {
+  if (end_offset < kZip64LocatorSize) fail(source, "zip64 locator missing");
+  const Bytes locator(source, end_offset - kZip64LocatorSize, kZip64LocatorSize, "zip64 locator");
+  if (locator.u(0, 4) != kZip64LocatorSignature) fail(source, "zip64 locator missing");
+  const Bytes end(source, locator.u(8, 8), kZip64EndSize, "zip64 end record");
+  if (end.u(0, 4) != kZip64EndSignature) fail(source, "zip64 end record missing");
+  return {end.u(48, 8), end.u(40, 8), end.u(32, 8)};
+}
+
+// Finds the end-of-central-directory record: the last signature within the
+// largest comment's reach of the end.
+Directory read_directory(const Source& source) {
+  if (source.size() < kEndSize) fail(source, "too short");
+  const std::uint64_t window = std::min<std::uint64_t>(source.size(), kEndSize + kMaxCommentSize);
+  const Bytes tail(source, source.size() - window, window, "end record");
+  for (std::uint64_t at = window - kEndSize + 1; at-- > 0;) {
+    if (tail.u(at, 4) != kEndSignature) continue;
+    const std::uint64_t end_offset = source.size() - window + at;
+    Directory dir{tail.u(at + 16, 4), tail.u(at + 12, 4), tail.u(at + 10, 2)};
+    if (dir.offset == kZip64Marker32 || dir.size == kZip64Marker32 || dir.count == 0xFFFF)
+      dir = read_zip64_directory(source, end_offset);
+    if (dir.offset > end_offset || dir.size > end_offset - dir.offset)
+      fail(source, "central directory lies outside the file");
+    if (dir.count > kMaxZipEntries || dir.count > dir.size / kCentralHeaderSize)
+      fail(source, "central directory declares " + std::to_string(dir.count) + " entries");
+    return dir;
+  }
+  fail(source, "no end-of-central-directory record");
+}
+
+// Replaces saturated 32-bit fields with their zip64 extra-field values, which
+// appear in this fixed order and only for the saturated fields.
+void apply_zip64_extra(const Source& source, const Bytes& dir, std::uint64_t at,
+                       std::uint64_t length, std::uint64_t* fields[3]) {
+  const std::uint64_t end = at + length;
+  while (at + 4 <= end) {
+    const std::uint64_t id = dir.u(at, 2), size = dir.u(at + 2, 2);
+    at += 4;
+    if (size > end - at) fail(source, "extra field runs past its entry");
+    if (id == kZip64ExtraId) {
+      std::uint64_t pos = at;
+      for (int i = 0; i < 3; ++i) {
+        if (*fields[i] != kZip64Marker32) continue;
+        if (pos + 8 > at + size) fail(source, "zip64 extra field cut short");
+        *fields[i] = dir.u(pos, 8);
+        pos += 8;
+      }
+    }
+    at += size;
+  }
+}
+
+// Where an entry's bytes begin: past its local header, whose name must agree
+// with the central directory's.
+std::uint64_t data_offset(const Source& source, const ZipEntry& entry, std::uint64_t local) {
+  const Bytes header(source, local, kLocalHeaderSize, "a local header");
+  if (header.u(0, 4) != kLocalSignature) fail(source, "entry '" + entry.name + "' has no local header");
+  const std::uint64_t name_length = header.u(26, 2), extra_length = header.u(28, 2);
+  const Bytes name(source, local + kLocalHeaderSize, name_length, "a local name");
+  if (name.text(0, name_length) != entry.name)
+    fail(source, "entry '" + entry.name + "' has a different local name");
+  return local + kLocalHeaderSize + name_length + extra_length;
+}
+
+ZipEntry read_entry(const Source& source, const Bytes& dir, std::uint64_t& at) {
+  if (dir.u(at, 4) != kCentralSignature) fail(source, "central directory entry missing");
+  const std::uint64_t flags = dir.u(at + 8, 2), method = dir.u(at + 10, 2);
+  std::uint64_t compressed = dir.u(at + 20, 4), size = dir.u(at + 24, 4);
+  const std::uint64_t name_length = dir.u(at + 28, 2), extra_length = dir.u(at + 30, 2),
+                      comment_length = dir.u(at + 32, 2);
+  std::uint64_t local = dir.u(at + 42, 4);
+  ZipEntry entry;
+  entry.name = std::string(dir.text(at + kCentralHeaderSize, name_length));
+  std::uint64_t* fields[3] = {&size, &compressed, &local};
+  apply_zip64_extra(source, dir, at + kCentralHeaderSize + name_length, extra_length, fields);
+  at += kCentralHeaderSize + name_length + extra_length + comment_length;
+
+  if (flags & kFlagEncrypted) fail(source, "entry '" + entry.name + "' is encrypted");
+  if (method != kMethodStored) {
+    entry.stored = false;
+    return entry;
+  }
+  if (compressed != size) fail(source, "entry '" + entry.name + "' has inconsistent sizes");
+  entry.offset = data_offset(source, entry, local);
+  if (entry.offset > source.size() || size > source.size() - entry.offset)
+    fail(source, "entry '" + entry.name + "' runs past the end of the file");
+  entry.size = size;
+  return entry;
+}
+
+}  // namespace
+
+bool looks_like_zip(const Source& source) {
+  if (source.size() < 4) return false;
+  unsigned char magic[4];
+  source.read(0, magic, sizeof magic);
+  return little_endian(magic, 4) == kLocalSignature;
+}
+
+ZipArchive::ZipArchive(std::shared_ptr<Source> source) : source_(std::move(source)) {
+  const Directory directory = read_directory(*source_);
+  const Bytes dir(*source_, directory.offset, directory.size, "central directory");
+  std::uint64_t at = 0;
+  entries_.reserve(directory.count);
+  for (std::uint64_t i = 0; i < directory.count; ++i) entries_.push_back(read_entry(*source_, dir, at));
+  std::sort(entries_.begin(), entries_.end(),
+            [](const ZipEntry& a, const ZipEntry& b) { return a.name < b.name; });
+  for (std::size_t i = 1; i < entries_.size(); ++i)
+    if (entries_[i - 1].name == entries_[i].name)
+      throw Error(ErrorCode::DuplicateKey, source_->path(), "",
+                  "zip entry '" + entries_[i].name + "' appears twice");
+}
+
+const ZipEntry* ZipArchive::find(std::string_view name) const {
+  auto it = std::lower_bound(entries_.begin(), entries_.end(), name,
+                             [](const ZipEntry& e, std::string_view n) { return e.name < n; });
+  if (it == entries_.end() || it->name != name) return nullptr;
+  if (!it->stored)
+    fail(*source_, "entry '" + it->name + "' is compressed; torch.save stores entries uncompressed");
+  return &*it;
+}
+
+std::string ZipArchive::read(const ZipEntry& entry) const {
+  std::string out(entry.size, '\0');
+  source_->read(entry.offset, out.data(), out.size());
+  return out;
+}
+
+}  // namespace safetensors::pickle

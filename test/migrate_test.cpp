@@ -1,0 +1,196 @@
+// Tests of reading torch.save files and torch::save archives, converting them
+// to safetensors and comparing checkpoints. Each torch.save fixture comes with
+// the tensors Python's torch.load returned for it (data/pickle/make_fixtures.py);
+// the same script is run again at test time when Debian's python3-torch is there.
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/nn.h>
+#include <torch/serialize.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "safetensors/safetensors.hpp"
+#include "safetensors/migrate.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace st = safetensors;
+using st::CheckpointFormat;
+using st::ErrorCode;
+using st::test::bitwise_equal;
+using st::test::error_code_of;
+using st::test::TempDir;
+
+const std::string kData = SAFETENSORS_TEST_DATA_DIR;
+const std::string kFixtures = kData + "/pickle/";
+constexpr const char* kPython = "/usr/bin/python3";
+
+const std::vector<std::string> kFixtureNames = {
+    "state_dict", "plain_dict", "training", "views", "strided", "dtypes",
+    "protocol2", "protocol3", "protocol4", "protocol5", "lone_tensor"};
+
+// The checkpoint holds exactly the tensors (bitwise) and non-tensor entries
+// that Python's torch.load gave for it.
+void expect_matches_python(const std::string& dir, const std::string& name) {
+  SCOPED_TRACE(name);
+  const st::Checkpoint ckpt = st::read_checkpoint(dir + name + ".pt");
+  EXPECT_EQ(ckpt.format, CheckpointFormat::TorchZip);
+  const st::TensorDict expected = st::load_file(dir + name + ".expected.safetensors");
+  ASSERT_EQ(ckpt.tensors.size(), expected.size());
+  for (const auto& item : expected) {
+    const at::Tensor* got = ckpt.tensors.find(item.key());
+    ASSERT_NE(got, nullptr) << item.key();
+    EXPECT_TRUE(bitwise_equal(*got, item.value())) << item.key();
+  }
+  const auto json = nlohmann::json::parse(st::test::read_bytes(dir + name + ".expected.json"));
+  std::vector<std::string> others;
+  for (const auto& entry : ckpt.non_tensors) others.push_back(entry.name);
+  EXPECT_EQ(others, json["non_tensors"].get<std::vector<std::string>>());
+}
+
+TEST(Migrate, CommittedFixturesMatchPython) {
+  for (const std::string& name : kFixtureNames) expect_matches_python(kFixtures, name);
+}
+
+bool python_has_torch() {
+  return std::system((std::string(kPython) + " -c 'import torch' >/dev/null 2>&1").c_str()) == 0;
+}
+
+TEST(Migrate, FreshPythonFilesMatchPython) {
+  if (!python_has_torch())
+    GTEST_SKIP() << kPython << " cannot import torch (apt-get install python3-torch); "
+                 << "the committed fixtures are still checked";
+  TempDir dir;
+  const std::string command = std::string(kPython) + " " + kFixtures + "make_fixtures.py " + dir.path().string();
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  for (const std::string& name : kFixtureNames) expect_matches_python(dir.path().string() + "/", name);
+  EXPECT_THROW(st::read_checkpoint(dir.file("hostile_reduce.pt")), st::Error);
+  EXPECT_FALSE(fs::exists(dir.file("hostile_reduce_ran")));
+}
+
+TEST(Migrate, DetectsFormatsByContent) {
+  TempDir dir;
+  const std::string renamed = dir.file("weights.safetensors");
+  fs::copy_file(kFixtures + "state_dict.pt", renamed);
+  EXPECT_EQ(st::detect_format(renamed), CheckpointFormat::TorchZip);
+  EXPECT_EQ(st::detect_format(kFixtures + "legacy.pt"), CheckpointFormat::TorchLegacy);
+  EXPECT_EQ(st::detect_format(kFixtures + "state_dict.expected.safetensors"), CheckpointFormat::Safetensors);
+  st::test::write_bytes(dir.file("text"), "hello");
+  EXPECT_EQ(st::detect_format(dir.file("text")), CheckpointFormat::Unknown);
+}
+
+TEST(Migrate, RefusesLegacyFilesSayingHowToResave) {
+  try {
+    st::read_checkpoint(kFixtures + "legacy.pt");
+    FAIL() << "accepted";
+  } catch (const st::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("torch.save(torch.load("), std::string::npos) << e.what();
+  }
+}
+
+TEST(Migrate, SelectsANestedStateDict) {
+  const st::Checkpoint model = st::read_checkpoint(kFixtures + "training.pt", st::CheckpointOptions().key({"model"}));
+  const st::Checkpoint plain = st::read_checkpoint(kFixtures + "state_dict.pt");
+  ASSERT_EQ(model.tensors.keys(), plain.tensors.keys());
+  for (const auto& item : plain.tensors) EXPECT_TRUE(bitwise_equal(model.tensors[item.key()], item.value()));
+  EXPECT_TRUE(model.non_tensors.empty());
+  EXPECT_EQ(error_code_of([] { st::read_checkpoint(kFixtures + "training.pt", st::CheckpointOptions().key({"nope"})); }),
+            ErrorCode::TensorNotFound);
+  EXPECT_EQ(error_code_of([] { st::read_checkpoint(kFixtures + "training.pt", st::CheckpointOptions().key({"epoch", "x"})); }),
+            ErrorCode::TensorNotFound);
+}
+
+TEST(Migrate, FindsAliasesAndOverlappingViews) {
+  const st::Checkpoint ckpt = st::read_checkpoint(kFixtures + "views.pt");
+  EXPECT_EQ(ckpt.aliases, (std::map<std::string, std::string>{{"same", "base"}}));
+  // Everything overlaps `base` except nothing: chunk0 and chunk1 are disjoint
+  // from each other but not from base.
+  EXPECT_EQ(ckpt.copied_views,
+            (std::vector<std::string>{"base", "rows", "transposed", "columns", "chunk0", "chunk1"}));
+}
+
+TEST(Migrate, ConvertsWithAliasesInTheMetadata) {
+  TempDir dir;
+  const std::string out = dir.file("views.safetensors");
+  const st::ConvertSummary summary = st::convert_checkpoint(kFixtures + "views.pt", out);
+  EXPECT_EQ(summary.tensors, 6u);
+  EXPECT_EQ(summary.aliases.at("same"), "base");
+  const st::Metadata meta = st::load_metadata(out);
+  EXPECT_EQ(meta.at("same"), "base");
+  EXPECT_EQ(meta.at("format"), "pt");
+  const st::TensorDict got = st::load_file(out);
+  const st::TensorDict expected = st::load_file(kFixtures + "views.expected.safetensors");
+  for (const auto& item : got) EXPECT_TRUE(bitwise_equal(item.value(), expected[item.key()])) << item.key();
+  EXPECT_FALSE(got.contains("same"));
+
+  // Nothing is lost: the alias reads back through the metadata.
+  EXPECT_TRUE(st::diff_checkpoints(kFixtures + "views.pt", out).equal());
+  EXPECT_EQ(st::read_checkpoint(out).aliases.at("same"), "base");
+}
+
+TEST(Migrate, DiffReportsDifferences) {
+  TempDir dir;
+  const std::string a = dir.file("a.safetensors"), b = dir.file("b.safetensors");
+  st::save_file({{"x", at::arange(4, at::kFloat)}, {"y", at::zeros({2})}, {"z", at::ones({1})}}, a);
+  st::save_file({{"x", at::arange(4, at::kFloat) * 1.5}, {"y", at::zeros({3})}, {"w", at::ones({1})}}, b);
+  const st::DiffReport report = st::diff_checkpoints(a, b);
+  EXPECT_FALSE(report.equal());
+  EXPECT_EQ(report.only_in_a, std::vector<std::string>{"z"});
+  EXPECT_EQ(report.only_in_b, std::vector<std::string>{"w"});
+  ASSERT_EQ(report.different.size(), 2u);
+  EXPECT_NE(report.different[0].detail.find("max abs difference 1.5"), std::string::npos) << report.different[0].detail;
+  EXPECT_NE(report.different[1].detail.find("shape [2] vs [3]"), std::string::npos) << report.different[1].detail;
+  EXPECT_TRUE(st::diff_checkpoints(a, a).equal());
+}
+
+TEST(Migrate, ConvertsEveryFixtureLosslessly) {
+  TempDir dir;
+  for (const std::string& name : kFixtureNames) {
+    const std::string out = dir.file(name + ".safetensors");
+    st::convert_checkpoint(kFixtures + name + ".pt", out);
+    EXPECT_TRUE(st::diff_checkpoints(kFixtures + name + ".expected.safetensors", out).equal()) << name;
+  }
+}
+
+TEST(Migrate, ReadsTorchSaveArchivesFromCpp) {
+  TempDir dir;
+  torch::nn::Sequential net(torch::nn::Linear(3, 2), torch::nn::BatchNorm1d(2));
+  const std::string path = dir.file("net.pt");
+  torch::save(net, path);
+  const st::Checkpoint ckpt = st::read_checkpoint(path);
+  EXPECT_EQ(ckpt.format, CheckpointFormat::TorchArchive);
+  std::vector<std::string> names;
+  for (const auto& p : net->named_parameters()) names.push_back(p.key());
+  for (const auto& b : net->named_buffers()) names.push_back(b.key());
+  std::vector<std::string> got = ckpt.tensors.keys();
+  std::sort(names.begin(), names.end());
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, names);
+  for (const auto& p : net->named_parameters()) EXPECT_TRUE(bitwise_equal(ckpt.tensors[p.key()], p.value()));
+
+  const std::string out = dir.file("net.safetensors");
+  st::convert_checkpoint(path, out);
+  EXPECT_TRUE(st::diff_checkpoints(path, out).equal());
+}
+
+TEST(Migrate, ReadsThirdPartyPickles) {
+  const std::string dir = kData + "/vectors/pickle/";
+  for (const char* name : {"candle_test.pt", "candle_test_with_key.pt", "candle_fortran_tensor_3d.pth",
+                           "torchtune_tiny_fair_checkpoint.pt", "torchtune_tiny_state_dict_with_one_key.pt"}) {
+    SCOPED_TRACE(name);
+    const st::Checkpoint ckpt = st::read_checkpoint(dir + name);
+    EXPECT_FALSE(ckpt.tensors.is_empty());
+    TempDir out;
+    st::convert_checkpoint(dir + name, out.file("x.safetensors"));
+    EXPECT_TRUE(st::diff_checkpoints(dir + name, out.file("x.safetensors")).equal());
+  }
+}
+
+}  // namespace

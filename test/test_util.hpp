@@ -74,6 +74,7 @@ inline std::string as_string(const std::vector<std::uint8_t>& bytes) {
 /// Same dtype, shape and bytes (NaN payloads included).
 inline bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  if (a.numel() == 0) return true;  // data_ptr() may be null, which memcmp must not get
   at::Tensor ac = a.cpu().contiguous(), bc = b.cpu().contiguous();
   return std::memcmp(ac.data_ptr(), bc.data_ptr(), ac.nbytes()) == 0;
 }

@@ -1,0 +1,268 @@
+// Hostile input: every file of test/data/hostile (each rule of the format
+// broken, alone and together; lying lengths; files seen in the wild) and huge
+// generated ones (a million nesting levels, a million tensors, keys of tens of
+// megabytes). Every reader must refuse each with its error code, in bounded
+// time and memory. Also: files truncated or replaced after they were opened,
+// and slice indices at the ends of int64.
+
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "safetensors/load.hpp"
+#include "safetensors/save.hpp"
+#include "test_util.hpp"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SAFETENSORS_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SAFETENSORS_SANITIZED 1
+#endif
+#endif
+
+namespace safetensors {
+namespace {
+
+using test::error_code_of;
+using test::make_file;
+using test::TempDir;
+namespace fs = std::filesystem;
+
+#ifdef SAFETENSORS_SANITIZED
+// Sanitizers slow code down and add their own memory (shadow, quarantine):
+// time bounds are relaxed, the huge cases shrink and memory is not measured.
+constexpr double kSlowdown = 10;
+constexpr int kShrink = 10;
+constexpr bool kMeasureMemory = false;
+#else
+constexpr double kSlowdown = 1;
+constexpr int kShrink = 1;
+constexpr bool kMeasureMemory = true;
+#endif
+
+const fs::path kCorpus = fs::path(SAFETENSORS_TEST_DATA_DIR) / "hostile";
+
+// A field of /proc/self/status, in bytes.
+std::uint64_t status_bytes(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1)) * 1024;
+  ADD_FAILURE() << "no " << field << " in /proc/self/status";
+  return 0;
+}
+
+// CPU time of the calling thread: unlike wall time, not inflated by a busy machine.
+double thread_seconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// Runs `read`, which must throw `expected`, within `seconds` of CPU time and
+// growing the peak resident memory by at most 64 MB plus four times the file.
+void expect_refused(const std::string& what, ErrorCode expected, std::uint64_t file_size,
+                    double seconds, const std::function<void()>& read) {
+  if (kMeasureMemory) {
+    // Writing 5 resets the peak (VmHWM) to the current resident size.
+    std::ofstream("/proc/self/clear_refs") << "5";
+  }
+  const std::uint64_t before = kMeasureMemory ? status_bytes("VmRSS") : 0;
+  const double start = thread_seconds();
+  const ErrorCode got = error_code_of(read);
+  const double took = thread_seconds() - start;
+  EXPECT_EQ(to_string(got), std::string(to_string(expected))) << what;
+  EXPECT_LT(took, seconds * kSlowdown) << what;
+  if (kMeasureMemory) {
+    const std::uint64_t peak = status_bytes("VmHWM");
+    const std::uint64_t grew = peak > before ? peak - before : 0;
+    EXPECT_LT(grew, (64u << 20) + 4 * file_size) << what << ": peak memory grew by " << grew;
+  }
+}
+
+// Every reader: the header parser over bytes, load() from memory, and SafeOpen
+// over the file with each backend, loading every tensor.
+void expect_every_reader_refuses(const std::string& path, ErrorCode expected, double seconds) {
+  const std::string bytes = test::read_bytes(path);
+  const std::string name = fs::path(path).filename().string();
+  expect_refused(name + " (parse_header)", expected, bytes.size(), seconds,
+                 [&] { parse_header(bytes.data(), bytes.size(), path); });
+  expect_refused(name + " (load from memory)", expected, bytes.size(), seconds,
+                 [&] { load(bytes.data(), bytes.size()); });
+  for (Backend backend : {Backend::Mmap, Backend::Pread})
+    expect_refused(name + (backend == Backend::Mmap ? " (mmap)" : " (pread)"), expected,
+                   bytes.size(), seconds,
+                   [&] { SafeOpen(path, LoadOptions().backend(backend)).tensors(); });
+}
+
+ErrorCode code_named(const std::string& name) {
+  for (int c = 0; c < 64; ++c)
+    if (name == to_string(static_cast<ErrorCode>(c))) return static_cast<ErrorCode>(c);
+  throw std::runtime_error("unknown error code " + name);
+}
+
+TEST(HostileCorpus, EveryFileIsRefusedWithItsCode) {
+  std::ifstream tsv(kCorpus / "expected.tsv");
+  ASSERT_TRUE(tsv) << "missing " << kCorpus / "expected.tsv";
+  std::set<std::string> listed;
+  std::string line;
+  while (std::getline(tsv, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream fields(line);
+    std::string file, code;
+    std::getline(fields, file, '\t');
+    std::getline(fields, code, '\t');
+    listed.insert(file);
+    expect_every_reader_refuses((kCorpus / file).string(), code_named(code), 2.0);
+  }
+  EXPECT_GT(listed.size(), 50u);
+  for (const auto& entry : fs::directory_iterator(kCorpus))
+    if (entry.path().extension() == ".safetensors")
+      EXPECT_TRUE(listed.count(entry.path().filename().string()))
+          << entry.path() << " is not in expected.tsv";
+}
+
+// ------------------------------------------------------- huge, generated here
+
+class HugeFile : public ::testing::Test {
+ protected:
+  void expect(const std::string& json, const std::string& data, ErrorCode code) {
+    const std::string path = dir_.file("huge.safetensors");
+    test::write_bytes(path, make_file(json, data));
+    expect_every_reader_refuses(path, code, 8.0);
+  }
+  TempDir dir_;
+};
+
+TEST_F(HugeFile, AMillionNestingLevels) {
+  const std::string deep = std::string(1'000'000, '[') + std::string(1'000'000, ']');
+  expect(deep, "", ErrorCode::InvalidHeaderDeserialization);
+  expect(R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":)" + deep + "}}", "x",
+         ErrorCode::InvalidHeaderDeserialization);
+  expect(R"({"__metadata__":)" + std::string(1'000'000, '{'), "",
+         ErrorCode::InvalidHeaderDeserialization);
+}
+
+TEST_F(HugeFile, AMillionTinyTensors) {
+  // Valid but for one trailing byte, so every tensor is parsed and checked;
+  // listed in reverse so that sorting them by offset does work.
+  constexpr int kCount = 1'000'000 / kShrink;
+  std::string json = "{";
+  for (int i = kCount - 1; i >= 0; --i) {
+    json += "\"t" + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[" +
+            std::to_string(i) + "," + std::to_string(i + 1) + "]}";
+    json += i ? "," : "}";
+  }
+  expect(json, std::string(kCount + 1, '\0'), ErrorCode::MetadataIncompleteBuffer);
+}
+
+TEST_F(HugeFile, KeysAndStringsOfTensOfMegabytes) {
+  const std::string big((32u << 20) / kShrink, 'k');
+  expect("{\"" + big + R"(":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", std::string(4, '\0'),
+         ErrorCode::TensorInvalidInfo);
+  expect(R"({"__metadata__":{")" + big + R"(":"v",")" + big + R"(":"w"}})", "",
+         ErrorCode::DuplicateKey);
+  expect(R"({"__metadata__":{"k":")" + big + R"("}})", "trailing",
+         ErrorCode::MetadataIncompleteBuffer);
+  expect(R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"note":")" + big + R"("}})", "",
+         ErrorCode::MetadataIncompleteBuffer);
+}
+
+TEST_F(HugeFile, AHeaderAtTheLimitInATinyFile) {
+  // The length says 100 MB; nothing may be allocated for it.
+  std::string file(8, '\0');
+  const std::uint64_t n = kMaxHeaderSize;
+  for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  const std::string path = dir_.file("lying.safetensors");
+  test::write_bytes(path, file + "{}");
+  expect_every_reader_refuses(path, ErrorCode::InvalidHeaderLength, 2.0);
+}
+
+// --------------------------------------------- files that change after opening
+
+// The pread backend reads the file as it is now and reports a file that shrank.
+TEST(ChangedFile, PreadReportsTruncationForTensorsAndSlices) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  save_file({{"a", at::arange(1000, at::kFloat)}, {"b", at::arange(64, at::kInt).reshape({8, 8})}},
+            path);
+  SafeOpen f(path, LoadOptions().backend(Backend::Pread));
+  ASSERT_EQ(::truncate(path.c_str(), 0), 0);
+  for (const std::string& name : f.keys()) {
+    EXPECT_EQ(error_code_of([&] { f.get_tensor(name); }), ErrorCode::FileChanged) << name;
+    EXPECT_EQ(error_code_of([&] { f.get_slice(name)({at::indexing::Slice(0, 2)}); }),
+              ErrorCode::FileChanged)
+        << name;
+    // Many small runs take the path that reads the whole span at once.
+    EXPECT_EQ(error_code_of([&] {
+                f.get_slice(name)({at::indexing::Slice(at::indexing::None, at::indexing::None, 2)});
+              }),
+              ErrorCode::FileChanged)
+        << name;
+  }
+}
+
+// Replacing a file (a new file renamed over it, as every safe writer does)
+// leaves open handles on the old contents, with both backends.
+TEST(ChangedFile, AReplacedFileKeepsItsOldContents) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  const at::Tensor old_values = at::arange(256, at::kFloat);
+  save_file({{"x", old_values}}, path);
+  SafeOpen mapped(path, LoadOptions().backend(Backend::Mmap));
+  SafeOpen pread(path, LoadOptions().backend(Backend::Pread));
+  save_file({{"x", at::zeros({256}, at::kFloat)}}, path);
+  EXPECT_TRUE(at::equal(mapped.get_tensor("x"), old_values));
+  EXPECT_TRUE(at::equal(pread.get_tensor("x"), old_values));
+  EXPECT_TRUE(at::equal(pread.get_slice("x")({at::indexing::Slice(10, 20)}), old_values.slice(0, 10, 20)));
+}
+
+// A mapping of a file truncated in place faults (SIGBUS) when a page past the
+// new end is touched: documented in the README; use the pread backend for
+// files that may shrink. Sanitizers catch the signal themselves.
+TEST(ChangedFile, MmapOfATruncatedFileRaisesSigbus) {
+#ifdef SAFETENSORS_SANITIZED
+  GTEST_SKIP() << "the sanitizer runtime handles SIGBUS itself";
+#endif
+  ::testing::GTEST_FLAG(death_test_style) = "threadsafe";  // LibTorch may have started threads
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  save_file({{"x", at::arange(1 << 16, at::kFloat)}}, path);
+  EXPECT_EXIT(
+      {
+        SafeOpen f(path, LoadOptions().backend(Backend::Mmap));
+        if (::truncate(path.c_str(), 0) != 0) std::_Exit(3);
+        at::Tensor x = f.get_tensor("x");
+        std::printf("%f\n", x.sum().item<double>());  // touches every page
+        std::_Exit(0);
+      },
+      ::testing::KilledBySignal(SIGBUS), "");
+}
+
+// ------------------------------------------------------ slices at int64's ends
+
+TEST(HostileSlice, IndicesAtTheEndsOfInt64) {
+  using at::indexing::Slice;
+  const std::vector<std::uint8_t> bytes = save({{"x", at::arange(6, at::kByte)}});
+  SafeOpen f(copy_buffer(bytes.data(), bytes.size()));
+  const TensorSlice s = f.get_slice("x");
+  constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
+  constexpr std::int64_t kMin = std::numeric_limits<std::int64_t>::min();
+  EXPECT_EQ(s({Slice(0, kMax, kMax)}).sizes(), at::IntArrayRef({1}));
+  EXPECT_EQ(s({Slice(kMin, kMax, kMax - 1)}).sizes(), at::IntArrayRef({1}));
+  EXPECT_EQ(s({Slice(kMax, kMin)}).sizes(), at::IntArrayRef({0}));
+  EXPECT_EQ(s({Slice(5, kMax, kMax)}).item<std::uint8_t>(), 5);
+  EXPECT_EQ(error_code_of([&] { s({kMin}); }), ErrorCode::InvalidSlice);
+  EXPECT_EQ(error_code_of([&] { s({kMax}); }), ErrorCode::InvalidSlice);
+}
+
+}  // namespace
+}  // namespace safetensors

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (clang, ASan + UBSan) and runs each for a bounded
+# time, seeded from the test vectors and the hostile corpus. Exits non-zero on
+# any finding (crash, sanitizer report, leak, timeout, out-of-memory).
+#
+#   tools/fuzz.sh [SECONDS_PER_TARGET]     default 60
+#
+# The corpus grows in build-fuzz/corpus/TARGET and is reused by later runs;
+# findings are written to build-fuzz/findings/. To fuzz longer, pass a larger
+# time, or run a target by hand (README "Hardening").
+set -euo pipefail
+
+seconds=${1:-60}
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${SAFETENSORS_FUZZ_BUILD_DIR:-$root/build-fuzz}
+targets=(fuzz_header fuzz_load)
+
+cc=${CC:-clang-14}
+cxx=${CXX:-clang++-14}
+echo "== configure and build ($cxx) in $build"
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" \
+  -DSAFETENSORS_TORCH_BUILD_FUZZERS=ON -DSAFETENSORS_TORCH_BUILD_TESTS=OFF \
+  -DSAFETENSORS_TORCH_BUILD_CLI=OFF -DSAFETENSORS_TORCH_BUILD_EXAMPLES=OFF \
+  -DSAFETENSORS_TORCH_INSTALL=OFF >/dev/null
+cmake --build "$build" -j "${JOBS:-2}" --target "${targets[@]}"
+
+# Seeds: every test file small enough to mutate quickly (larger ones would be
+# cut at -max_len anyway).
+seeds=$build/seeds
+rm -rf "$seeds" && mkdir -p "$seeds" "$build/findings"
+find "$root/test/data/vectors" "$root/test/data/hostile" "$root/fuzz/regressions" \
+  -name '*.safetensors' -size -65k -exec cp -t "$seeds" {} + 2>/dev/null || true
+echo "== $(ls "$seeds" | wc -l) seed files"
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+status=0
+for target in "${targets[@]}"; do
+  corpus=$build/corpus/$target
+  mkdir -p "$corpus"
+  log=$build/$target.log
+  # Past findings first: each file run once, no mutation.
+  echo "== $target: regressions"
+  "$build/fuzz/$target" "$root"/fuzz/regressions/*.safetensors >"$log.regressions" 2>&1 ||
+    { echo "FAIL: $target on fuzz/regressions (log: $log.regressions)"; tail -30 "$log.regressions"; status=1; continue; }
+  echo "== $target: ${seconds}s"
+  cmd=("$build/fuzz/$target" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10
+       -max_len=65536 -dict="$root/fuzz/safetensors.dict" -print_final_stats=1
+       -artifact_prefix="$build/findings/$target-" "$corpus" "$seeds")
+  echo "${cmd[*]}"
+  if "${cmd[@]}" >"$log" 2>&1; then
+    echo "$target: $(grep -m1 '^stat::number_of_executed_units' "$log" | awk '{print $2}') executions," \
+      "$(ls "$corpus" | wc -l) corpus files, no findings"
+  else
+    echo "FAIL: $target found a problem (log: $log; input in $build/findings/)"
+    grep -v '^#' "$log" | tail -40
+    status=1
+  fi
+done
+exit $status

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Writes test/data/hostile/: files that break the format's rules, one at a time
+and several at once, each with the error code a reader must refuse it with
+(expected.tsv: file, code, what it breaks). Python standard library only.
+
+The huge cases (a million nesting levels, a million tensors, keys of many
+megabytes) are made by test/hostile_test.cpp at run time instead of stored.
+
+    tools/make_hostile_corpus.py [OUT_DIR]
+"""
+import json
+import os
+import struct
+import sys
+
+U64_MAX = 2**64 - 1
+
+
+def file_of(header, data=b""):
+    """8-byte little-endian length, the header (str or bytes), the data."""
+    if isinstance(header, str):
+        header = header.encode()
+    return struct.pack("<Q", len(header)) + header + data
+
+
+def entry(dtype, shape, begin, end, **extra):
+    return dict(dtype=dtype, shape=shape, data_offsets=[begin, end], **extra)
+
+
+def js(obj):
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def tensors(**entries):
+    return js(entries)
+
+
+F32_2 = entry("F32", [2], 0, 8)  # a valid tensor of 8 bytes
+OK = tensors(w=F32_2)
+
+CASES = []
+
+
+def case(name, code, why, content):
+    CASES.append((name, code, why, content))
+
+
+# --- the header length
+case("empty", "HeaderTooSmall", "no bytes at all", b"")
+case("seven_bytes", "HeaderTooSmall", "7 bytes: no room for the length", b"\x08\0\0\0\0\0\0")
+case("length_2p63", "HeaderTooLarge", "length 2^63", struct.pack("<Q", 2**63) + b"{}")
+case("length_u64_max", "HeaderTooLarge", "length 2^64-1", struct.pack("<Q", U64_MAX) + b"{}")
+case("length_limit_plus_one", "HeaderTooLarge", "length 100,000,001",
+     struct.pack("<Q", 100_000_001) + b"{}")
+case("length_past_end", "InvalidHeaderLength", "length 1000, 2 bytes follow",
+     struct.pack("<Q", 1000) + b"{}")
+case("length_one_past_end", "InvalidHeaderLength", "length one more than what follows",
+     struct.pack("<Q", 3) + b"{}")
+case("length_at_limit_past_end", "InvalidHeaderLength", "length 100,000,000 in a tiny file",
+     struct.pack("<Q", 100_000_000) + b"{}")
+case("git_lfs_pointer", "HeaderTooLarge", "a Git LFS pointer saved as the model",
+     b"version https://git-lfs.github.com/spec/v1\n"
+     b"oid sha256:4d7a1d1f3e2c5b6a79880d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c\n"
+     b"size 548105171\n")
+case("html_page", "HeaderTooLarge", "an HTML error page saved as the model",
+     b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
+     b"<body><h1>Not Found</h1><p>The requested URL was not found.</p></body></html>\n")
+case("json_without_length", "HeaderTooLarge", "a bare JSON header, no length prefix",
+     OK.encode() + b"\0" * 8)
+
+# --- the header text
+case("utf8_invalid_byte", "InvalidHeader", "0xFF in a name", file_of(b'{"\xff":1}'))
+case("utf8_overlong_slash", "InvalidHeader", "C0 AF: overlong '/'", file_of(b'{"\xc0\xaf":{}}'))
+case("utf8_overlong_nul", "InvalidHeader", "C0 80: overlong NUL", file_of(b'{"a\xc0\x80":{}}'))
+case("utf8_overlong_3byte", "InvalidHeader", "E0 80 AF: overlong '/'",
+     file_of(b'{"\xe0\x80\xaf":{}}'))
+case("utf8_overlong_4byte", "InvalidHeader", "F0 82 82 AC: overlong euro sign",
+     file_of(b'{"\xf0\x82\x82\xac":{}}'))
+case("utf8_surrogate", "InvalidHeader", "ED A0 80: a UTF-16 surrogate",
+     file_of(b'{"\xed\xa0\x80":{}}'))
+case("utf8_above_10ffff", "InvalidHeader", "F4 90 80 80: above U+10FFFF",
+     file_of(b'{"\xf4\x90\x80\x80":{}}'))
+case("utf8_truncated", "InvalidHeader", "E2 82 then a quote", file_of(b'{"\xe2\x82":{}}'))
+case("utf8_lone_continuation", "InvalidHeader", "0x80 alone", file_of(b'{"\x80":{}}'))
+case("bom", "InvalidHeader", "UTF-8 byte-order mark before the object",
+     file_of(b"\xef\xbb\xbf" + OK.encode(), b"\0" * 8))
+case("nul_padding", "InvalidHeaderDeserialization", "padded with NUL, not spaces",
+     file_of(OK.encode() + b"\0" * 6, b"\0" * 8))
+case("nul_hiding_garbage", "InvalidHeaderDeserialization", "a NUL, then more JSON",
+     file_of(b'{}\0{"a":1}'))
+case("not_json", "InvalidHeaderDeserialization", "plain text", file_of("hello, world"))
+case("json_array", "InvalidHeaderDeserialization", "an array, not an object", file_of("[]"))
+case("json_null", "InvalidHeaderDeserialization", "null", file_of("null"))
+case("json_empty", "InvalidHeaderDeserialization", "zero-length header", file_of(""))
+case("json_spaces_only", "InvalidHeaderDeserialization", "only spaces", file_of(" " * 8))
+case("json_truncated", "InvalidHeaderDeserialization", "object cut short",
+     file_of(OK[:-5], b"\0" * 8))
+case("json_two_objects", "InvalidHeaderDeserialization", "two objects", file_of("{} {}"))
+case("json_comment", "InvalidHeaderDeserialization", "a comment",
+     file_of("{/* c */}"))
+case("json_single_quotes", "InvalidHeaderDeserialization", "single quotes", file_of("{'a':1}"))
+case("json_trailing_comma", "InvalidHeaderDeserialization", "trailing comma",
+     file_of('{"w":%s,}' % js(F32_2), b"\0" * 8))
+case("json_escaped_surrogate", "InvalidHeaderDeserialization", "\\ud800 alone in a name",
+     file_of('{"\\ud800":%s}' % js(F32_2), b"\0" * 8))
+
+# --- the JSON shape
+case("entry_not_object", "InvalidHeaderDeserialization", "a tensor entry that is a number",
+     file_of('{"w":1}'))
+case("entry_array", "InvalidHeaderDeserialization", "a tensor entry that is an array",
+     file_of('{"w":[1,2]}'))
+for field in ("dtype", "shape", "data_offsets"):
+    e = dict(F32_2)
+    del e[field]
+    case("missing_" + field, "InvalidHeaderDeserialization", "no " + field,
+         file_of(tensors(w=e), b"\0" * 8))
+case("dtype_unknown", "InvalidHeaderDeserialization", "dtype F128",
+     file_of(tensors(w=entry("F128", [2], 0, 8)), b"\0" * 8))
+case("dtype_lowercase", "InvalidHeaderDeserialization", "dtype f32",
+     file_of(tensors(w=entry("f32", [2], 0, 8)), b"\0" * 8))
+case("dtype_number", "InvalidHeaderDeserialization", "dtype 32",
+     file_of(tensors(w=entry(32, [2], 0, 8)), b"\0" * 8))
+case("shape_negative", "InvalidHeaderDeserialization", "shape [-2]",
+     file_of(tensors(w=entry("F32", [-2], 0, 8)), b"\0" * 8))
+case("shape_float", "InvalidHeaderDeserialization", "shape [2.0]",
+     file_of('{"w":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}}', b"\0" * 8))
+case("shape_2p64", "InvalidHeaderDeserialization", "a dimension of 2^64",
+     file_of(tensors(w=entry("F32", [2**64], 0, 8)), b"\0" * 8))
+case("shape_string", "InvalidHeaderDeserialization", 'shape "2"',
+     file_of(tensors(w=entry("F32", "2", 0, 8)), b"\0" * 8))
+case("shape_nested", "InvalidHeaderDeserialization", "shape [[2]]",
+     file_of(tensors(w=entry("F32", [[2]], 0, 8)), b"\0" * 8))
+case("offsets_three", "InvalidHeaderDeserialization", "three data_offsets",
+     file_of('{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}}', b"\0" * 8))
+case("offsets_one", "InvalidHeaderDeserialization", "one data_offset",
+     file_of('{"w":{"dtype":"F32","shape":[2],"data_offsets":[8]}}', b"\0" * 8))
+case("offsets_negative", "InvalidHeaderDeserialization", "data_offsets [-8, 0]",
+     file_of(tensors(w=entry("F32", [2], -8, 0)), b"\0" * 8))
+case("offsets_2p64", "InvalidHeaderDeserialization", "an offset of 2^64",
+     file_of(tensors(w=entry("F32", [2], 0, 2**64)), b"\0" * 8))
+case("metadata_number", "InvalidHeaderDeserialization", "a metadata value that is a number",
+     file_of('{"__metadata__":{"epoch":3},"w":%s}' % js(F32_2), b"\0" * 8))
+case("metadata_nested", "InvalidHeaderDeserialization", "a metadata value that is an object",
+     file_of('{"__metadata__":{"a":{"b":"c"}},"w":%s}' % js(F32_2), b"\0" * 8))
+case("metadata_array", "InvalidHeaderDeserialization", "__metadata__ that is an array",
+     file_of('{"__metadata__":["a"],"w":%s}' % js(F32_2), b"\0" * 8))
+case("metadata_as_tensor", "InvalidHeaderDeserialization", "a tensor named __metadata__",
+     file_of(js({"__metadata__": F32_2}), b"\0" * 8))
+case("nesting_65", "InvalidHeaderDeserialization", "65 levels in an unknown field",
+     file_of('{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":%s%s}}'
+             % ("[" * 63, "]" * 63), b"\0" * 8))
+case("rank_65", "LimitExceeded", "rank 65, above the limit of 64",
+     file_of(tensors(w=entry("F32", [1] * 65, 0, 4)), b"\0" * 4))
+
+# --- duplicates
+case("duplicate_tensor", "DuplicateKey", "one name twice",
+     file_of('{"w":%s,"w":%s}' % (js(F32_2), js(entry("F32", [2], 8, 16))), b"\0" * 16))
+case("duplicate_metadata_key", "DuplicateKey", "one metadata key twice",
+     file_of('{"__metadata__":{"a":"1","a":"2"}}'))
+case("duplicate_metadata", "DuplicateKey", "__metadata__ twice",
+     file_of('{"__metadata__":{},"__metadata__":null}'))
+case("duplicate_field", "DuplicateKey", "dtype twice in one entry",
+     file_of('{"w":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}}', b"\0" * 8))
+
+# --- offsets
+two = lambda a, b: tensors(a=entry("F32", [2], *a), b=entry("F32", [2], *b))
+case("offsets_gap", "InvalidOffset", "4 unused bytes between tensors",
+     file_of(two((0, 8), (12, 20)), b"\0" * 20))
+case("offsets_overlap", "InvalidOffset", "two tensors share 4 bytes",
+     file_of(two((0, 8), (4, 12)), b"\0" * 12))
+case("offsets_alias", "InvalidOffset", "two names, one byte range",
+     file_of(two((0, 8), (0, 8)), b"\0" * 8))
+case("offsets_reversed", "InvalidOffset", "data_offsets [8, 0]",
+     file_of(tensors(w=entry("F32", [2], 8, 0)), b"\0" * 8))
+case("offsets_not_from_zero", "InvalidOffset", "the first tensor starts at 8",
+     file_of(tensors(w=entry("F32", [2], 8, 16)), b"\0" * 16))
+case("offsets_near_2p64", "InvalidOffset", "a tensor at 2^64-9 .. 2^64-1",
+     file_of(tensors(w=entry("U8", [8], U64_MAX - 8, U64_MAX)), b"\0" * 8))
+case("offsets_end_2p64", "TensorInvalidInfo", "data_offsets [0, 2^64-1] for 8 bytes",
+     file_of(tensors(w=entry("U8", [8], 0, U64_MAX)), b"\0" * 8))
+
+# --- sizes
+case("overflow_shape", "ValidationOverflow", "shape [2^32, 2^32, 2]",
+     file_of(tensors(w=entry("U8", [2**32, 2**32, 2], 0, 8)), b"\0" * 8))
+case("overflow_bits", "ValidationOverflow", "2^61 F32 elements: bits overflow",
+     file_of(tensors(w=entry("F32", [2**61], 0, 8)), b"\0" * 8))
+case("overflow_shape_wraps_to_8", "ValidationOverflow", "a shape whose product wraps to 8",
+     file_of(tensors(w=entry("U8", [2**63 + 1, 8], 0, 8)), b"\0" * 8))
+case("overflow_u64_max", "ValidationOverflow", "shape [2^64-1] of U8 at [0, 2^64-1]",
+     file_of(tensors(w=entry("U8", [U64_MAX], 0, U64_MAX)), b"\0" * 8))
+case("claims_2p61_bytes", "MetadataIncompleteBuffer", "2^61-1 bytes claimed, none there",
+     file_of(tensors(w=entry("BOOL", [2**61 - 1], 0, 2**61 - 1))))
+case("misaligned_f4", "MisalignedSlice", "3 F4 values: 12 bits",
+     file_of(tensors(w=entry("F4", [3], 0, 2)), b"\0" * 2))
+case("misaligned_f6", "MisalignedSlice", "1 F6_E2M3 value: 6 bits",
+     file_of(tensors(w=entry("F6_E2M3", [1], 0, 1)), b"\0"))
+case("size_mismatch", "TensorInvalidInfo", "F32 [2] over 4 bytes",
+     file_of(tensors(w=entry("F32", [2], 0, 4)), b"\0" * 4))
+case("zero_elements_with_bytes", "TensorInvalidInfo", "shape [0] over 4 bytes",
+     file_of(tensors(w=entry("F32", [0], 0, 4)), b"\0" * 4))
+case("trailing_bytes", "MetadataIncompleteBuffer", "a byte after the last tensor",
+     file_of(OK, b"\0" * 9))
+case("truncated_data", "MetadataIncompleteBuffer", "the data cut short",
+     file_of(OK, b"\0" * 7))
+case("polyglot_zip", "MetadataIncompleteBuffer", "a ZIP archive appended",
+     file_of(OK, b"\0" * 8 + b"PK\x05\x06" + b"\0" * 18))
+case("no_tensors_with_data", "MetadataIncompleteBuffer", "{} followed by data",
+     file_of("{}", b"\0" * 8))
+
+# --- several rules at once: the first in the documented order wins
+case("combo_length_and_utf8", "InvalidHeaderLength", "length past the end, invalid UTF-8",
+     struct.pack("<Q", 50) + b'{"\xff":1}')
+case("combo_bom_and_nul", "InvalidHeader", "BOM and NUL padding",
+     file_of(b"\xef\xbb\xbf{}\0\0\0"))
+case("combo_utf8_and_duplicate", "InvalidHeader", "invalid UTF-8 and a duplicate name",
+     file_of(b'{"\xff":1,"a":1,"a":1}'))
+case("combo_dtype_and_gap", "InvalidHeaderDeserialization", "unknown dtype and a gap",
+     file_of(tensors(a=entry("F32", [2], 0, 8), b=entry("X", [2], 12, 20)), b"\0" * 20))
+case("combo_duplicate_and_overlap", "DuplicateKey", "a duplicate name and an overlap",
+     file_of('{"a":%s,"a":%s}' % (js(entry("F32", [2], 0, 8)), js(entry("F32", [2], 4, 12))),
+             b"\0" * 12))
+case("combo_overflow_and_trailing", "ValidationOverflow", "shape overflow and trailing bytes",
+     file_of(tensors(w=entry("U8", [2**32, 2**32], 0, 8)), b"\0" * 100))
+case("combo_misaligned_and_truncated", "MisalignedSlice", "12-bit tensor, data cut short",
+     file_of(tensors(w=entry("F4", [3], 0, 2))))
+case("combo_every_offset_rule", "InvalidOffset", "gap, overlap and reversal",
+     file_of(tensors(a=entry("F32", [2], 4, 12), b=entry("F32", [2], 8, 0),
+                     c=entry("F32", [2], 100, 108)), b"\0" * 16))
+
+
+def main():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "test", "data", "hostile")
+    os.makedirs(out, exist_ok=True)
+    names = set()
+    lines = ["# file\tcode\twhat it breaks (written by tools/make_hostile_corpus.py)"]
+    for name, code, why, content in CASES:
+        assert name not in names, name
+        names.add(name)
+        with open(os.path.join(out, name + ".safetensors"), "wb") as f:
+            f.write(content)
+        lines.append(f"{name}.safetensors\t{code}\t{why}")
+    with open(os.path.join(out, "expected.tsv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"{len(CASES)} files in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -22,13 +22,14 @@ the same bytes.
 """
 
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
-import safetensors
 import safetensors.numpy
 import safetensors.torch
 import torch
@@ -118,7 +119,10 @@ def tensor_raw(t):
     """Raw bytes of a torch tensor or numpy array, as stored in a file."""
     if isinstance(t, np.ndarray):
         return np.ascontiguousarray(t).tobytes()
-    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    # Through numpy, which takes any strides, as a same-sized integer type
+    # (numpy has no bfloat16, float8 or, in torch, uint16/32/64 conversion).
+    same_size = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return np.ascontiguousarray(t.view(same_size).numpy()).tobytes()
 
 
 class Writer:
@@ -128,7 +132,7 @@ class Writer:
         self.slices = []
         self.expected = open(os.path.join(out, "expected.bin"), "wb")
         self.offset = 0
-        self.skipped_slices = 0
+        self.refused = {}  # reason -> count of indices the reference refused
 
     def record(self, raw):
         self.expected.write(raw)
@@ -155,7 +159,9 @@ class Writer:
     def add_slices(self, rng, file, framework, entries, per_tensor=3):
         """Random get_slice expressions over the file's tensors, answered by the reference."""
         results = []
-        with safe_open(os.path.join(self.out, file), framework=framework) as f:
+        # Always through torch: the reference's numpy get_slice (0.5.2) ignores
+        # slice steps and returns the unstepped range.
+        with safe_open(os.path.join(self.out, file), framework="pt") as f:
             for name, dtype, shape, raw in entries:
                 # Independent answer: numpy indexing over the bytes as [..., itemsize].
                 size = DTYPES[dtype][2]
@@ -166,8 +172,9 @@ class Writer:
                     try:
                         want = grid[key + (slice(None),) if Ellipsis in key else key]
                         got = f.get_slice(name)[key]
-                    except (IndexError, ValueError) as e:
-                        self.skipped_slices += 1
+                    except Exception as e:  # noqa: BLE001 - any refusal is recorded, not fatal
+                        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
+                        self.refused[reason] = self.refused.get(reason, 0) + 1
                         continue
                     got_raw = tensor_raw(got)
                     if list(got.shape) != list(want.shape[:-1]) or got_raw != want.tobytes():
@@ -226,11 +233,15 @@ def to_python(index):
 
 
 def reference_versions():
-    import importlib.metadata as md
+    # Debian's python3-safetensors 0.5.2 calls itself 0.4.5 in its Python
+    # metadata: name the Debian package's version too where there is one.
+    package = importlib.metadata.version("safetensors")
     try:
-        package = md.version("safetensors")
-    except md.PackageNotFoundError:
-        package = safetensors.__version__
+        debian = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "python3-safetensors"],
+                                capture_output=True, text=True, check=True).stdout
+        package += f" (Debian package {debian})"
+    except (OSError, subprocess.CalledProcessError):
+        pass
     return {"safetensors": package, "torch": torch.__version__, "numpy": np.__version__}
 
 
@@ -316,11 +327,15 @@ def main():
 
     w.finish()
     digest = hashlib.sha256(open(os.path.join(out, "expected.bin"), "rb").read()).hexdigest()[:16]
-    print(f"reference_write: {len(w.files)} files, {len(w.slices)} slices "
-          f"({w.skipped_slices} out-of-range indices dropped), expected.bin {digest}; "
+    versions = reference_versions()
+    print(f"reference_write: safetensors {versions['safetensors']}, torch {versions['torch']}: "
+          f"{len(w.files)} files, {len(w.slices)} slices "
+          f"({sum(w.refused.values())} refused by the reference), expected.bin {digest}; "
           f"dtypes via torch: {' '.join(d for d, f in framework.items() if f == 'pt')}; "
           f"via numpy: {' '.join(d for d, f in framework.items() if f == 'np') or '-'}; "
           f"not writable: {' '.join(unsupported) or '-'}")
+    for reason, count in sorted(w.refused.items()):
+        print(f"reference_write: get_slice refused {count}x: {reason}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def flatten(value, prefix, tensors, others):
 def save(outdir, name, obj, **kwargs):
     path = os.path.join(outdir, name + ".pt")
     torch.save(obj, path, **kwargs)
-    loaded = torch.load(path)
+    # Not weights_only: torch 2.6 made it the default, and it refuses some of
+    # the pickles written here on purpose (this script only reads its own files).
+    loaded = torch.load(path, weights_only=False)
     tensors, others = collections.OrderedDict(), []
     flatten(loaded, "", tensors, others)
     write_safetensors(os.path.join(outdir, name + ".expected.safetensors"), tensors)

@@ -4,6 +4,7 @@
 #include "safetensors/load.hpp"
 
 #include <ATen/ops/empty.h>
+#include <ATen/Parallel.h>
 #include <ATen/ops/from_blob.h>
 
 #include <algorithm>
@@ -98,6 +99,23 @@ TorchView torch_view(const State& s, const TensorInfo& info) {
   return v;
 }
 
+// Reads [offset, offset + n) into dst, large reads in chunks on LibTorch's
+// intra-op threads: one core cannot saturate memory bandwidth, nor a fast disk.
+void read_parallel(const Source& source, std::uint64_t offset, void* dst, std::size_t n) {
+  constexpr std::size_t kChunk = std::size_t{8} << 20;
+  if (n <= kChunk) {
+    if (n) source.read(offset, dst, n);
+    return;
+  }
+  const auto chunks = static_cast<std::int64_t>((n + kChunk - 1) / kChunk);
+  at::parallel_for(0, chunks, 1, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t c = begin; c < end; ++c) {
+      const std::size_t at = static_cast<std::size_t>(c) * kChunk;
+      source.read(offset + at, static_cast<char*>(dst) + at, std::min(kChunk, n - at));
+    }
+  });
+}
+
 // Applies LoadOptions::dtype and ::device to a CPU tensor.
 at::Tensor finish(at::Tensor t, const LoadOptions& options) {
   if (options.dtype() && c10::isFloatingType(t.scalar_type()) &&
@@ -114,21 +132,22 @@ at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorIn
   const std::size_t nbytes = static_cast<std::size_t>(info.nbytes());
   const auto options = at::TensorOptions().dtype(v.dtype);
   std::byte* base = s.source->data();
-  if (base != nullptr && nbytes > 0) {
+  // A view of the mapping serves zero-copy loads, and conversions or device
+  // copies that make new memory anyway; a plain copy is a parallel read.
+  const bool converts =
+      !s.options.device().is_cpu() ||
+      (s.options.dtype() && c10::isFloatingType(v.dtype) && *s.options.dtype() != v.dtype);
+  if (base != nullptr && nbytes > 0 && (!s.options.copy() || converts)) {
     std::byte* p = base + offset;
     if (reinterpret_cast<std::uintptr_t>(p) % v.element_size == 0) {
-      // Zero-copy: the tensor keeps the mapping alive. Conversions and device
-      // copies read straight from the mapping.
-      auto keep = s.source;
-      at::Tensor t = finish(
-          at::from_blob(p, v.shape, [keep](void*) mutable { keep.reset(); }, options), s.options);
-      if (s.options.copy() && t.data_ptr() == static_cast<void*>(p)) t = t.clone();
-      return t;
+      auto keep = s.source;  // the tensor keeps the mapping alive
+      return finish(at::from_blob(p, v.shape, [keep](void*) mutable { keep.reset(); }, options),
+                    s.options);
     }
   }
-  // Owned memory: unaligned data, pread backend, copy mode or another device.
+  // Owned memory: copy mode, the pread backend, or unaligned data.
   at::Tensor t = at::empty(v.shape, options);
-  if (nbytes) s.source->read(offset, t.data_ptr(), nbytes);
+  read_parallel(*s.source, offset, t.data_ptr(), nbytes);
   return finish(std::move(t), s.options);
 }
 

@@ -1,9 +1,6 @@
 // Tests of the safetensors-torch command-line tool: the binary is run as a
 // child process on files written here, and its output and exit status checked.
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <ATen/ops/arange.h>
@@ -16,16 +13,13 @@
 #include <cerrno>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "cli_util.hpp"
 #include "safetensors/safetensors.hpp"
-
-extern char** environ;
 
 namespace {
 
@@ -33,21 +27,9 @@ namespace fs = std::filesystem;
 using safetensors::Dtype;
 using safetensors::Metadata;
 
-struct Result {
-  bool exited = false;  // false: killed by a signal
-  int code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_file(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
+using Result = safetensors::test::CliResult;
+using safetensors::test::read_bytes;
+using safetensors::test::write_bytes;
 
 std::vector<std::string> lines(const std::string& text) {
   std::vector<std::string> out;
@@ -60,17 +42,9 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
 
-// A file made by hand: the 8-byte little-endian length, the JSON, the data.
-std::string raw_file(const std::string& json, const std::string& data) {
-  std::string out;
-  std::uint64_t n = json.size();
-  for (int i = 0; i < 8; ++i) out += static_cast<char>((n >> (8 * i)) & 0xff);
-  return out + json + data;
-}
-
 // The bytes a file stores for one tensor.
 std::string tensor_bytes(const std::string& path, const std::string& name) {
-  const std::string file = read_file(path);
+  const std::string file = read_bytes(path);
   const safetensors::Header header = safetensors::parse_header(file.data(), file.size(), path);
   const safetensors::TensorInfo* info = header.find(name);
   if (!info) return "<missing>";
@@ -84,45 +58,10 @@ at::Tensor f8_bytes() {
 
 class CliTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "cli_test.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return dir_.file(name); }
 
-  std::string path(const std::string& name) const { return dir_ + "/" + name; }
-
-  // Runs the tool with `args`, stdin empty, stdout and stderr captured.
   Result run(const std::vector<std::string>& args) const {
-    const std::string out_path = path(".stdout"), err_path = path(".stderr");
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    std::vector<std::string> argv_strings{SAFETENSORS_CLI_PATH};
-    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& s : argv_strings) argv.push_back(s.data());
-    argv.push_back(nullptr);
-
-    Result r;
-    pid_t pid = 0;
-    const int spawned = posix_spawn(&pid, SAFETENSORS_CLI_PATH, &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (spawned != 0) {
-      ADD_FAILURE() << "cannot run " << SAFETENSORS_CLI_PATH << ": errno " << spawned;
-      return r;
-    }
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    r.exited = WIFEXITED(status);
-    r.code = r.exited ? WEXITSTATUS(status) : -1;
-    r.out = read_file(out_path);
-    r.err = read_file(err_path);
-    return r;
+    return safetensors::test::run_cli(args, dir_.path().string());
   }
 
   // Three tensors of different dtypes (a scalar among them), optionally metadata.
@@ -146,7 +85,7 @@ class CliTest : public ::testing::Test {
     return p;
   }
 
-  std::string dir_;
+  safetensors::test::TempDir dir_;
 };
 
 // --- inspect ----------------------------------------------------------------
@@ -230,7 +169,7 @@ TEST_F(CliTest, InspectShowsDtypesLibTorchLacks) {
 
 TEST_F(CliTest, InspectOfAnInvalidFileFailsWithExitOne) {
   const std::string p = path("bad.safetensors");
-  write_file(p, raw_file(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "1234"));
+  write_bytes(p, safetensors::test::make_file(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "1234"));
   Result r = run({"inspect", p});
   ASSERT_TRUE(r.exited);
   EXPECT_EQ(r.code, 1);
@@ -258,10 +197,10 @@ TEST_F(CliTest, VerifyLoadsDtypesLibTorchLacks) {
 }
 
 TEST_F(CliTest, VerifyRejectsBrokenFilesWithoutASignal) {
-  const std::string valid = read_file(write_sample("valid.safetensors"));
-  write_file(path("truncated"), valid.substr(0, valid.size() - 3));
-  write_file(path("beyond_eof"), raw_file(std::string(1000, ' '), "").substr(0, 40));
-  write_file(path("empty"), "");
+  const std::string valid = read_bytes(write_sample("valid.safetensors"));
+  write_bytes(path("truncated"), valid.substr(0, valid.size() - 3));
+  write_bytes(path("beyond_eof"), safetensors::test::make_file(std::string(1000, ' '), "").substr(0, 40));
+  write_bytes(path("empty"), "");
   fs::create_directory(path("directory"));
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"truncated", "[MetadataIncompleteBuffer]"},
@@ -288,7 +227,7 @@ TEST_F(CliTest, VerifyRejectsBrokenFilesWithoutASignal) {
 TEST_F(CliTest, VerifyPrintsOneLinePerFileAndFailsIfAnyIsInvalid) {
   const std::string good = write_sample("good.safetensors");
   const std::string empty = path("empty.safetensors");
-  write_file(empty, "");
+  write_bytes(empty, "");
   const std::string also_good = write_sample("also_good.safetensors", std::nullopt);
   Result r = run({"verify", good, empty, also_good});
   ASSERT_TRUE(r.exited);
@@ -303,7 +242,7 @@ TEST_F(CliTest, VerifyPrintsOneLinePerFileAndFailsIfAnyIsInvalid) {
 TEST_F(CliTest, VerifyEscapesControlCharactersInMessages) {
   // A tensor named "a\nb" whose byte range does not fit its shape.
   const std::string p = path("newline.safetensors");
-  write_file(p, raw_file(R"({"a\nb":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "abcd"));
+  write_bytes(p, safetensors::test::make_file(R"({"a\nb":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "abcd"));
   Result r = run({"verify", p});
   ASSERT_TRUE(r.exited);
   EXPECT_EQ(r.code, 1);
@@ -409,7 +348,7 @@ TEST_F(CliTest, ConvertKeepsDtypesLibTorchLacks) {
 
 TEST_F(CliTest, ConvertOfAnInvalidInputFailsAndWritesNothing) {
   const std::string in = path("bad.safetensors");
-  write_file(in, raw_file(std::string(1000, ' '), "").substr(0, 40));
+  write_bytes(in, safetensors::test::make_file(std::string(1000, ' '), "").substr(0, 40));
   const std::string out = path("out.safetensors");
   Result r = run({"convert", in, out});
   ASSERT_TRUE(r.exited);

@@ -1,11 +1,6 @@
 // Tests of `safetensors-torch convert` on torch.save files and of
 // `safetensors-torch diff`: the tool is run as a child process.
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <cerrno>
@@ -14,9 +9,7 @@
 #include <vector>
 
 #include "safetensors/safetensors.hpp"
-#include "test_util.hpp"
-
-extern char** environ;
+#include "cli_util.hpp"
 
 namespace {
 
@@ -26,42 +19,14 @@ using st::test::TempDir;
 
 const std::string kFixtures = std::string(SAFETENSORS_TEST_DATA_DIR) + "/pickle/";
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
+using Result = st::test::CliResult;
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 class MigrateCliTest : public ::testing::Test {
  protected:
-  // Runs the tool with `args`, stdin empty, stdout and stderr captured.
-  Result run(std::vector<std::string> args) const {
-    const std::string out_path = dir_.file(".stdout"), err_path = dir_.file(".stderr");
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    args.insert(args.begin(), SAFETENSORS_CLI_PATH);
-    std::vector<char*> argv;
-    for (std::string& s : args) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    Result r;
-    pid_t pid = 0;
-    const int spawned = posix_spawn(&pid, SAFETENSORS_CLI_PATH, &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (spawned != 0) {
-      ADD_FAILURE() << "cannot run " << SAFETENSORS_CLI_PATH;
-      return r;
-    }
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = st::test::read_bytes(out_path);
-    r.err = st::test::read_bytes(err_path);
-    return r;
+  Result run(const std::vector<std::string>& args) const {
+    return st::test::run_cli(args, dir_.path().string());
   }
 
   TempDir dir_;

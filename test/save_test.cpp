@@ -2,7 +2,6 @@
 // and crash-safety (failure mid-write, disk full, a killed writer).
 
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -158,21 +157,10 @@ TEST(SaveFile, AWriteFailingMidFileLeavesTheOldFile) {
   const std::string path = dir.file("m.safetensors");
   save_file({{"x", at::ones({3})}}, path);
   const std::string before = read_bytes(path);
-  struct rlimit old_limit;
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
-  auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
-  struct rlimit small = old_limit;
-  small.rlim_cur = 64 * 1024;
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
-  ErrorCode code = ErrorCode::InvalidArgument;
-  try {
-    save_file({{"big", at::zeros({1 << 20})}}, path);
-  } catch (const Error& e) {
-    code = e.code();
+  {
+    test::FileSizeLimit limit(64 * 1024);
+    EXPECT_EQ(error_code_of([&] { save_file({{"big", at::zeros({1 << 20})}}, path); }), ErrorCode::Io);
   }
-  ::setrlimit(RLIMIT_FSIZE, &old_limit);
-  ::signal(SIGXFSZ, old_handler);
-  EXPECT_EQ(code, ErrorCode::Io);
   EXPECT_EQ(read_bytes(path), before);
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"m.safetensors"});
 }

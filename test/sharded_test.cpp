@@ -1,8 +1,6 @@
 // Sharded checkpoints: packing, the index, lazy access over the shards, every
 // inconsistency a loader must refuse, and crash-safety of a whole set.
 
-#include <signal.h>
-#include <sys/resource.h>
 
 #include <torch/torch.h>
 
@@ -219,21 +217,14 @@ TEST(ShardedSave, AFailureWhileWritingLeavesThePreviousSet) {
   // A write that fails with the disk "full" (RLIMIT_FSIZE) in the third shard.
   NamedTensors large;
   for (int i = 0; i < 4; ++i) large.add("t" + std::to_string(i), torch::zeros({i < 2 ? 1000 : 100000}));
-  struct rlimit old_limit;
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
-  auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
-  struct rlimit small = old_limit;
-  small.rlim_cur = 64 * 1024;
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
-  ErrorCode code = ErrorCode::InvalidArgument;
-  try {
-    save_sharded(large, folder, std::nullopt, ShardedSaveOptions().max_shard_size(5000).fsync(false));
-  } catch (const Error& e) {
-    code = e.code();
+  {
+    test::FileSizeLimit limit(64 * 1024);
+    EXPECT_EQ(error_code_of([&] {
+                save_sharded(large, folder, std::nullopt,
+                             ShardedSaveOptions().max_shard_size(5000).fsync(false));
+              }),
+              ErrorCode::Io);
   }
-  ::setrlimit(RLIMIT_FSIZE, &old_limit);
-  ::signal(SIGXFSZ, old_handler);
-  EXPECT_EQ(code, ErrorCode::Io);
   EXPECT_EQ(dir.entries(), entries);
   EXPECT_EQ(read_bytes(dir.file(std::string(kIndexFileName))), index);
   EXPECT_EQ(read_bytes(dir.file("model-00005-of-00005.safetensors")), last);

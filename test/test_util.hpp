@@ -2,6 +2,9 @@
 // Helpers shared by the test suites: temporary folders, raw files, bitwise
 // tensor comparison.
 
+#include <signal.h>
+#include <sys/resource.h>
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -46,6 +49,29 @@ class TempDir {
 
  private:
   fs::path path_;
+};
+
+/// While alive, writes that grow a file past `bytes` fail with EFBIG (SIGXFSZ
+/// ignored): a disk that fills up in the middle of a save.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    if (::getrlimit(RLIMIT_FSIZE, &old_) != 0) throw std::runtime_error("getrlimit failed");
+    old_handler_ = ::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = old_;
+    small.rlim_cur = bytes;
+    if (::setrlimit(RLIMIT_FSIZE, &small) != 0) throw std::runtime_error("setrlimit failed");
+  }
+  ~FileSizeLimit() {
+    ::setrlimit(RLIMIT_FSIZE, &old_);
+    ::signal(SIGXFSZ, old_handler_);
+  }
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+
+ private:
+  struct rlimit old_;
+  void (*old_handler_)(int);
 };
 
 inline void write_bytes(const std::string& path, const std::string& bytes) {

@@ -210,7 +210,7 @@ TEST(SaveFile, StaleTemporaryFilesOfDeadWritersAreRemoved) {
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{live, "m.safetensors"}));
 }
 
-// A writer killed at random moments: the target is always the old or the new
+// A writer killed at random moments (200 times): the target is always the old or the new
 // complete file, and nothing else is left in the folder.
 TEST(SaveFile, AKilledWriterLeavesTheOldOrTheNewFile) {
   TempDir dir;
@@ -220,7 +220,7 @@ TEST(SaveFile, AKilledWriterLeavesTheOldOrTheNewFile) {
   save_file({{"x", a}}, path);
   std::mt19937 rng(7);
   int saw_new = 0;
-  for (int trial = 0; trial < 20; ++trial) {
+  for (int trial = 0; trial < 200; ++trial) {
     pid_t pid = ::fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {

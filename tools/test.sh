@@ -54,4 +54,6 @@ fi
 
 echo
 printf '%s\n' "${summary[@]}"
+failures=$(printf '%s\n' "${summary[@]}" | grep -c FAILED || true)
+echo "steps: $(( ${#summary[@]} - failures )) passed, $failures failed"
 exit $failed

@@ -3,6 +3,8 @@
 // plain memcpy of the same bytes, and a plain write() of the same bytes.
 //
 //   bench [--dir DIR] [--reps N] [--only NAME]
+//   bench --file FILE [--reps N]      our figures on an existing file (see
+//                                     tools/bench-reference.sh)
 //
 // Workloads are generated: a GPT-2-small-shaped state dict (124M parameters)
 // in F32 and BF16, a LoRA-like file of 1000 [32, 32] tensors, and a header of
@@ -228,31 +230,47 @@ void run(const Workload& w, const fs::path& dir, int reps, Report& report) {
 
 }  // namespace
 
+// Times our operations on an existing file and prints "ours OPERATION MS"
+// lines, for tools/bench-reference.sh to set beside the Python reference's.
+void run_on_file(const std::string& file, const fs::path& dir, int reps) {
+  auto line = [](const char* what, double seconds) { std::printf("ours %s %.3f\n", what, seconds * 1e3); };
+  line("load_file", median_seconds(reps, [&] { st::load_file(file); }));
+  line("load_file_copy", median_seconds(reps, [&] { st::load_file(file, st::LoadOptions().copy(true)); }));
+  line("load_file_pread",
+       median_seconds(reps, [&] { st::load_file(file, st::LoadOptions().backend(st::Backend::Pread)); }));
+  const st::TensorDict tensors = st::load_file(file, st::LoadOptions().copy(true));
+  const std::string out = (dir / "bench-resave.safetensors").string();
+  line("save_file", median_seconds(reps, [&] { st::save_file(tensors, out); }));
+  fs::remove(out);
+}
+
 int main(int argc, char** argv) {
   fs::path dir = fs::temp_directory_path();
   int reps = 5;
-  std::string only;
+  std::string only, file;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--dir") dir = argv[i + 1];
     else if (flag == "--reps") reps = std::atoi(argv[i + 1]);
     else if (flag == "--only") only = argv[i + 1];
+    else if (flag == "--file") file = argv[i + 1];
+  }
+  if (!file.empty()) {
+    run_on_file(file, dir, reps);
+    return 0;
   }
   at::manual_seed(0);
   std::printf("safetensors-torch %s, LibTorch %s, files in %s, median of %d\n", SAFETENSORS_TORCH_VERSION,
               st::torch_version().c_str(), dir.c_str(), reps);
   Report report;
-  std::vector<std::function<Workload()>> workloads = {
-      [] { return gpt2(at::kFloat); },
-      [] { return gpt2(at::kBFloat16); },
-      [] { return many("lora-1000", 1000, {32, 32}); },
-      [] { return many("header-100k", 100000, {2}); },
+  const std::vector<std::pair<std::string, std::function<Workload()>>> workloads = {
+      {"gpt2-f32", [] { return gpt2(at::kFloat); }},
+      {"gpt2-bf16", [] { return gpt2(at::kBFloat16); }},
+      {"lora-1000", [] { return many("lora-1000", 1000, {32, 32}); }},
+      {"header-100k", [] { return many("header-100k", 100000, {2}); }},
   };
-  for (const auto& make : workloads) {
-    Workload w = make();
-    if (!only.empty() && w.name != only) continue;
-    run(w, dir, reps, report);
-  }
+  for (const auto& [name, make] : workloads)
+    if (only.empty() || name == only) run(make(), dir, reps, report);
   report.print_ratios();
   std::printf("peak RSS %.1f MB\n", peak_rss_kb() / 1e3);
 }

@@ -1,0 +1,92 @@
+"""Times the Python reference implementation on the benchmark workloads and
+sets our figures (from `bench --file`, built against the same LibTorch) beside
+them. Runs in the Debian 13 root (tools/bench-reference.sh).
+
+    python3 bench/reference_bench.py BENCH_BINARY WORK_DIR [REPS]
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def gpt2(dtype):
+    d, vocab, positions = 768, 50257, 1024
+    t = {"wte.weight": torch.randn(vocab, d), "wpe.weight": torch.randn(positions, d)}
+    for l in range(12):
+        p = f"h.{l}."
+        for name, shape in [("ln_1.weight", [d]), ("ln_1.bias", [d]),
+                            ("attn.c_attn.weight", [d, 3 * d]), ("attn.c_attn.bias", [3 * d]),
+                            ("attn.c_proj.weight", [d, d]), ("attn.c_proj.bias", [d]),
+                            ("ln_2.weight", [d]), ("ln_2.bias", [d]),
+                            ("mlp.c_fc.weight", [d, 4 * d]), ("mlp.c_fc.bias", [4 * d]),
+                            ("mlp.c_proj.weight", [4 * d, d]), ("mlp.c_proj.bias", [d])]:
+            t[p + name] = torch.randn(*shape)
+    t["ln_f.weight"], t["ln_f.bias"] = torch.randn(d), torch.randn(d)
+    return {k: v.to(dtype) for k, v in t.items()}
+
+
+def many(count, shape):
+    return {f"base_model.model.layers.{i}.lora_A.weight": torch.randn(*shape) for i in range(count)}
+
+
+def median_ms(reps, f):
+    f()  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def ours(bench, path, workdir, reps):
+    out = subprocess.run([bench, "--file", path, "--dir", workdir, "--reps", str(reps)],
+                         check=True, capture_output=True, text=True).stdout
+    return {parts[1]: float(parts[2]) for parts in (l.split() for l in out.splitlines())
+            if len(parts) == 3 and parts[0] == "ours"}
+
+
+def main():
+    bench, workdir = sys.argv[1], sys.argv[2]
+    reps = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    os.makedirs(workdir, exist_ok=True)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, median of {reps}; ratio = reference time / our time")
+    print(f"{'workload':12} {'operation':34} {'reference ms':>12} {'ours ms':>9} {'ratio':>8}")
+    for name, make in [("gpt2-f32", lambda: gpt2(torch.float32)),
+                       ("gpt2-bf16", lambda: gpt2(torch.bfloat16)),
+                       ("lora-1000", lambda: many(1000, (32, 32))),
+                       ("header-100k", lambda: many(100000, (2,)))]:
+        tensors = make()
+        path = os.path.join(workdir, name + ".safetensors")
+        pt = os.path.join(workdir, name + ".pt")
+        save_file(tensors, path)
+        torch.save(tensors, pt)
+        mine = ours(bench, path, workdir, reps)
+        rows = [
+            ("load_file", "safetensors.torch.load_file", median_ms(reps, lambda: load_file(path))),
+            ("load_file", "torch.load", median_ms(reps, lambda: torch.load(pt, weights_only=True))),
+            ("load_file", "torch.load(mmap=True)",
+             median_ms(reps, lambda: torch.load(pt, mmap=True, weights_only=True))),
+            ("load_file_copy", "load_file + clone (owned memory)",
+             median_ms(reps, lambda: {k: v.clone() for k, v in load_file(path).items()})),
+            ("save_file", "safetensors.torch.save_file",
+             median_ms(reps, lambda: save_file(tensors, os.path.join(workdir, "ref-resave.safetensors")))),
+        ]
+        for our_op, what, ref_ms in rows:
+            print(f"{name:12} {what:34} {ref_ms:12.3f} {mine[our_op]:9.3f} {ref_ms / mine[our_op]:7.2f}x"
+                  f"  (ours: {our_op})")
+        for f in (path, pt, os.path.join(workdir, "ref-resave.safetensors")):
+            if os.path.exists(f):
+                os.remove(f)
+        del tensors
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ const char* to_string(ErrorCode code) noexcept {
     case ErrorCode::MetadataIncompleteBuffer: return "MetadataIncompleteBuffer";
     case ErrorCode::ReservedName: return "ReservedName";
     case ErrorCode::LimitExceeded: return "LimitExceeded";
+    case ErrorCode::InvalidCheckpoint: return "InvalidCheckpoint";
     case ErrorCode::UnsupportedDtype: return "UnsupportedDtype";
     case ErrorCode::TensorNotFound: return "TensorNotFound";
     case ErrorCode::InvalidSlice: return "InvalidSlice";

@@ -49,12 +49,12 @@ std::string archive_prefix(const pickle::ZipArchive& zip) {
     const std::size_t slash = e.name.find('/');
     if (slash == std::string::npos || e.name.compare(slash, std::string::npos, "/data.pkl") != 0) continue;
     if (!prefix.empty())
-      throw Error(ErrorCode::InvalidHeaderDeserialization, zip.source()->path(), "",
+      throw Error(ErrorCode::InvalidCheckpoint, zip.source()->path(), "",
                   "the archive holds more than one data.pkl");
     prefix = e.name.substr(0, slash + 1);
   }
   if (prefix.empty())
-    throw Error(ErrorCode::InvalidHeaderDeserialization, zip.source()->path(), "",
+    throw Error(ErrorCode::InvalidCheckpoint, zip.source()->path(), "",
                 "a zip archive without data.pkl is not a torch checkpoint");
   return prefix;
 }
@@ -238,7 +238,7 @@ void read_torch_zip(const std::shared_ptr<Source>& source, const CheckpointOptio
   const pickle::ZipArchive zip(source);
   const std::string prefix = archive_prefix(zip);
   if (const pickle::ZipEntry* order = zip.find(prefix + "byteorder"); order && zip.read(*order) != "little")
-    throw Error(ErrorCode::InvalidHeaderDeserialization, source->path(), "",
+    throw Error(ErrorCode::InvalidCheckpoint, source->path(), "",
                 "a big-endian checkpoint; re-save it on a little-endian machine");
   const std::string data = zip.read(*zip.find(prefix + "data.pkl"));
   const pickle::Pickle p = pickle::unpickle(data, source->path());
@@ -281,7 +281,7 @@ void read_torch_archive(const std::string& path, const CheckpointOptions& option
     }
     read_archive(*node, "", out, 0, path);
   } catch (const c10::Error& e) {
-    throw Error(ErrorCode::InvalidHeaderDeserialization, path, "",
+    throw Error(ErrorCode::InvalidCheckpoint, path, "",
                 std::string("LibTorch cannot read this torch::save archive: ") + e.what_without_backtrace());
   }
 }
@@ -369,11 +369,11 @@ Checkpoint read(const std::string& path, const CheckpointOptions& options,
       break;
     }
     case CheckpointFormat::TorchLegacy:
-      throw Error(ErrorCode::InvalidHeaderDeserialization, path, "",
+      throw Error(ErrorCode::InvalidCheckpoint, path, "",
                   "a legacy (pre-1.6) torch.save file is not read; re-save it in Python with "
                   "torch.save(torch.load(path, weights_only=True), new_path), which writes the zip format");
     case CheckpointFormat::Unknown:
-      throw Error(ErrorCode::InvalidHeaderDeserialization, path, "",
+      throw Error(ErrorCode::InvalidCheckpoint, path, "",
                   "not a safetensors file, torch.save file or torch::save archive");
   }
   find_shared(ckpt);
@@ -408,6 +408,15 @@ std::string difference(const at::Tensor& a, const at::Tensor& b) {
   return "values differ";
 }
 
+// The tensor bytes a conversion writes: aliases are written once, as the
+// tensor they alias.
+std::uint64_t bytes_to_write(const Checkpoint& ckpt) {
+  std::uint64_t total = 0;
+  for (const auto& item : ckpt.tensors)
+    if (!ckpt.aliases.count(item.key())) total += item.value().nbytes();
+  return total;
+}
+
 }  // namespace
 
 const char* to_string(CheckpointFormat format) noexcept {
@@ -435,6 +444,7 @@ ConvertSummary convert_checkpoint(const std::string& in, const std::string& out,
 
   ConvertSummary summary;
   NamedTensors tensors;
+  const std::uint64_t total = bytes_to_write(ckpt);
   for (const auto& item : ckpt.tensors) {
     if (ckpt.aliases.count(item.key())) continue;
     at::Tensor t = copies.count(item.key()) ? item.value().clone(at::MemoryFormat::Contiguous) : item.value();
@@ -444,6 +454,7 @@ ConvertSummary convert_checkpoint(const std::string& in, const std::string& out,
       tensors.add(item.key(), t);
     }
     summary.bytes += t.nbytes();
+    if (options.progress()) options.progress()(summary.bytes, total);
   }
   Metadata metadata = options.metadata();
   metadata.emplace("format", "pt");

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "safetensors/safetensors.hpp"
@@ -91,6 +92,7 @@ TEST(Migrate, RefusesLegacyFilesSayingHowToResave) {
     st::read_checkpoint(kFixtures + "legacy.pt");
     FAIL() << "accepted";
   } catch (const st::Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidCheckpoint) << e.what();
     EXPECT_NE(std::string(e.what()).find("torch.save(torch.load("), std::string::npos) << e.what();
   }
 }
@@ -133,6 +135,26 @@ TEST(Migrate, ConvertsWithAliasesInTheMetadata) {
   // Nothing is lost: the alias reads back through the metadata.
   EXPECT_TRUE(st::diff_checkpoints(kFixtures + "views.pt", out).equal());
   EXPECT_EQ(st::read_checkpoint(out).aliases.at("same"), "base");
+}
+
+// One call per written tensor (an alias is written once, so it is not one),
+// counting up to the bytes the summary reports.
+TEST(Migrate, ReportsProgressPerTensor) {
+  TempDir dir;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> calls;
+  const st::ConvertSummary summary = st::convert_checkpoint(
+      kFixtures + "views.pt", dir.file("views.safetensors"),
+      st::ConvertOptions().progress([&](std::uint64_t done, std::uint64_t total) { calls.emplace_back(done, total); }));
+  ASSERT_EQ(calls.size(), summary.tensors);
+  std::uint64_t previous = 0;
+  for (const auto& [done, total] : calls) {
+    EXPECT_GE(done, previous);
+    EXPECT_LE(done, total);
+    EXPECT_EQ(total, summary.bytes);
+    previous = done;
+  }
+  EXPECT_GT(summary.bytes, 0u);
+  EXPECT_EQ(calls.back().first, summary.bytes);
 }
 
 TEST(Migrate, DiffReportsDifferences) {

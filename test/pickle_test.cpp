@@ -147,7 +147,7 @@ TEST_F(PickleTest, RefusesGlobalsThatWouldRunCode) {
   for (const auto& [module, name] : globals) {
     const std::string p = Pickler().proto(2).global(module, name).str(command).op('\x85').op('R').stop().bytes();
     const safetensors::Error e = refusal(p);
-    EXPECT_EQ(e.code(), ErrorCode::InvalidHeaderDeserialization) << e.what();
+    EXPECT_EQ(e.code(), ErrorCode::InvalidCheckpoint) << e.what();
     EXPECT_NE(std::string(e.what()).find("'" + module + "." + name + "' is not allowed"), std::string::npos) << e.what();
   }
   // Protocol 4 names globals with STACK_GLOBAL.
@@ -188,7 +188,7 @@ TEST_F(PickleTest, RefusesUnknownAndDisallowedOpcodes) {
 TEST_F(PickleTest, RefusesEveryTruncation) {
   const std::string full = one_tensor_pickle(6, 0, {2, 3}, {3, 1});
   for (std::size_t n = 0; n < full.size(); ++n)
-    EXPECT_EQ(error_code_of([&] { read(full.substr(0, n)); }), ErrorCode::InvalidHeaderDeserialization) << n;
+    EXPECT_EQ(error_code_of([&] { read(full.substr(0, n)); }), ErrorCode::InvalidCheckpoint) << n;
 }
 
 TEST_F(PickleTest, RefusesMissingAndShortStorages) {
@@ -204,7 +204,7 @@ TEST_F(PickleTest, RefusesViewsOutsideTheirStorage) {
   EXPECT_EQ(refusal(one_tensor_pickle(6, 0, {7}, {1})).code(), ErrorCode::TensorInvalidInfo);
   EXPECT_EQ(refusal(one_tensor_pickle(6, 5, {2}, {1})).code(), ErrorCode::TensorInvalidInfo);
   EXPECT_EQ(refusal(one_tensor_pickle(6, 0, {2, 2}, {1, 5})).code(), ErrorCode::TensorInvalidInfo);
-  EXPECT_EQ(refusal(one_tensor_pickle(6, 0, {2}, {-1})).code(), ErrorCode::InvalidHeaderDeserialization);
+  EXPECT_EQ(refusal(one_tensor_pickle(6, 0, {2}, {-1})).code(), ErrorCode::InvalidCheckpoint);
   EXPECT_EQ(refusal(one_tensor_pickle(6, 0, {0x40000000, 0x40000000, 0x40000000}, {1, 1, 1})).code(),
             ErrorCode::ValidationOverflow);
   // An empty view may sit anywhere: it reads nothing.
@@ -214,14 +214,14 @@ TEST_F(PickleTest, RefusesViewsOutsideTheirStorage) {
 TEST_F(PickleTest, RefusesHugeDeclaredLengths) {
   // A string claiming 2^62 bytes, a storage claiming 2^30 floats in 24 bytes.
   EXPECT_EQ(refusal(Pickler().proto(4).raw("\x8d" + le(std::uint64_t{1} << 62, 8)).bytes()).code(),
-            ErrorCode::InvalidHeaderDeserialization);
+            ErrorCode::InvalidCheckpoint);
   EXPECT_EQ(refusal(one_tensor_pickle(0x40000000, 0, {6}, {1})).code(), ErrorCode::TensorInvalidInfo);
   // An integer wider than 64 bits, a memo index never stored, a frame past the end.
   EXPECT_EQ(refusal(Pickler().proto(2).raw("\x8a\x09" + std::string(9, '\x01')).bytes()).code(),
-            ErrorCode::InvalidHeaderDeserialization);
-  EXPECT_EQ(refusal(Pickler().proto(2).raw("h\x07").bytes()).code(), ErrorCode::InvalidHeaderDeserialization);
+            ErrorCode::InvalidCheckpoint);
+  EXPECT_EQ(refusal(Pickler().proto(2).raw("h\x07").bytes()).code(), ErrorCode::InvalidCheckpoint);
   EXPECT_EQ(refusal(Pickler().proto(4).raw("\x95" + le(1000, 8)).op('}').stop().bytes()).code(),
-            ErrorCode::InvalidHeaderDeserialization);
+            ErrorCode::InvalidCheckpoint);
 }
 
 TEST_F(PickleTest, RefusesDeepNestingCyclesAndExponentialSharing) {
@@ -251,10 +251,10 @@ TEST_F(PickleTest, RefusesBadContainers) {
   std::string zip = make_zip({{"archive/data.pkl", Pickler().proto(2).op('}').stop().bytes()}});
   zip.replace(zip.size() - 6, 4, le(0xfffffff0, 4));
   safetensors::test::write_bytes(path_, zip);
-  EXPECT_EQ(refusal_of_file().code(), ErrorCode::InvalidHeaderDeserialization);
+  EXPECT_EQ(refusal_of_file().code(), ErrorCode::InvalidCheckpoint);
   // No data.pkl at all.
   safetensors::test::write_bytes(path_, make_zip({{"archive/other", "x"}}));
-  EXPECT_EQ(refusal_of_file().code(), ErrorCode::InvalidHeaderDeserialization);
+  EXPECT_EQ(refusal_of_file().code(), ErrorCode::InvalidCheckpoint);
 }
 
 TEST_F(PickleTest, SurvivesRandomCorruption) {

@@ -1,11 +1,17 @@
 // `convert IN OUT [--metadata KEY=VALUE]... [--key K] [--shard-size BYTES]`:
 // reads a safetensors file, a Python torch.save file or a C++ torch::save
 // archive (told apart by content) and writes its tensors as safetensors,
-// keeping every tensor's dtype.
+// keeping every tensor's dtype. On a terminal, a large conversion shows its
+// progress on one line of stderr.
+
+#include <unistd.h>
 
 #include <cstdio>
+#include <functional>
 #include <iostream>
+#include <iterator>
 #include <optional>
+#include <string>
 
 #include "commands.hpp"
 #include "safetensors/load.hpp"
@@ -25,11 +31,64 @@ std::optional<Metadata> merged_metadata(const Header& header, const Metadata& ov
   return merged;
 }
 
+// Below this much tensor data a conversion is over before a progress line
+// would be worth reading.
+constexpr std::uint64_t kProgressThreshold = 256ull << 20;
+
+// "1.2 GB", "340.0 MB", "512 B": decimal units, as file managers show sizes.
+std::string human_bytes(std::uint64_t n) {
+  constexpr const char* kUnits[] = {"kB", "MB", "GB", "TB", "PB"};
+  if (n < 1000) return std::to_string(n) + " B";
+  double value = static_cast<double>(n) / 1000;
+  std::size_t unit = 0;
+  while (value >= 1000 && unit + 1 < std::size(kUnits)) value /= 1000, ++unit;
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f %s", value, kUnits[unit]);
+  return text;
+}
+
+// A line on stderr redrawn in place ("\r[converted 1.2 GB / 4.8 GB, 25%]").
+// Only on a terminal, so that redirected output and logs stay one line per
+// event; redrawn only when the percentage changes, so that a checkpoint of many
+// small tensors does not flood the terminal. The destructor ends the line, also
+// when the conversion fails, so that the error starts on a line of its own.
+class ProgressLine {
+ public:
+  ProgressLine() : terminal_(isatty(STDERR_FILENO) == 1) {}
+  ProgressLine(const ProgressLine&) = delete;
+  ProgressLine& operator=(const ProgressLine&) = delete;
+  ~ProgressLine() {
+    if (shown_) std::fputc('\n', stderr);
+  }
+
+  void update(std::uint64_t done, std::uint64_t total) {
+    if (!terminal_ || total <= kProgressThreshold) return;
+    const int percent = static_cast<int>(static_cast<double>(done) / static_cast<double>(total) * 100);
+    if (shown_ && percent == percent_) return;
+    std::fprintf(stderr, "\r[converted %s / %s, %d%%]", human_bytes(done).c_str(), human_bytes(total).c_str(),
+                 percent);
+    std::fflush(stderr);
+    shown_ = true;
+    percent_ = percent;
+  }
+
+  std::function<void(std::uint64_t, std::uint64_t)> callback() {
+    return [this](std::uint64_t done, std::uint64_t total) { update(done, total); };
+  }
+
+ private:
+  bool terminal_;
+  bool shown_ = false;
+  int percent_ = 0;
+};
+
 // Every tensor of the file. One whose dtype the LibTorch in use lacks arrives
 // as raw bytes and goes back as raw bytes with its file dtype, so that OUT does
-// not degrade it to U8.
-NamedTensors read_tensors(const SafeOpen& file) {
+// not degrade it to U8. Reading is where the time goes (the file is read with
+// pread), so progress counts the bytes read.
+NamedTensors read_tensors(const SafeOpen& file, ProgressLine& progress) {
   NamedTensors tensors;
+  std::uint64_t done = 0;
   for (const TensorInfo& info : file.header().tensors()) {
     at::Tensor t = file.get_tensor(info.name);
     if (to_torch_dtype(info.dtype)) {
@@ -37,6 +96,8 @@ NamedTensors read_tensors(const SafeOpen& file) {
     } else {
       tensors.add_raw(info.name, info.dtype, info.shape, std::move(t));
     }
+    done += info.nbytes();
+    progress.update(done, file.header().data_size());
   }
   return tensors;
 }
@@ -73,9 +134,33 @@ void print_summary(const std::string& in, const std::string& out, const ConvertS
 // A torch.save file or torch::save archive, or a safetensors file read with
 // migration options.
 int migrate(const std::string& in, const std::string& out, const Metadata& overrides, const ConvertArgs& args) {
-  const ConvertSummary summary = convert_checkpoint(
-      in, out, ConvertOptions().key(args.key).metadata(overrides).max_shard_size(args.shard_size));
+  ConvertSummary summary;
+  {
+    ProgressLine progress;  // ended before the summary is printed
+    summary = convert_checkpoint(in, out,
+                                 ConvertOptions()
+                                     .key(args.key)
+                                     .metadata(overrides)
+                                     .max_shard_size(args.shard_size)
+                                     .progress(progress.callback()));
+  }
   print_summary(in, out, summary);
+  return kExitOk;
+}
+
+// A safetensors file rewritten through the library.
+int rewrite(const std::string& in, const std::string& out, const Metadata& overrides) {
+  // Pread: the tensors own their memory, so OUT may even replace IN.
+  SafeOpen file(in, LoadOptions().backend(Backend::Pread).unsupported_as_bytes(true));
+  std::size_t count = 0;
+  {
+    ProgressLine progress;  // ended before the summary is printed
+    const NamedTensors tensors = read_tensors(file, progress);
+    save_file(tensors, out, merged_metadata(file.header(), overrides));
+    count = tensors.size();
+  }
+  std::cout << "converted " << printable(in) << " -> " << printable(out) << ": " << count
+            << " tensors, " << file.header().data_size() << " bytes\n";
   return kExitOk;
 }
 
@@ -85,13 +170,7 @@ int convert(const std::string& in, const std::string& out, const Metadata& overr
   try {
     if (!args.key.empty() || args.shard_size || detect_format(in) != CheckpointFormat::Safetensors)
       return migrate(in, out, overrides, args);
-    // Pread: the tensors own their memory, so OUT may even replace IN.
-    SafeOpen file(in, LoadOptions().backend(Backend::Pread).unsupported_as_bytes(true));
-    NamedTensors tensors = read_tensors(file);
-    save_file(tensors, out, merged_metadata(file.header(), overrides));
-    std::cout << "converted " << printable(in) << " -> " << printable(out) << ": "
-              << tensors.size() << " tensors, " << file.header().data_size() << " bytes\n";
-    return kExitOk;
+    return rewrite(in, out, overrides);
   } catch (const Error& e) {
     // A write failure names OUT; everything else is about IN.
     std::cerr << error_line(e.file().empty() ? in : e.file()) << '\n';

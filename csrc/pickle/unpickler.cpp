@@ -58,7 +58,7 @@ class Machine {
  private:
   static const std::array<const Opcode*, 256>& dispatch_table();
 
-  [[noreturn]] void fail(const std::string& detail, ErrorCode code = ErrorCode::InvalidHeaderDeserialization) const {
+  [[noreturn]] void fail(const std::string& detail, ErrorCode code = ErrorCode::InvalidCheckpoint) const {
     throw Error(code, file_, "", "pickle: " + detail + " (at byte " + std::to_string(op_pos_) + ")");
   }
 
@@ -524,7 +524,7 @@ std::string describe(const Value& v) {
 }
 
 Pickle unpickle(std::string_view data, std::size_t& offset, const std::string& file) {
-  if (offset > data.size()) throw Error(ErrorCode::InvalidHeaderDeserialization, file, "", "pickle: offset past the end");
+  if (offset > data.size()) throw Error(ErrorCode::InvalidCheckpoint, file, "", "pickle: offset past the end");
   return Machine(data, offset, file).run(offset);
 }
 
@@ -532,7 +532,7 @@ Pickle unpickle(std::string_view data, const std::string& file) {
   std::size_t offset = 0;
   Pickle p = unpickle(data, offset, file);
   if (offset != data.size())
-    throw Error(ErrorCode::InvalidHeaderDeserialization, file, "",
+    throw Error(ErrorCode::InvalidCheckpoint, file, "",
                 "pickle: " + std::to_string(data.size() - offset) + " bytes after STOP");
   return p;
 }

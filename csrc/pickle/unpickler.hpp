@@ -25,7 +25,7 @@ inline constexpr std::size_t kMaxIntegerBytes = 8;
 /// Interprets one pickle starting at `data[offset]`, up to and including its
 /// STOP opcode; `offset` is left just past it (the legacy format puts several
 /// pickles back to back). `file` names the source in errors.
-/// Throws Error(InvalidHeaderDeserialization) for a malformed or refused pickle,
+/// Throws Error(InvalidCheckpoint) for a malformed or refused pickle,
 /// Error(UnsupportedDtype) for a storage type without a safetensors dtype.
 Pickle unpickle(std::string_view data, std::size_t& offset, const std::string& file);
 

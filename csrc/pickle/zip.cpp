@@ -25,7 +25,7 @@ constexpr std::uint16_t kFlagEncrypted = 0x0001;
 constexpr std::uint32_t kZip64Marker32 = 0xFFFFFFFF;
 
 [[noreturn]] void fail(const Source& source, const std::string& detail) {
-  throw Error(ErrorCode::InvalidHeaderDeserialization, source.path(), "",
+  throw Error(ErrorCode::InvalidCheckpoint, source.path(), "",
               "not a valid torch.save zip archive: " + detail);
 }
 
@@ -175,8 +175,7 @@ ZipArchive::ZipArchive(std::shared_ptr<Source> source) : source_(std::move(sourc
             [](const ZipEntry& a, const ZipEntry& b) { return a.name < b.name; });
   for (std::size_t i = 1; i < entries_.size(); ++i)
     if (entries_[i - 1].name == entries_[i].name)
-      throw Error(ErrorCode::DuplicateKey, source_->path(), "",
-                  "zip entry '" + entries_[i].name + "' appears twice");
+      fail(*source_, "entry '" + entries_[i].name + "' appears twice");
 }
 
 const ZipEntry* ZipArchive::find(std::string_view name) const {

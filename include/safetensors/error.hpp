@@ -25,6 +25,9 @@ enum class ErrorCode {
   MetadataIncompleteBuffer,      ///< data buffer not covered exactly (truncated or trailing bytes)
   ReservedName,                  ///< a tensor named "__metadata__"
   LimitExceeded,                 ///< a documented limit of this library (rank, ...)
+  /// A torch.save/torch::save checkpoint is malformed (zip container, pickle
+  /// stream, archive layout) or uses a construct the weights-only reader refuses.
+  InvalidCheckpoint,
   // --- mapping to torch ---
   UnsupportedDtype,  ///< the LibTorch in use has no such dtype (see the message)
   // --- API use ---

@@ -17,6 +17,7 @@
 // with LibTorch's reader.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -78,9 +79,10 @@ struct Checkpoint {
 
 /// Reads any supported checkpoint (see CheckpointFormat). A legacy torch.save
 /// file is an error saying how to re-save it. Throws Error: TensorNotFound for a
-/// `key` that is not there, InvalidHeaderDeserialization for a malformed or
-/// refused pickle (naming the opcode or global), TensorInvalidInfo for a tensor
-/// outside its storage, LimitExceeded, UnsupportedDtype.
+/// `key` that is not there, InvalidCheckpoint for a malformed archive, a legacy
+/// or unrecognised file, or a refused pickle (naming the opcode or global),
+/// TensorInvalidInfo for a tensor outside its storage, LimitExceeded,
+/// UnsupportedDtype.
 Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options = {});
 
 struct ConvertOptions {
@@ -91,6 +93,14 @@ struct ConvertOptions {
   /// (save_sharded) with at most this many tensor bytes per shard.
   TORCH_ARG(std::optional<std::uint64_t>, max_shard_size) = std::nullopt;
   TORCH_ARG(bool, fsync) = true;
+  /// Called once per tensor to be written, in the order the tensors are
+  /// gathered, with the tensor bytes gathered so far and the total of all of
+  /// them: `done` grows and the last call has `done == total`. Gathering reads
+  /// or copies what the writer cannot take as is (overlapping views); the
+  /// file itself is written in one pass after the last call, so the last call
+  /// means "every tensor is ready", not "the file is complete". Not called when
+  /// there are no tensors.
+  TORCH_ARG(std::function<void(std::uint64_t done, std::uint64_t total)>, progress) = nullptr;
 };
 
 struct ConvertSummary {

@@ -5,8 +5,10 @@
 #include "safetensors/sharded.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -83,6 +85,81 @@ void fsync_folder(const std::string& folder) {
   ::close(fd);
 }
 
+constexpr std::string_view kStagedSuffix = ".partial";
+
+// The writer's pid is part of a staged shard's name so that a later save can
+// tell the leftovers of a killed writer from the files of one still running.
+std::string staged_name(const std::string& shard, const std::string& set_id) {
+  return "." + shard + "." + std::to_string(::getpid()) + "." + set_id + std::string(kStagedSuffix);
+}
+
+bool only_chars(std::string_view s, int (*is_class)(int)) {
+  for (const char c : s)
+    if (!is_class(static_cast<unsigned char>(c))) return false;
+  return !s.empty();
+}
+
+// The writer's pid, when `entry` is exactly a name staged_name() makes: other
+// files in the folder are never taken for leftovers.
+std::optional<pid_t> staged_writer_pid(std::string_view entry) {
+  if (entry.empty() || entry.front() != '.' || !ends_with(entry, kStagedSuffix)) return std::nullopt;
+  std::string_view rest = entry.substr(1, entry.size() - 1 - kStagedSuffix.size());
+  const std::size_t id_dot = rest.rfind('.');
+  if (id_dot == std::string_view::npos || !only_chars(rest.substr(id_dot + 1), isxdigit)) return std::nullopt;
+  rest = rest.substr(0, id_dot);
+  const std::size_t pid_dot = rest.rfind('.');
+  if (pid_dot == std::string_view::npos) return std::nullopt;
+  const std::string_view pid = rest.substr(pid_dot + 1);
+  if (!only_chars(pid, isdigit) || pid.size() > 9 || !ends_with(rest.substr(0, pid_dot), kShardExtension))
+    return std::nullopt;
+  return static_cast<pid_t>(std::stol(std::string(pid)));
+}
+
+// A save killed while writing leaves its staged shards behind. Only those of
+// writers that no longer run are removed: a concurrent save into the same
+// folder keeps its files. EPERM means the process exists, so only ESRCH counts.
+void remove_dead_writers_shards(const std::string& folder) {
+  std::error_code ec;
+  for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+    const auto pid = staged_writer_pid(it->path().filename().string());
+    if (pid && ::kill(*pid, 0) != 0 && errno == ESRCH) {
+      std::error_code ignored;  // best effort: a leftover is harmless to the new save
+      fs::remove(it->path(), ignored);
+    }
+  }
+}
+
+// The files of the checkpoint the folder holds now, as a loader would pick it:
+// the shards its index lists, or else model.safetensors. An index that cannot
+// be read names nothing, so nothing is removed on its account.
+std::set<std::string> current_checkpoint_files(const std::string& folder) {
+  std::error_code ec;
+  const fs::path index = fs::path(folder) / kIndexFileName;
+  if (fs::exists(index, ec)) {
+    try {
+      const std::vector<std::string> shards = read_index(index.string()).shard_files();
+      return {shards.begin(), shards.end()};
+    } catch (const Error&) {
+      return {};
+    }
+  }
+  if (fs::exists(fs::path(folder) / kSingleFileName, ec)) return {std::string(kSingleFileName)};
+  return {};
+}
+
+// Called once the new checkpoint is complete: files of the previous one that it
+// does not reuse would otherwise linger (shards of another count, a single file
+// replaced by a set). Best effort, since the new checkpoint no longer needs them.
+void remove_replaced_files(const std::string& folder, const std::set<std::string>& previous,
+                           const std::vector<std::string>& kept) {
+  const std::set<std::string> keep(kept.begin(), kept.end());
+  for (const std::string& file : previous) {
+    if (keep.count(file)) continue;
+    std::error_code ignored;
+    fs::remove(fs::path(folder) / file, ignored);
+  }
+}
+
 // Shards written under temporary names; whatever was not moved into place is
 // removed when this goes away, so a failed save leaves nothing behind.
 class StagedShards {
@@ -98,7 +175,7 @@ class StagedShards {
 
   void write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
              bool fsync) {
-    std::string staged = (fs::path(folder_) / ("." + name + "." + set_id_ + ".partial")).string();
+    std::string staged = (fs::path(folder_) / staged_name(name, set_id_)).string();
     save_file(tensors, staged, metadata, SaveOptions().fsync(fsync));  // leaves nothing if it fails
     files_.emplace_back(std::move(staged), name);
   }
@@ -332,6 +409,8 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   meta.emplace("format", "pt");
   const std::vector<NamedTensors> shards = pack(tensors, options.max_shard_size());
   const std::string index_path = (fs::path(folder) / kIndexFileName).string();
+  remove_dead_writers_shards(folder);
+  const std::set<std::string> previous = current_checkpoint_files(folder);
 
   if (shards.size() <= 1) {
     save_file(shards.empty() ? NamedTensors{} : shards.front(),
@@ -340,7 +419,9 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
     std::error_code ec;
     fs::remove(index_path, ec);
     if (ec) throw Error(ErrorCode::Io, index_path, "", "cannot remove the stale index: " + ec.message());
-    return {std::string(kSingleFileName)};
+    std::vector<std::string> names = {std::string(kSingleFileName)};
+    remove_replaced_files(folder, previous, names);
+    return names;
   }
 
   const std::string set_id = new_set_id();
@@ -354,6 +435,7 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   AtomicFile index(index_path, AtomicFile::Options{options.fsync()});
   index.write(json.data(), json.size());
   index.commit();
+  remove_replaced_files(folder, previous, names);
   names.emplace_back(kIndexFileName);
   return names;
 }

@@ -3,6 +3,7 @@
 
 
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -229,6 +230,63 @@ TEST(ShardedSave, AFailureWhileWritingLeavesThePreviousSet) {
   EXPECT_EQ(read_bytes(dir.file(std::string(kIndexFileName))), index);
   EXPECT_EQ(read_bytes(dir.file("model-00005-of-00005.safetensors")), last);
   EXPECT_EQ(ShardedOpen(folder).size(), 10u);
+}
+
+// The name a save gives a shard it is still writing: the writer's pid, then its set id.
+std::string staged_shard_name(const std::string& shard, long pid) {
+  return "." + shard + "." + std::to_string(pid) + ".0123456789abcdef0123456789abcdef.partial";
+}
+
+// A save killed while writing leaves staged shards; the next save removes
+// those of dead writers and keeps those of a writer that still runs.
+TEST(ShardedSave, RemovesOnlyTheStagedShardsOfDeadWriters) {
+  TempDir dir;
+  const std::string dead = staged_shard_name("model-00001-of-00002.safetensors", 99999999);  // no such pid
+  const std::string live = staged_shard_name("model-00002-of-00002.safetensors", ::getpid());
+  for (const std::string& name : {dead, live, std::string(".notes.partial")}) write_bytes(dir.file(name), "x");
+  save_sharded(ten_tensors(), dir.path().string(), std::nullopt, ShardedSaveOptions().max_shard_size(200));
+  const std::vector<std::string> expected = {live,
+                                             ".notes.partial",
+                                             "model-00001-of-00002.safetensors",
+                                             "model-00002-of-00002.safetensors",
+                                             std::string(kIndexFileName)};
+  EXPECT_EQ(dir.entries(), expected);
+}
+
+// Shards of an earlier save with another count are removed once the new set is
+// in place; files the previous index did not list stay.
+TEST(ShardedSave, RemovesTheShardsOfTheSetItReplaces) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  save_sharded(ten_tensors(), folder, std::nullopt, ShardedSaveOptions().max_shard_size(100));  // 5 shards
+  write_bytes(dir.file("model-00009-of-00009.safetensors"), "not listed");
+  write_bytes(dir.file("notes.txt"), "mine");
+  auto files = save_sharded(ten_tensors(), folder, std::nullopt, ShardedSaveOptions().max_shard_size(160));
+  ASSERT_EQ(files.size(), 4u);  // 3 shards and the index
+  std::vector<std::string> expected = files;
+  expected.insert(expected.end(), {"model-00009-of-00009.safetensors", "notes.txt"});
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(dir.entries(), expected);
+  EXPECT_EQ(ShardedOpen(folder).size(), 10u);
+
+  // A single file replacing the set: its shards and its index go.
+  save_sharded(ten_tensors(), folder);
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"model-00009-of-00009.safetensors",
+                                                     std::string(kSingleFileName), "notes.txt"}));
+}
+
+TEST(ShardedSave, RemovesTheSingleFileASetReplaces) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  save_sharded(ten_tensors(), folder);  // model.safetensors
+  auto files = save_sharded(ten_tensors(), folder, std::nullopt, ShardedSaveOptions().max_shard_size(200));
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(dir.entries(), files);
+
+  // Next to an index, model.safetensors was not the checkpoint: it stays.
+  save_file(ten_tensors(), dir.file(std::string(kSingleFileName)));
+  save_sharded(ten_tensors(), folder, std::nullopt, ShardedSaveOptions().max_shard_size(100));
+  EXPECT_TRUE(std::filesystem::exists(dir.file(std::string(kSingleFileName))));
 }
 
 struct TwoLayersImpl : torch::nn::Module {

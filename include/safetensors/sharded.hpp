@@ -120,6 +120,15 @@ struct ShardedSaveOptions {
 /// mix shards of two saves: every shard and the index record the save's
 /// kShardSetKey, and ShardedOpen refuses such a set. Returns the names of the
 /// files written (shards, then the index).
+///
+/// Cleanup: staged shards left by a writer that died (its pid, part of their
+/// names, no longer runs) are removed first; those of a running save are kept.
+/// Once the new checkpoint is in place, the files of the one it replaced that
+/// it does not reuse are removed: the shards the previous index listed, or a
+/// `model.safetensors` that a new set replaces when there was no index (one
+/// next to an index was not the checkpoint and stays). No other file is
+/// touched, and a previous index that cannot be read removes nothing. These
+/// removals are best effort: the save has succeeded when they run.
 std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::string& folder,
                                       const std::optional<Metadata>& metadata = std::nullopt,
                                       const ShardedSaveOptions& options = {});

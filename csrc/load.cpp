@@ -329,7 +329,10 @@ at::Tensor TensorSlice::operator()(at::ArrayRef<at::indexing::TensorIndex> indic
   std::vector<std::int64_t> counter(outer, 0);
   auto* dst = static_cast<char*>(out.data_ptr());
 
-  // For pread with many small runs, read the whole selected span once and gather.
+  // For pread with many small runs, read the whole selected span once and
+  // gather, when that reads little more than the runs themselves: a rank's
+  // columns of a large matrix (tensor parallelism) must cost about its share
+  // of the bytes, not the whole span.
   std::string span_buffer;
   std::uint64_t span_begin = 0;
   const std::byte* memory = s.source->data();  // byte 0 of the file, or null
@@ -342,7 +345,8 @@ at::Tensor TensorSlice::operator()(at::ArrayRef<at::indexing::TensorIndex> indic
     const std::uint64_t span_bytes = (last - first + run) * esize;
     const std::uint64_t useful = static_cast<std::uint64_t>(total) * esize;
     const std::uint64_t runs = useful / run_bytes;
-    if (runs > 1 && run_bytes < (64u << 10) && span_bytes <= std::max<std::uint64_t>(useful * 8, 1u << 20)) {
+    const std::uint64_t waste_allowed = std::max<std::uint64_t>(useful / 4, 256u << 10);
+    if (runs > 1 && run_bytes < (64u << 10) && span_bytes - useful <= waste_allowed) {
       span_begin = base + (first + fixed) * esize;
       span_buffer.resize(static_cast<std::size_t>(span_bytes));
       s.source->read(span_begin, span_buffer.data(), span_buffer.size());

@@ -4,6 +4,8 @@
 
 #include "safetensors/module.hpp"
 
+#include "module_internal.hpp"
+
 #include <torch/nn/module.h>
 #include <torch/utils.h>
 
@@ -18,17 +20,23 @@
 
 namespace safetensors {
 
-namespace {
+namespace detail {
 
-using Entries = std::vector<std::pair<std::string, at::Tensor>>;
-
-// Parameters then buffers, with the dotted names Python's state_dict uses.
 Entries module_state(const torch::nn::Module& module) {
   Entries out;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
   for (const auto& item : module.named_buffers(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
   return out;
 }
+
+std::vector<std::int64_t> torch_shape(const TensorInfo& info) {
+  std::vector<std::int64_t> shape(info.shape.begin(), info.shape.end());
+  const unsigned bits = dtype_bits(info.dtype);
+  if (bits < 8 && !shape.empty()) shape.back() /= 8 / bits;
+  return shape;
+}
+
+namespace {
 
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   std::string out = "[";
@@ -47,22 +55,26 @@ std::string dtype_text(c10::ScalarType type) {
   return c10::toString(type);
 }
 
-// The shape a file tensor has in torch: packed sub-byte dtypes (F4) hold
-// several values per element.
-std::vector<std::int64_t> torch_shape(const TensorInfo& info) {
-  std::vector<std::int64_t> shape(info.shape.begin(), info.shape.end());
-  const unsigned bits = dtype_bits(info.dtype);
-  if (bits < 8 && !shape.empty()) shape.back() /= 8 / bits;
-  return shape;
-}
-
-// Why a file tensor cannot fill `target`, or nullopt when it can.
+// Why a file tensor cannot fill `target`, or nullopt when it can. `part` is
+// the rank's part of the tensor when the tensor is split across ranks.
 std::optional<std::string> misfit(const at::Tensor& target, const TensorInfo& info,
-                                  bool convert_dtype) {
+                                  const std::optional<TensorParallel>& tp,
+                                  const std::optional<Part>& part, bool convert_dtype) {
   const auto type = to_torch_dtype(info.dtype);
   if (!type)
     return "the file's dtype has no torch dtype in LibTorch " + torch_version();
-  if (c10::IntArrayRef(torch_shape(info)) != target.sizes()) return std::string("shape");
+  if (part) {
+    if (dtype_bits(info.dtype) < 8) return std::string("a packed sub-byte dtype cannot be split across ranks");
+    std::vector<std::int64_t> local = torch_shape(info);
+    local[static_cast<std::size_t>(part->dim)] = part->range.length;
+    if (c10::IntArrayRef(local) != target.sizes())
+      return "shape: rank " + std::to_string(tp->rank) + " of " + std::to_string(tp->world_size) +
+             " holds " + shape_text(local) + " of it (dimension " + std::to_string(part->dim) +
+             ", elements " + std::to_string(part->range.start) + ".." +
+             std::to_string(part->range.start + part->range.length) + ")";
+  } else if (c10::IntArrayRef(torch_shape(info)) != target.sizes()) {
+    return std::string("shape");
+  }
   if (*type == target.scalar_type()) return std::nullopt;
   if (convert_dtype && c10::isFloatingType(*type) && c10::isFloatingType(target.scalar_type()))
     return std::nullopt;
@@ -79,15 +91,34 @@ std::optional<std::string> module_name_of(const std::string& file_name,
   return name;
 }
 
-// `removed -> kept` entries a saver recorded in the metadata: a key that is no
-// tensor of the checkpoint, naming one that is.
-std::vector<std::pair<std::string, std::string>> recorded_aliases(const ShardedOpen& checkpoint) {
-  std::vector<std::pair<std::string, std::string>> out;
+}  // namespace
+
+Catalog Catalog::of(const ShardedOpen& checkpoint) {
+  Catalog out;
+  out.path = checkpoint.path();
+  for (const SafeOpen& shard : checkpoint.shards())
+    for (const TensorInfo& info : shard.header().tensors()) out.add(info);
+  // `removed -> kept` entries a saver recorded in the metadata: a key that is
+  // no tensor of the checkpoint, naming one that is.
   for (const SafeOpen& shard : checkpoint.shards())
     for (const auto& [key, value] : shard.metadata())
-      if (checkpoint.contains(value) && !checkpoint.contains(key)) out.emplace_back(key, value);
+      if (checkpoint.contains(value) && !checkpoint.contains(key)) out.aliases.emplace_back(key, value);
   return out;
 }
+
+void Catalog::add(TensorInfo info) {
+  index.emplace(info.name, tensors.size());
+  tensors.push_back(std::move(info));
+}
+
+const TensorInfo& Catalog::info(const std::string& name) const {
+  const auto it = index.find(name);
+  if (it == index.end())
+    throw Error(ErrorCode::TensorNotFound, path, name, "the checkpoint does not contain this tensor");
+  return tensors[it->second];
+}
+
+namespace {
 
 // The same memory seen the same way: entries tied in the module.
 bool same_view(const at::Tensor& a, const at::Tensor& b) {
@@ -97,85 +128,78 @@ bool same_view(const at::Tensor& a, const at::Tensor& b) {
           a.strides() == b.strides() && a.scalar_type() == b.scalar_type());
 }
 
-// One module entry and the file tensor that fills it.
-struct Fill {
-  std::size_t target;
-  std::string source;
-};
+}  // namespace
 
-// Matches the checkpoint's names to the module's and checks every pair.
-class Matcher {
- public:
-  Matcher(const Entries& targets, const ShardedOpen& checkpoint, const StateDictLoadOptions& options)
-      : targets_(targets), checkpoint_(checkpoint), options_(options), claimed_(targets.size()) {
-    for (std::size_t i = 0; i < targets.size(); ++i) index_.emplace(targets[i].first, i);
+Matcher::Matcher(const Entries& targets, const Catalog& checkpoint, const StateDictLoadOptions& options)
+    : targets_(targets), checkpoint_(checkpoint), options_(options), claimed_(targets.size()) {
+  for (std::size_t i = 0; i < targets.size(); ++i) index_.emplace(targets[i].first, i);
+}
+
+void Matcher::match() {
+  for (const TensorInfo& info : checkpoint_.tensors) consider(info.name, info.name, /*alias=*/false);
+  for (const auto& [removed, kept] : checkpoint_.aliases) consider(removed, kept, /*alias=*/true);
+  fill_module_ties();
+  for (std::size_t i = 0; i < targets_.size(); ++i)
+    if (!claimed_[i]) report_.missing_keys.push_back(targets_[i].first);
+  std::vector<bool> filled(targets_.size());
+  for (const Fill& f : fills_) filled[f.target] = true;
+  for (std::size_t i = 0; i < targets_.size(); ++i)
+    if (filled[i]) report_.loaded_keys.push_back(targets_[i].first);
+}
+
+void Matcher::consider(const std::string& name, const std::string& source, bool alias) {
+  const std::optional<std::string> mapped = module_name_of(name, options_);
+  if (!mapped) return;
+  const auto it = index_.find(*mapped);
+  if (it == index_.end()) {
+    // An alias names no tensor of the file: a module without it is not at fault.
+    if (!alias) report_.unexpected_keys.push_back({name, *mapped});
+    return;
   }
-
-  void match() {
-    for (const std::string& name : checkpoint_.keys()) consider(name, name, /*alias=*/false);
-    for (const auto& [removed, kept] : recorded_aliases(checkpoint_)) consider(removed, kept, /*alias=*/true);
-    fill_module_ties();
-    for (std::size_t i = 0; i < targets_.size(); ++i)
-      if (!claimed_[i]) report_.missing_keys.push_back(targets_[i].first);
-    std::vector<bool> filled(targets_.size());
-    for (const Fill& f : fills_) filled[f.target] = true;
-    for (std::size_t i = 0; i < targets_.size(); ++i)
-      if (filled[i]) report_.loaded_keys.push_back(targets_[i].first);
-  }
-
-  LoadReport& report() { return report_; }
-  const std::vector<Fill>& fills() const { return fills_; }
-
- private:
-  // `name` is the file's name for the entry; `source` the tensor that holds its
-  // data (itself, or the kept name of an alias).
-  void consider(const std::string& name, const std::string& source, bool alias) {
-    const std::optional<std::string> mapped = module_name_of(name, options_);
-    if (!mapped) return;
-    const auto it = index_.find(*mapped);
-    if (it == index_.end()) {
-      // An alias names no tensor of the file: a module without it is not at fault.
-      if (!alias) report_.unexpected_keys.push_back({name, *mapped});
-      return;
-    }
-    const std::size_t i = it->second;
-    if (claimed_[i])
-      throw Error(ErrorCode::InvalidArgument, "", name,
-                  "renaming maps two tensors of the checkpoint to '" + *mapped + "'");
-    claimed_[i] = true;
-    const at::Tensor& target = targets_[i].second;
-    const TensorInfo& info = checkpoint_.info(source);
-    if (auto reason = misfit(target, info, options_.convert_dtype())) {
-      report_.mismatched.push_back({name, *mapped, target.sizes().vec(), target.scalar_type(),
-                                    info.shape, info.dtype, *reason});
-      return;
-    }
-    fills_.push_back({i, source});
-  }
-
-  // An entry the file lacks but that the module ties to a filled one (an output
-  // layer sharing the embedding's weight) gets the same tensor.
-  void fill_module_ties() {
-    const std::size_t loaded = fills_.size();
-    for (std::size_t i = 0; i < targets_.size(); ++i) {
-      if (claimed_[i]) continue;
-      for (std::size_t f = 0; f < loaded; ++f) {
-        if (!same_view(targets_[i].second, targets_[fills_[f].target].second)) continue;
-        claimed_[i] = true;
-        fills_.push_back({i, fills_[f].source});
-        break;
-      }
+  const std::size_t i = it->second;
+  if (claimed_[i])
+    throw Error(ErrorCode::InvalidArgument, "", name,
+                "renaming maps two tensors of the checkpoint to '" + *mapped + "'");
+  claimed_[i] = true;
+  const at::Tensor& target = targets_[i].second;
+  const TensorInfo& info = checkpoint_.info(source);
+  std::optional<Part> part;
+  if (const auto& tp = options_.tensor_parallel()) {
+    const std::vector<std::int64_t> shape = torch_shape(info);
+    const Placement placement = tp->placement(*mapped, shape.size());
+    if (placement.split_dim) {
+      const std::int64_t dim = *placement.split_dim;
+      part = Part{dim, shard_range(shape[static_cast<std::size_t>(dim)], tp->rank, tp->world_size)};
     }
   }
+  if (auto reason = misfit(target, info, options_.tensor_parallel(), part, options_.convert_dtype())) {
+    report_.mismatched.push_back({name, *mapped, target.sizes().vec(), target.scalar_type(),
+                                  info.shape, info.dtype, *reason});
+    return;
+  }
+  fills_.push_back({i, source, part});
+}
 
-  const Entries& targets_;
-  const ShardedOpen& checkpoint_;
-  const StateDictLoadOptions& options_;
-  std::unordered_map<std::string, std::size_t> index_;
-  std::vector<bool> claimed_;  // matched by a name of the file (filled or mismatched)
-  std::vector<Fill> fills_;
-  LoadReport report_;
-};
+// An entry the file lacks but that the module ties to a filled one (an output
+// layer sharing the embedding's weight) gets the same tensor.
+void Matcher::fill_module_ties() {
+  const std::size_t loaded = fills_.size();
+  for (std::size_t i = 0; i < targets_.size(); ++i) {
+    if (claimed_[i]) continue;
+    for (std::size_t f = 0; f < loaded; ++f) {
+      if (!same_view(targets_[i].second, targets_[fills_[f].target].second)) continue;
+      claimed_[i] = true;
+      fills_.push_back({i, fills_[f].source, fills_[f].part});
+      break;
+    }
+  }
+}
+
+}  // namespace detail
+
+using namespace detail;
+
+namespace {
 
 void fill(Entries& targets, const std::vector<Fill>& fills, const ShardedOpen& checkpoint,
           LoadMode mode) {
@@ -186,8 +210,18 @@ void fill(Entries& targets, const std::vector<Fill>& fills, const ShardedOpen& c
     at::Tensor& target = targets[f.target].second;
     if (mode == LoadMode::ZeroCopy && target.device().is_cpu()) {
       auto [it, fresh] = views.try_emplace(f.source);
-      if (fresh) it->second = checkpoint.get_tensor(f.source).to(target.scalar_type());
+      if (fresh) {
+        at::Tensor view = checkpoint.get_tensor(f.source);
+        if (f.part) view = view.narrow(f.part->dim, f.part->range.start, f.part->range.length).contiguous();
+        it->second = view.to(target.scalar_type());
+      }
       target.set_data(it->second);
+    } else if (f.part) {
+      // Only the part's bytes are read.
+      std::vector<at::indexing::TensorIndex> index(static_cast<std::size_t>(f.part->dim),
+                                                   at::indexing::Slice());
+      index.emplace_back(at::indexing::Slice(f.part->range.start, f.part->range.start + f.part->range.length));
+      target.copy_(checkpoint.get_slice(f.source)(index));
     } else {
       // Straight from the mapping into the parameter's memory, converting and
       // crossing devices on the way: no second copy of the tensor.
@@ -270,7 +304,8 @@ std::string LoadReport::describe() const {
 LoadReport load_state_dict(torch::nn::Module& module, const ShardedOpen& checkpoint,
                            const StateDictLoadOptions& options) {
   Entries targets = module_state(module);
-  Matcher matcher(targets, checkpoint, options);
+  const Catalog catalog = Catalog::of(checkpoint);
+  Matcher matcher(targets, catalog, options);
   matcher.match();
   LoadReport& report = matcher.report();
   // Checked before anything is filled: a failed strict load leaves the module as it was.
@@ -318,19 +353,25 @@ Deduplicated deduplicate_shared(const NamedTensors& tensors) {
   return out;
 }
 
-void save_state_dict(const torch::nn::Module& module, const std::string& path,
-                     const std::optional<Metadata>& metadata, const StateDictSaveOptions& options) {
+std::pair<NamedTensors, Metadata> detail::state_to_save(const torch::nn::Module& module,
+                                                        const std::optional<Metadata>& metadata) {
   NamedTensors state;
   for (auto& [name, tensor] : module_state(module)) state.add(std::move(name), std::move(tensor));
   Deduplicated saved = deduplicate_shared(state);
   Metadata meta = metadata.value_or(Metadata{});
   meta.emplace("format", "pt");
   for (const auto& [removed, kept] : saved.aliases) meta.emplace(removed, kept);  // user keys win
+  return {std::move(saved.tensors), std::move(meta)};
+}
+
+void save_state_dict(const torch::nn::Module& module, const std::string& path,
+                     const std::optional<Metadata>& metadata, const StateDictSaveOptions& options) {
+  auto [tensors, meta] = detail::state_to_save(module, metadata);
   if (options.max_shard_size()) {
-    save_sharded(saved.tensors, path, meta,
+    save_sharded(tensors, path, meta,
                  ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()));
   } else {
-    save_file(saved.tensors, path, meta, SaveOptions().fsync(options.fsync()));
+    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()));
   }
 }
 

@@ -22,6 +22,7 @@
 #include "safetensors/error.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/writer.hpp"
+#include "sharded_internal.hpp"
 
 namespace safetensors {
 
@@ -60,6 +61,10 @@ std::optional<std::uint64_t> parse_total_size(const nlohmann::json& value, const
     return static_cast<std::uint64_t>(value.get<double>());
   throw index_error(file, "", "metadata.total_size is not a byte count: " + value.dump());
 }
+
+}  // namespace
+
+namespace detail {
 
 std::string shard_file_name(std::size_t i, std::size_t n) {
   char name[64];
@@ -160,46 +165,30 @@ void remove_replaced_files(const std::string& folder, const std::set<std::string
   }
 }
 
-// Shards written under temporary names; whatever was not moved into place is
-// removed when this goes away, so a failed save leaves nothing behind.
-class StagedShards {
- public:
-  StagedShards(std::string folder, std::string set_id)
-      : folder_(std::move(folder)), set_id_(std::move(set_id)) {}
-  ~StagedShards() {
-    std::error_code ignored;
-    for (std::size_t i = committed_; i < files_.size(); ++i) fs::remove(files_[i].first, ignored);
-  }
-  StagedShards(const StagedShards&) = delete;
-  StagedShards& operator=(const StagedShards&) = delete;
+StagedShards::~StagedShards() {
+  std::error_code ignored;
+  for (std::size_t i = committed_; i < files_.size(); ++i) fs::remove(files_[i].first, ignored);
+}
 
-  void write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
-             bool fsync) {
-    std::string staged = (fs::path(folder_) / staged_name(name, set_id_)).string();
-    save_file(tensors, staged, metadata, SaveOptions().fsync(fsync));  // leaves nothing if it fails
-    files_.emplace_back(std::move(staged), name);
-  }
+void StagedShards::write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
+                         bool fsync) {
+  std::string staged = (fs::path(folder_) / staged_name(name, set_id_)).string();
+  save_file(tensors, staged, metadata, SaveOptions().fsync(fsync));  // leaves nothing if it fails
+  files_.emplace_back(std::move(staged), name);
+}
 
-  /// Moves every shard to its final name.
-  void commit(bool fsync) {
-    for (; committed_ < files_.size(); ++committed_) {
-      const auto& [staged, name] = files_[committed_];
-      const std::string target = (fs::path(folder_) / name).string();
-      if (std::rename(staged.c_str(), target.c_str()) != 0) {
-        const int err = errno;
-        throw Error(ErrorCode::Io, target, "",
-                    std::string("cannot rename the shard into place: ") + std::strerror(err));
-      }
+void StagedShards::commit(bool fsync) {
+  for (; committed_ < files_.size(); ++committed_) {
+    const auto& [staged, name] = files_[committed_];
+    const std::string target = (fs::path(folder_) / name).string();
+    if (std::rename(staged.c_str(), target.c_str()) != 0) {
+      const int err = errno;
+      throw Error(ErrorCode::Io, target, "",
+                  std::string("cannot rename the shard into place: ") + std::strerror(err));
     }
-    if (fsync) fsync_folder(folder_);
   }
-
- private:
-  std::string folder_;
-  std::string set_id_;
-  std::vector<std::pair<std::string, std::string>> files_;  // staged path, final name
-  std::size_t committed_ = 0;                                // files_ moved into place
-};
+  if (fsync) fsync_folder(folder_);
+}
 
 std::uint64_t data_bytes(const NamedTensors::Item& item) {
   const at::Tensor& t = item.tensor;
@@ -227,23 +216,18 @@ std::vector<NamedTensors> pack(const NamedTensors& tensors, std::uint64_t max_sh
   return shards;
 }
 
-std::string index_json(const std::vector<NamedTensors>& shards, const std::vector<std::string>& names,
+std::string index_json(const std::map<std::string, std::string>& weight_map, std::uint64_t total_size,
                        const std::string& set_id) {
-  std::uint64_t total = 0;
-  std::map<std::string, std::string> weight_map;
-  for (std::size_t i = 0; i < shards.size(); ++i)
-    for (const auto& item : shards[i].items()) {
-      total += data_bytes(item);
-      weight_map.emplace(item.name, names[i]);
-    }
   nlohmann::ordered_json index;
-  index["metadata"]["total_size"] = total;
+  index["metadata"]["total_size"] = total_size;
   index["metadata"][std::string(kShardSetKey)] = set_id;
   index["weight_map"] = weight_map;
   return index.dump(2) + "\n";
 }
 
-}  // namespace
+}  // namespace detail
+
+using namespace detail;
 
 // ---------------------------------------------------------------------------
 // The index
@@ -431,7 +415,14 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   StagedShards staged(folder, set_id);
   for (std::size_t i = 0; i < shards.size(); ++i) staged.write(shards[i], names[i], meta, options.fsync());
   staged.commit(options.fsync());
-  const std::string json = index_json(shards, names, set_id);
+  std::uint64_t total = 0;
+  std::map<std::string, std::string> weight_map;
+  for (std::size_t i = 0; i < shards.size(); ++i)
+    for (const auto& item : shards[i].items()) {
+      total += data_bytes(item);
+      weight_map.emplace(item.name, names[i]);
+    }
+  const std::string json = index_json(weight_map, total, set_id);
   AtomicFile index(index_path, AtomicFile::Options{options.fsync()});
   index.write(json.data(), json.size());
   index.commit();

@@ -22,6 +22,7 @@
 #include "safetensors/load.hpp"
 #include "safetensors/save.hpp"
 #include "safetensors/source.hpp"
+#include "safetensors/tensor_parallel.hpp"
 
 // Declared, not included: <torch/nn/module.h> is heavy, and a reference is all
 // these functions take.
@@ -68,6 +69,12 @@ struct StateDictLoadOptions {
   TORCH_ARG(RenameFn, rename) = nullptr;
   /// How files are read when loading from a path.
   TORCH_ARG(Backend, backend) = Backend::Mmap;
+  /// Tensor parallelism: the module holds this rank's part of each tensor the
+  /// plan splits (its shapes are the local ones), and only the bytes of that
+  /// part are read (through get_slice). The plan is matched against the
+  /// module's names. ZeroCopy makes a part a view of the mapping when it is
+  /// contiguous in the file (a split of the first dimension).
+  TORCH_ARG(std::optional<TensorParallel>, tensor_parallel) = std::nullopt;
 };
 
 /// What load_state_dict did, with both the file's and the module's names.

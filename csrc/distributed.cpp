@@ -1,0 +1,572 @@
+// Tensor-parallel loading and saving over a Communicator (c10d underneath).
+//
+// Every collective step is reached by every rank, whatever happened locally:
+// a rank that fails records its error and takes part in the next exchange,
+// where all ranks learn of it and throw together. No rank waits for a
+// partner that has given up.
+
+#include "safetensors/distributed.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <unordered_map>
+
+#include "module_internal.hpp"
+#include "safetensors/error.hpp"
+#include "safetensors/torch_dtype.hpp"
+#include "safetensors/writer.hpp"
+#include "sharded_internal.hpp"
+
+namespace safetensors {
+
+namespace fs = std::filesystem;
+using detail::Catalog;
+using detail::Fill;
+using detail::Part;
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Moving bytes
+
+// The bytes of a contiguous CPU tensor, sharing its memory.
+at::Tensor bytes_of(const at::Tensor& contiguous) {
+  const at::Tensor keep = contiguous;
+  return at::from_blob(
+      keep.data_ptr(), {static_cast<std::int64_t>(keep.nbytes())}, [keep](void*) {},
+      at::TensorOptions().dtype(at::kByte));
+}
+
+at::Tensor bytes_of(const std::string& s) {
+  at::Tensor out = at::empty({static_cast<std::int64_t>(s.size())}, at::kByte);
+  if (!s.empty()) std::memcpy(out.data_ptr(), s.data(), s.size());
+  return out;
+}
+
+std::string string_of(const at::Tensor& bytes, std::size_t size) {
+  return std::string(static_cast<const char*>(bytes.data_ptr()), size);
+}
+
+std::int64_t read_i64(const at::Tensor& bytes, std::size_t i) {
+  std::int64_t v;
+  std::memcpy(&v, static_cast<const std::uint8_t*>(bytes.data_ptr()) + 8 * i, 8);
+  return v;
+}
+
+at::Tensor i64_bytes(const std::vector<std::int64_t>& values) {
+  at::Tensor out = at::empty({static_cast<std::int64_t>(values.size() * 8)}, at::kByte);
+  if (!values.empty()) std::memcpy(out.data_ptr(), values.data(), values.size() * 8);
+  return out;
+}
+
+// Every rank's integers (the same count on every rank).
+std::vector<std::vector<std::int64_t>> all_gather_i64(Communicator& comm,
+                                                      const std::vector<std::int64_t>& mine) {
+  const int world = comm.world_size();
+  std::vector<at::Tensor> out;
+  for (int r = 0; r < world; ++r) out.push_back(at::empty({static_cast<std::int64_t>(mine.size() * 8)}, at::kByte));
+  comm.all_gather(out, i64_bytes(mine));
+  std::vector<std::vector<std::int64_t>> values(static_cast<std::size_t>(world));
+  for (int r = 0; r < world; ++r)
+    for (std::size_t i = 0; i < mine.size(); ++i) values[r].push_back(read_i64(out[r], i));
+  return values;
+}
+
+// Every rank's text, of any length.
+std::vector<std::string> all_gather_strings(Communicator& comm, const std::string& mine) {
+  const auto lengths = all_gather_i64(comm, {static_cast<std::int64_t>(mine.size())});
+  std::int64_t longest = 0;
+  for (const auto& l : lengths) longest = std::max(longest, l[0]);
+  std::string padded = mine;
+  padded.resize(static_cast<std::size_t>(longest));
+  std::vector<at::Tensor> out;
+  for (std::size_t r = 0; r < lengths.size(); ++r) out.push_back(at::empty({longest}, at::kByte));
+  comm.all_gather(out, bytes_of(padded));
+  std::vector<std::string> texts;
+  for (std::size_t r = 0; r < lengths.size(); ++r)
+    texts.push_back(string_of(out[r], static_cast<std::size_t>(lengths[r][0])));
+  return texts;
+}
+
+// Root's text, on every rank.
+std::string broadcast_string(Communicator& comm, const std::string& text, int root) {
+  at::Tensor length = i64_bytes({static_cast<std::int64_t>(text.size())});
+  comm.broadcast(length, root);
+  const std::int64_t n = read_i64(length, 0);
+  at::Tensor bytes = comm.rank() == root ? bytes_of(text) : at::empty({n}, at::kByte);
+  if (n > 0) comm.broadcast(bytes, root);
+  return string_of(bytes, static_cast<std::size_t>(n));
+}
+
+void send_tensor(Communicator& comm, const at::Tensor& t, int dst, int tag) {
+  const at::Tensor c = t.contiguous();
+  if (c.nbytes() > 0) comm.send(bytes_of(c), dst, tag);
+}
+
+// Fills `t` (contiguous, CPU) from `src`.
+void recv_into(Communicator& comm, at::Tensor& t, int src, int tag) {
+  if (t.nbytes() == 0) return;
+  at::Tensor bytes = bytes_of(t);
+  comm.recv(bytes, src, tag);
+}
+
+// ---------------------------------------------------------------------------
+// Agreeing on failure
+
+// A rank's outcome of a step: 0 for success, else 1 + the error's code.
+std::int64_t outcome_of(const std::exception_ptr& error) {
+  if (!error) return 0;
+  try {
+    std::rethrow_exception(error);
+  } catch (const Error& e) {
+    return 1 + static_cast<std::int64_t>(e.code());
+  } catch (...) {
+    return 1 + static_cast<std::int64_t>(ErrorCode::Io);
+  }
+}
+
+// Every rank learns whether any failed `what`; the ranks that did rethrow their
+// error, the others throw one naming the first rank that failed.
+void agree(Communicator& comm, const std::exception_ptr& error, const std::string& file,
+           const std::string& what) {
+  const auto outcomes = all_gather_i64(comm, {outcome_of(error)});
+  if (error) std::rethrow_exception(error);
+  for (std::size_t r = 0; r < outcomes.size(); ++r)
+    if (outcomes[r][0] != 0)
+      throw Error(static_cast<ErrorCode>(outcomes[r][0] - 1), file, "",
+                  "rank " + std::to_string(r) + " failed to " + what + " (its own error says why)");
+}
+
+std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const ShardRange& range) {
+  std::vector<at::indexing::TensorIndex> index(static_cast<std::size_t>(dim), at::indexing::Slice());
+  index.emplace_back(at::indexing::Slice(range.start, range.start + range.length));
+  return index;
+}
+
+// ---------------------------------------------------------------------------
+// A catalog sent from rank 0
+
+std::string catalog_json(const Catalog& catalog) {
+  nlohmann::json doc;
+  doc["path"] = catalog.path;
+  doc["tensors"] = nlohmann::json::array();
+  for (const TensorInfo& info : catalog.tensors)
+    doc["tensors"].push_back({info.name, std::string(dtype_name(info.dtype)), info.shape});
+  doc["aliases"] = catalog.aliases;
+  return doc.dump();
+}
+
+std::string error_json(const Error& e) {
+  return nlohmann::json{{"error", e.what()}, {"code", static_cast<int>(e.code())}}.dump();
+}
+
+Catalog parse_catalog(const std::string& text, const std::string& path) {
+  const nlohmann::json doc = nlohmann::json::parse(text);
+  if (doc.contains("error"))
+    throw Error(static_cast<ErrorCode>(doc["code"].get<int>()), path, "",
+                "rank 0 cannot read the checkpoint: " + doc["error"].get<std::string>());
+  Catalog catalog;
+  catalog.path = doc["path"].get<std::string>();
+  for (const auto& t : doc["tensors"]) {
+    TensorInfo info;
+    info.name = t[0].get<std::string>();
+    info.dtype = *parse_dtype(t[1].get<std::string>());
+    info.shape = t[2].get<std::vector<std::uint64_t>>();
+    catalog.add(std::move(info));
+  }
+  catalog.aliases = doc["aliases"].get<std::vector<std::pair<std::string, std::string>>>();
+  return catalog;
+}
+
+// ---------------------------------------------------------------------------
+// What each rank holds of a tensor it saves
+
+struct Described {
+  std::string name;
+  std::string dtype;
+  std::vector<std::int64_t> shape;
+  std::int64_t split_dim;  // -1: replicated
+};
+
+struct RankState {
+  std::string error;  // empty when the rank can save
+  std::string set_id;
+  std::vector<Described> tensors;
+};
+
+std::string describe_local(const NamedTensors& local, const ShardingPlan& plan, const std::string& set_id) {
+  nlohmann::json doc;
+  doc["set_id"] = set_id;
+  doc["tensors"] = nlohmann::json::array();
+  try {
+    const Deduplicated unique = deduplicate_shared(local);
+    if (!unique.aliases.empty()) {
+      const auto& [removed, kept] = *unique.aliases.begin();
+      throw Error(ErrorCode::InvalidArgument, "", removed,
+                  "shares memory with tensor '" + kept + "'; save one (see deduplicate_shared)");
+    }
+    const TensorParallel tp{plan, 0, 1};
+    for (const auto& item : local.items()) {
+      std::string dtype;
+      std::vector<std::int64_t> shape;
+      if (item.raw_dtype) {
+        dtype = dtype_name(*item.raw_dtype);
+        shape.assign(item.raw_shape.begin(), item.raw_shape.end());
+      } else {
+        if (!item.tensor.defined())
+          throw Error(ErrorCode::InvalidArgument, "", item.name, "the tensor is undefined");
+        const auto d = from_torch_dtype(item.tensor.scalar_type());
+        if (!d)
+          throw Error(ErrorCode::UnsupportedDtype, "", item.name,
+                      std::string("the format has no dtype for ") + c10::toString(item.tensor.scalar_type()));
+        dtype = dtype_name(*d);
+        shape = item.tensor.sizes().vec();
+      }
+      const Placement p = tp.placement(item.name, shape.size());
+      if (p.split_dim && item.raw_dtype)
+        throw Error(ErrorCode::InvalidArgument, "", item.name,
+                    "raw bytes of a dtype this LibTorch lacks cannot be split across ranks");
+      doc["tensors"].push_back({item.name, dtype, shape, p.split_dim.value_or(-1)});
+    }
+  } catch (const Error& e) {
+    doc["error"] = e.what();
+  }
+  return doc.dump();
+}
+
+RankState parse_state(const std::string& text) {
+  const nlohmann::json doc = nlohmann::json::parse(text);
+  RankState state;
+  if (doc.contains("error")) state.error = doc["error"].get<std::string>();
+  state.set_id = doc["set_id"].get<std::string>();
+  for (const auto& t : doc["tensors"])
+    state.tensors.push_back({t[0].get<std::string>(), t[1].get<std::string>(),
+                             t[2].get<std::vector<std::int64_t>>(), t[3].get<std::int64_t>()});
+  return state;
+}
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+// The same tensors on every rank, each rank's part fitting the others'.
+void check_consistent(const std::vector<RankState>& states, const std::string& folder) {
+  for (std::size_t r = 0; r < states.size(); ++r)
+    if (!states[r].error.empty())
+      throw Error(ErrorCode::InvalidArgument, folder, "", "rank " + std::to_string(r) + ": " + states[r].error);
+  const RankState& first = states[0];
+  for (std::size_t r = 1; r < states.size(); ++r) {
+    const RankState& other = states[r];
+    const std::string who = "rank " + std::to_string(r) + " and rank 0 ";
+    if (other.tensors.size() != first.tensors.size())
+      throw Error(ErrorCode::InvalidArgument, folder, "",
+                  who + "save different numbers of tensors (" + std::to_string(other.tensors.size()) +
+                      " and " + std::to_string(first.tensors.size()) + ")");
+    for (std::size_t i = 0; i < first.tensors.size(); ++i) {
+      const Described& a = first.tensors[i];
+      const Described& b = other.tensors[i];
+      if (a.name != b.name)
+        throw Error(ErrorCode::InvalidArgument, folder, a.name,
+                    who + "disagree on the tensors' names or order: rank " + std::to_string(r) + " has '" +
+                        b.name + "' in its place");
+      if (a.dtype != b.dtype)
+        throw Error(ErrorCode::InvalidArgument, folder, a.name, who + "hold it as " + b.dtype + " and " + a.dtype);
+      bool fits = a.shape.size() == b.shape.size();
+      for (std::size_t d = 0; fits && d < a.shape.size(); ++d)
+        fits = a.shape[d] == b.shape[d] || static_cast<std::int64_t>(d) == a.split_dim;
+      if (!fits)
+        throw Error(ErrorCode::InvalidArgument, folder, a.name,
+                    who + "hold parts that do not fit together: " + shape_text(b.shape) + " and " +
+                        shape_text(a.shape) +
+                        (a.split_dim < 0 ? " (replicated)"
+                                         : " (split along dimension " + std::to_string(a.split_dim) + ")"));
+    }
+  }
+}
+
+std::uint64_t dtype_bytes(const std::string& dtype, const std::vector<std::int64_t>& shape) {
+  std::uint64_t bits = dtype_bits(*parse_dtype(dtype));
+  for (std::int64_t d : shape) bits *= static_cast<std::uint64_t>(d);
+  return (bits + 7) / 8;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Loading
+
+TensorDict load_shards(const ShardedOpen& checkpoint, const TensorParallel& tp) {
+  TensorDict out;
+  for (const std::string& name : checkpoint.keys()) {
+    const TensorInfo& info = checkpoint.info(name);
+    const Placement p = tp.placement(name, info.shape.size());
+    if (!p.split_dim) {
+      out.insert(name, checkpoint.get_tensor(name));
+      continue;
+    }
+    if (dtype_bits(info.dtype) < 8)
+      throw Error(ErrorCode::InvalidArgument, checkpoint.path(), name,
+                  "a packed sub-byte dtype cannot be split across ranks");
+    const std::vector<std::int64_t> shape = detail::torch_shape(info);
+    const ShardRange range = shard_range(shape[static_cast<std::size_t>(*p.split_dim)], tp.rank, tp.world_size);
+    out.insert(name, checkpoint.get_slice(name)(part_index(*p.split_dim, range)));
+  }
+  return out;
+}
+
+LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::string& path, Communicator& comm,
+                                     const StateDictLoadOptions& options) {
+  const int rank = comm.rank(), world = comm.world_size();
+
+  // Rank 0 opens the checkpoint and tells everyone what it holds.
+  std::optional<ShardedOpen> checkpoint;
+  std::string message;
+  std::exception_ptr root_error;
+  if (rank == 0) {
+    try {
+      checkpoint.emplace(path, LoadOptions().backend(options.backend()));
+      message = catalog_json(Catalog::of(*checkpoint));
+    } catch (const Error& e) {
+      root_error = std::current_exception();
+      message = error_json(e);
+    }
+  }
+  message = broadcast_string(comm, message, 0);
+  if (root_error) std::rethrow_exception(root_error);
+  const Catalog catalog = parse_catalog(message, path);
+  const std::string& file = catalog.path;
+
+  // Each rank matches its module; what it needs of each tensor is gathered.
+  detail::Entries targets = detail::module_state(module);
+  const std::size_t n = catalog.tensors.size();
+  std::vector<std::int64_t> request(1 + 4 * n, 0);  // outcome, then kind, dim, start, length per tensor
+  std::exception_ptr local_error;
+  LoadReport report;
+  std::unordered_map<std::string, std::vector<Fill>> fills_of;
+  try {
+    if (const auto& tp = options.tensor_parallel(); tp && (tp->rank != rank || tp->world_size != world))
+      throw Error(ErrorCode::InvalidArgument, file, "",
+                  "the options are for rank " + std::to_string(tp->rank) + " of " + std::to_string(tp->world_size) +
+                      " but the communicator's rank is " + std::to_string(rank) + " of " + std::to_string(world));
+    detail::Matcher matcher(targets, catalog, options);
+    matcher.match();
+    report = matcher.report();
+    if (options.strict() && !report.ok())
+      throw Error(ErrorCode::StateDictMismatch, file, "",
+                  "rank " + std::to_string(rank) + ": the module and the checkpoint disagree:\n" + report.describe());
+    for (const Fill& f : matcher.fills()) {
+      const std::size_t i = catalog.index.at(f.source);
+      std::int64_t* r = &request[1 + 4 * i];
+      const std::int64_t kind = f.part ? 2 : 1;
+      const std::int64_t dim = f.part ? f.part->dim : 0;
+      const ShardRange range = f.part ? f.part->range : ShardRange{};
+      if (r[0] != 0 && (r[0] != kind || r[1] != dim || r[2] != range.start || r[3] != range.length))
+        throw Error(ErrorCode::InvalidArgument, file, f.source,
+                    "tied entries of the module take different parts of it");
+      r[0] = kind, r[1] = dim, r[2] = range.start, r[3] = range.length;
+      fills_of[f.source].push_back(f);
+    }
+  } catch (const Error&) {
+    local_error = std::current_exception();
+  }
+  request[0] = outcome_of(local_error);
+  const auto requests = all_gather_i64(comm, request);
+  if (local_error) std::rethrow_exception(local_error);
+  for (int r = 0; r < world; ++r)
+    if (requests[r][0] != 0)
+      throw Error(static_cast<ErrorCode>(requests[r][0] - 1), file, "",
+                  "rank " + std::to_string(r) + " cannot load the checkpoint (its own error says why); " +
+                      "no rank changed its module");
+
+  // Rank 0 reads each rank's part and sends it, tensor by tensor.
+  at::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < n; ++i) {
+    const TensorInfo& info = catalog.tensors[i];
+    at::Tensor mine;
+    if (rank == 0) {
+      for (int r = 0; r < world; ++r) {
+        const std::int64_t* q = &requests[r][1 + 4 * i];
+        if (q[0] == 0) continue;
+        const at::Tensor data = q[0] == 2 ? checkpoint->get_slice(info.name)(part_index(q[1], {q[2], q[3]}))
+                                          : checkpoint->get_tensor(info.name);
+        if (r == 0) {
+          mine = data;
+        } else {
+          send_tensor(comm, data, r, static_cast<int>(i));
+        }
+      }
+    } else if (const std::int64_t* q = &request[1 + 4 * i]; q[0] != 0) {
+      std::vector<std::int64_t> shape = detail::torch_shape(info);
+      if (q[0] == 2) shape[static_cast<std::size_t>(q[1])] = q[3];
+      mine = at::empty(shape, at::TensorOptions().dtype(*to_torch_dtype(info.dtype)));
+      recv_into(comm, mine, 0, static_cast<int>(i));
+    }
+    if (!mine.defined()) continue;
+    for (const Fill& f : fills_of[info.name]) {
+      at::Tensor& target = targets[f.target].second;
+      if (options.mode() == LoadMode::ZeroCopy && target.device().is_cpu()) {
+        target.set_data(mine.to(target.scalar_type()));
+      } else {
+        target.copy_(mine);
+      }
+    }
+  }
+  return report;
+}
+
+// ---------------------------------------------------------------------------
+// Saving
+
+std::vector<std::string> save_sharded_distributed(const NamedTensors& local, const std::string& folder,
+                                                  Communicator& comm, const ShardingPlan& plan,
+                                                  const std::optional<Metadata>& metadata,
+                                                  const DistributedSaveOptions& options) {
+  const int rank = comm.rank(), world = comm.world_size();
+  const std::string index_path = (fs::path(folder) / kIndexFileName).string();
+
+  // Before anyone stages a shard: leftovers of dead writers, and what the new
+  // checkpoint replaces.
+  std::set<std::string> previous;
+  std::string set_id;
+  if (rank == 0) {
+    detail::remove_dead_writers_shards(folder);
+    previous = detail::current_checkpoint_files(folder);
+    set_id = detail::new_set_id();
+  }
+
+  // Every rank describes what it holds; all check the same things.
+  std::vector<RankState> states;
+  for (const std::string& text : all_gather_strings(comm, describe_local(local, plan, set_id)))
+    states.push_back(parse_state(text));
+  check_consistent(states, folder);
+  set_id = states[0].set_id;
+  const std::vector<Described>& tensors = states[0].tensors;
+  const std::size_t n = tensors.size();
+
+  // Whole shapes, each rank's offset along a split dimension, and owners that
+  // balance the bytes (ties to the lower rank).
+  std::vector<std::vector<std::int64_t>> full(n), offsets(n);
+  std::vector<int> owner(n);
+  std::vector<std::uint64_t> load(static_cast<std::size_t>(world), 0);
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    full[i] = tensors[i].shape;
+    if (tensors[i].split_dim >= 0) {
+      const auto d = static_cast<std::size_t>(tensors[i].split_dim);
+      std::int64_t sum = 0;
+      for (const RankState& s : states) {
+        offsets[i].push_back(sum);
+        sum += s.tensors[i].shape[d];
+      }
+      full[i][d] = sum;
+    }
+    const std::uint64_t bytes = dtype_bytes(tensors[i].dtype, full[i]);
+    total += bytes;
+    owner[i] = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    load[static_cast<std::size_t>(owner[i])] += bytes;
+  }
+  std::vector<int> shard_of_rank(static_cast<std::size_t>(world), -1);
+  int shards = 0;
+  for (int r = 0; r < world; ++r)
+    if (std::count(owner.begin(), owner.end(), r) > 0) shard_of_rank[static_cast<std::size_t>(r)] = shards++;
+  std::vector<std::string> names;
+  for (int k = 0; k < shards; ++k) names.push_back(detail::shard_file_name(static_cast<std::size_t>(k),
+                                                                           static_cast<std::size_t>(shards)));
+
+  // Each split tensor is assembled on its owner, in one order on every rank.
+  NamedTensors mine;
+  const auto& items = local.items();
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& item = items[i];
+    const int tag = static_cast<int>(i);
+    if (tensors[i].split_dim < 0) {
+      if (owner[i] != rank) continue;
+      if (item.raw_dtype) {
+        mine.add_raw(item.name, *item.raw_dtype, item.raw_shape, item.tensor);
+      } else {
+        mine.add(item.name, item.tensor);
+      }
+      continue;
+    }
+    const std::int64_t dim = tensors[i].split_dim;
+    if (owner[i] != rank) {
+      send_tensor(comm, item.tensor.cpu(), owner[i], tag);
+      continue;
+    }
+    at::Tensor whole = at::empty(full[i], item.tensor.options().device(at::kCPU));
+    for (int r = 0; r < world; ++r) {
+      const std::int64_t length = states[static_cast<std::size_t>(r)].tensors[i].shape[static_cast<std::size_t>(dim)];
+      at::Tensor part = whole.narrow(dim, offsets[i][static_cast<std::size_t>(r)], length);
+      if (r == rank) {
+        part.copy_(item.tensor);
+      } else if (part.is_contiguous()) {
+        recv_into(comm, part, r, tag);
+      } else {
+        at::Tensor buffer = at::empty(part.sizes(), part.options());
+        recv_into(comm, buffer, r, tag);
+        part.copy_(buffer);
+      }
+    }
+    mine.add(item.name, whole);
+  }
+
+  Metadata meta = metadata.value_or(Metadata{});
+  meta.emplace("format", "pt");
+  meta[std::string(kShardSetKey)] = set_id;
+
+  // Stage, agree, move into place, agree, then the index.
+  detail::StagedShards staged(folder, set_id);
+  std::exception_ptr error;
+  try {
+    if (shard_of_rank[static_cast<std::size_t>(rank)] >= 0)
+      staged.write(mine, names[static_cast<std::size_t>(shard_of_rank[static_cast<std::size_t>(rank)])], meta,
+                   options.fsync());
+  } catch (const Error&) {
+    error = std::current_exception();
+  }
+  agree(comm, error, folder, "write its shard; the previous checkpoint is kept");
+  try {
+    staged.commit(options.fsync());
+  } catch (const Error&) {
+    error = std::current_exception();
+  }
+  agree(comm, error, folder, "move its shard into place");
+  if (rank == 0) {
+    try {
+      std::map<std::string, std::string> weight_map;
+      for (std::size_t i = 0; i < n; ++i)
+        weight_map.emplace(tensors[i].name,
+                           names[static_cast<std::size_t>(shard_of_rank[static_cast<std::size_t>(owner[i])])]);
+      const std::string json = detail::index_json(weight_map, total, set_id);
+      AtomicFile index(index_path, AtomicFile::Options{options.fsync()});
+      index.write(json.data(), json.size());
+      index.commit();
+    } catch (const Error&) {
+      error = std::current_exception();
+    }
+  }
+  agree(comm, error, index_path, "write the index");
+  if (rank == 0) detail::remove_replaced_files(folder, previous, names);
+  names.emplace_back(kIndexFileName);
+  return names;
+}
+
+std::vector<std::string> save_state_dict_distributed(const torch::nn::Module& module, const std::string& folder,
+                                                     Communicator& comm, const ShardingPlan& plan,
+                                                     const std::optional<Metadata>& metadata,
+                                                     const DistributedSaveOptions& options) {
+  auto [tensors, meta] = detail::state_to_save(module, metadata);
+  return save_sharded_distributed(tensors, folder, comm, plan, meta, options);
+}
+
+}  // namespace safetensors

@@ -295,6 +295,15 @@ TEST(TensorParallelLoad, AWholeTensorInASplitPlaceIsAMismatchNamingTheRankAndPar
 // ---------------------------------------------------------------------------
 // Several processes
 
+// LibTorch 2.4+ asks for libuv in TCPStore by default, which builds such as
+// Debian's lack: the classic server is used where the option exists.
+template <class Options>
+auto without_libuv(Options& o, int) -> decltype(o.useLibUV = false, void()) {
+  o.useLibUV = false;
+}
+template <class Options>
+void without_libuv(Options&, long) {}
+
 // Reassembles a split tensor from every rank's part (parts may differ in length).
 torch::Tensor all_gather_whole(st::Communicator& comm, const torch::Tensor& part, std::int64_t dim) {
   const int world = comm.world_size();
@@ -340,6 +349,7 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
   store_options.port = static_cast<std::uint16_t>(port);
   store_options.isServer = false;
   store_options.timeout = std::chrono::seconds(60);
+  without_libuv(store_options, 0);
   auto store = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", store_options);
   auto gloo_options = c10d::ProcessGroupGloo::Options::create(std::chrono::seconds(60));
   gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
@@ -432,6 +442,7 @@ void run_ranks(const std::string& scenario, int world, const fs::path& dir) {
   options.isServer = true;
   options.waitWorkers = false;
   options.timeout = std::chrono::seconds(60);
+  without_libuv(options, 0);
   auto store = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", options);
   const std::string port = std::to_string(store->getPort());
   std::vector<pid_t> pids;

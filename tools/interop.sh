@@ -70,6 +70,16 @@ inside='
   counts=$(sed -n "s/^reference_check: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p" \
     "$data/reference_check.log")
   add ${counts:-0 1}
+  # A distributed save by 2 ranks (ProcessGroupGloo), loaded by the reference.
+  model=test/data/vectors/models/lmbuddy_tiny_gpt2/model.safetensors
+  rm -rf "$data/tp_saved" && mkdir -p "$data/tp_saved"
+  if "$build/tensor_parallel" "$model" --world 2 --save "$data/tp_saved" &&
+     python3 test/interop/reference_load_sharded.py "$model" "$data/tp_saved"; then
+    add 1 0
+  else
+    echo "interop: the reference could not load a distributed save"
+    add 0 1
+  fi
   echo "$passed $failed" >"$data/counts"
   summary
 '

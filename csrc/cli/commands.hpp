@@ -43,8 +43,9 @@ int diff(const std::string& a, const std::string& b, const std::vector<std::stri
 std::string printable(std::string_view s);
 
 /// "PATH: error: MESSAGE" for the exception being handled (call it inside a
-/// catch block), on one line. Library errors already begin with "PATH: ";
-/// that prefix is not repeated.
-std::string error_line(const std::string& path);
+/// catch block), on one line. PATH is the file a library error names, else
+/// `fallback_path`. Library errors already begin with "PATH: "; that prefix is
+/// not repeated.
+std::string error_line(const std::string& fallback_path);
 
 }  // namespace safetensors::cli

@@ -171,10 +171,6 @@ int convert(const std::string& in, const std::string& out, const Metadata& overr
     if (!args.key.empty() || args.shard_size || detect_format(in) != CheckpointFormat::Safetensors)
       return migrate(in, out, overrides, args);
     return rewrite(in, out, overrides);
-  } catch (const Error& e) {
-    // A write failure names OUT; everything else is about IN.
-    std::cerr << error_line(e.file().empty() ? in : e.file()) << '\n';
-    return kExitInvalid;
   } catch (...) {
     std::cerr << error_line(in) << '\n';
     return kExitInvalid;

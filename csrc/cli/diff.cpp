@@ -14,9 +14,6 @@ int diff(const std::string& a, const std::string& b, const std::vector<std::stri
   DiffReport report;
   try {
     report = diff_checkpoints(a, b, CheckpointOptions().key(key_a), CheckpointOptions().key(key_b));
-  } catch (const Error& e) {
-    std::cerr << error_line(e.file().empty() ? a : e.file()) << '\n';
-    return kExitInvalid;
   } catch (...) {
     std::cerr << error_line(a) << '\n';
     return kExitInvalid;

@@ -49,8 +49,17 @@ std::string current_message() {
 
 }  // namespace
 
-std::string error_line(const std::string& path) {
+std::string error_line(const std::string& fallback_path) {
   std::string message = current_message();
+  // A library error names the file it is about (the output of a conversion,
+  // say); other exceptions are about the command's input.
+  std::string path = fallback_path;
+  try {
+    throw;
+  } catch (const Error& e) {
+    if (!e.file().empty()) path = e.file();
+  } catch (...) {
+  }
   const std::string prefix = path + ": ";
   if (message.compare(0, prefix.size(), prefix) == 0) message.erase(0, prefix.size());
   return printable(path) + ": error: " + printable(message);

@@ -20,6 +20,7 @@
 #include <unordered_map>
 
 #include "module_internal.hpp"
+#include "save_internal.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "safetensors/writer.hpp"
@@ -31,6 +32,8 @@ namespace fs = std::filesystem;
 using detail::Catalog;
 using detail::Fill;
 using detail::Part;
+using detail::part_index;
+using detail::shape_text;
 
 namespace {
 
@@ -145,12 +148,6 @@ void agree(Communicator& comm, const std::exception_ptr& error, const std::strin
                   "rank " + std::to_string(r) + " failed to " + what + " (its own error says why)");
 }
 
-std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const ShardRange& range) {
-  std::vector<at::indexing::TensorIndex> index(static_cast<std::size_t>(dim), at::indexing::Slice());
-  index.emplace_back(at::indexing::Slice(range.start, range.start + range.length));
-  return index;
-}
-
 // ---------------------------------------------------------------------------
 // A catalog sent from rank 0
 
@@ -215,26 +212,13 @@ std::string describe_local(const NamedTensors& local, const ShardingPlan& plan, 
     }
     const TensorParallel tp{plan, 0, 1};
     for (const auto& item : local.items()) {
-      std::string dtype;
-      std::vector<std::int64_t> shape;
-      if (item.raw_dtype) {
-        dtype = dtype_name(*item.raw_dtype);
-        shape.assign(item.raw_shape.begin(), item.raw_shape.end());
-      } else {
-        if (!item.tensor.defined())
-          throw Error(ErrorCode::InvalidArgument, "", item.name, "the tensor is undefined");
-        const auto d = from_torch_dtype(item.tensor.scalar_type());
-        if (!d)
-          throw Error(ErrorCode::UnsupportedDtype, "", item.name,
-                      std::string("the format has no dtype for ") + c10::toString(item.tensor.scalar_type()));
-        dtype = dtype_name(*d);
-        shape = item.tensor.sizes().vec();
-      }
-      const Placement p = tp.placement(item.name, shape.size());
-      if (p.split_dim && item.raw_dtype)
+      const EntrySpec spec = detail::describe_entry(item, "");
+      const Placement p = tp.placement(item.name, spec.shape.size());
+      if (p.split_dim && (item.raw_dtype || dtype_bits(spec.dtype) < 8))
         throw Error(ErrorCode::InvalidArgument, "", item.name,
-                    "raw bytes of a dtype this LibTorch lacks cannot be split across ranks");
-      doc["tensors"].push_back({item.name, dtype, shape, p.split_dim.value_or(-1)});
+                    item.raw_dtype ? "raw bytes of a dtype this LibTorch lacks cannot be split across ranks"
+                                   : "a packed sub-byte dtype cannot be split across ranks");
+      doc["tensors"].push_back({item.name, std::string(dtype_name(spec.dtype)), spec.shape, p.split_dim.value_or(-1)});
     }
   } catch (const Error& e) {
     doc["error"] = e.what();
@@ -251,12 +235,6 @@ RankState parse_state(const std::string& text) {
     state.tensors.push_back({t[0].get<std::string>(), t[1].get<std::string>(),
                              t[2].get<std::vector<std::int64_t>>(), t[3].get<std::int64_t>()});
   return state;
-}
-
-std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
 }
 
 // The same tensors on every rank, each rank's part fitting the others'.
@@ -394,11 +372,12 @@ LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::strin
     const TensorInfo& info = catalog.tensors[i];
     at::Tensor mine;
     if (rank == 0) {
+      at::Tensor whole;  // read once, however many ranks need all of it
       for (int r = 0; r < world; ++r) {
         const std::int64_t* q = &requests[r][1 + 4 * i];
         if (q[0] == 0) continue;
-        const at::Tensor data = q[0] == 2 ? checkpoint->get_slice(info.name)(part_index(q[1], {q[2], q[3]}))
-                                          : checkpoint->get_tensor(info.name);
+        if (q[0] == 1 && !whole.defined()) whole = checkpoint->get_tensor(info.name);
+        const at::Tensor data = q[0] == 2 ? checkpoint->get_slice(info.name)(part_index(q[1], {q[2], q[3]})) : whole;
         if (r == 0) {
           mine = data;
         } else {

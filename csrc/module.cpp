@@ -5,6 +5,7 @@
 #include "safetensors/module.hpp"
 
 #include "module_internal.hpp"
+#include "save_internal.hpp"
 
 #include <torch/nn/module.h>
 #include <torch/utils.h>
@@ -36,8 +37,6 @@ std::vector<std::int64_t> torch_shape(const TensorInfo& info) {
   return shape;
 }
 
-namespace {
-
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   std::string out = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
@@ -47,6 +46,14 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
 std::string shape_text(const std::vector<std::uint64_t>& shape) {
   return shape_text(std::vector<std::int64_t>(shape.begin(), shape.end()));
 }
+
+std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const ShardRange& range) {
+  std::vector<at::indexing::TensorIndex> index(static_cast<std::size_t>(dim), at::indexing::Slice());
+  index.emplace_back(at::indexing::Slice(range.start, range.start + range.length));
+  return index;
+}
+
+namespace {
 
 // Torch dtypes by their safetensors names where the format has one, so a
 // report compares like with like ("F32" against "BF16").
@@ -218,10 +225,7 @@ void fill(Entries& targets, const std::vector<Fill>& fills, const ShardedOpen& c
       target.set_data(it->second);
     } else if (f.part) {
       // Only the part's bytes are read.
-      std::vector<at::indexing::TensorIndex> index(static_cast<std::size_t>(f.part->dim),
-                                                   at::indexing::Slice());
-      index.emplace_back(at::indexing::Slice(f.part->range.start, f.part->range.start + f.part->range.length));
-      target.copy_(checkpoint.get_slice(f.source)(index));
+      target.copy_(checkpoint.get_slice(f.source)(part_index(f.part->dim, f.part->range)));
     } else {
       // Straight from the mapping into the parameter's memory, converting and
       // crossing devices on the way: no second copy of the tensor.
@@ -230,55 +234,10 @@ void fill(Entries& targets, const std::vector<Fill>& fills, const ShardedOpen& c
   }
 }
 
-// The byte range a tensor's elements span in its storage.
-std::pair<std::uint64_t, std::uint64_t> extent(const at::Tensor& t) {
-  std::uint64_t span = 1;
-  for (std::int64_t d = 0; d < t.dim(); ++d)
-    span += static_cast<std::uint64_t>(t.size(d) - 1) * static_cast<std::uint64_t>(t.stride(d));
-  const std::uint64_t size = t.element_size();
-  const std::uint64_t begin = static_cast<std::uint64_t>(t.storage_offset()) * size;
-  return {begin, begin + span * size};
-}
-
 // Covers its whole storage, as the reference's `_is_complete` asks.
 bool is_complete(const at::Tensor& t) {
   return t.storage_offset() == 0 &&
          static_cast<std::uint64_t>(t.numel()) * t.element_size() == t.storage().nbytes();
-}
-
-// Groups of items whose bytes overlap, each sorted by name.
-std::vector<std::vector<const NamedTensors::Item*>> overlapping_groups(const NamedTensors& tensors) {
-  struct Span {
-    const void* storage;
-    std::uint64_t begin, end;
-    const NamedTensors::Item* item;
-  };
-  std::vector<Span> spans;
-  for (const auto& item : tensors.items()) {
-    const at::Tensor& t = item.tensor;
-    if (!t.defined() || !t.has_storage() || t.is_meta() || t.numel() == 0) continue;
-    const auto [begin, end] = extent(t);
-    spans.push_back({t.storage().unsafeGetStorageImpl(), begin, end, &item});
-  }
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
-    return std::tie(a.storage, a.begin) < std::tie(b.storage, b.begin);
-  });
-  std::vector<std::vector<const NamedTensors::Item*>> groups;
-  std::uint64_t group_end = 0;
-  for (std::size_t i = 0; i < spans.size(); ++i) {
-    const bool joins = i > 0 && spans[i].storage == spans[i - 1].storage && spans[i].begin < group_end;
-    if (!joins) {
-      groups.emplace_back();
-      group_end = 0;
-    }
-    groups.back().push_back(spans[i].item);
-    group_end = std::max(group_end, spans[i].end);
-  }
-  groups.erase(std::remove_if(groups.begin(), groups.end(), [](const auto& g) { return g.size() < 2; }),
-               groups.end());
-  for (auto& g : groups)
-    std::sort(g.begin(), g.end(), [](const auto* a, const auto* b) { return a->name < b->name; });
-  return groups;
 }
 
 }  // namespace
@@ -328,7 +287,8 @@ LoadReport load_state_dict(torch::nn::Module& module, const SafeOpen& file,
 
 Deduplicated deduplicate_shared(const NamedTensors& tensors) {
   Deduplicated out;
-  for (const auto& group : overlapping_groups(tensors)) {
+  for (auto group : overlapping_groups(tensors)) {
+    std::sort(group.begin(), group.end(), [](const auto* a, const auto* b) { return a->name < b->name; });
     const auto kept = std::find_if(group.begin(), group.end(),
                                    [](const auto* item) { return is_complete(item->tensor); });
     if (kept == group.end()) {

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include <ATen/TensorIndexing.h>
 #include <ATen/core/Tensor.h>
 
 #include "safetensors/header.hpp"
@@ -29,6 +30,13 @@ Entries module_state(const torch::nn::Module& module);
 /// The shape a file tensor has in torch: packed sub-byte dtypes (F4) hold
 /// several values per element.
 std::vector<std::int64_t> torch_shape(const TensorInfo& info);
+
+/// "[2, 3]".
+std::string shape_text(const std::vector<std::int64_t>& shape);
+std::string shape_text(const std::vector<std::uint64_t>& shape);
+
+/// The index selecting `range` of dimension `dim` (and all of the ones before).
+std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const ShardRange& range);
 
 /// What a checkpoint holds, without its data: the tensors in key order, and
 /// the `removed -> kept` aliases a saver recorded in the metadata.

@@ -7,10 +7,12 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <tuple>
 
 #include "safetensors/error.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "safetensors/writer.hpp"
+#include "save_internal.hpp"
 
 namespace safetensors {
 
@@ -46,10 +48,7 @@ NamedTensors& NamedTensors::add_raw(std::string name, Dtype dtype, std::vector<s
   return *this;
 }
 
-namespace {
-
-// Checks one item and describes it for the planner.
-EntrySpec describe(const NamedTensors::Item& item, const std::string& file) {
+EntrySpec detail::describe_entry(const NamedTensors::Item& item, const std::string& file) {
   const at::Tensor& t = item.tensor;
   auto fail = [&](const std::string& detail) {
     return Error(ErrorCode::InvalidArgument, file, item.name, detail);
@@ -85,46 +84,67 @@ EntrySpec describe(const NamedTensors::Item& item, const std::string& file) {
   return spec;
 }
 
-// Refuses tensors whose bytes overlap in one storage: the file would hold them
-// twice and loading would untie them.
-void check_no_shared_memory(const NamedTensors& tensors, const std::string& file) {
-  struct Extent {
+namespace {
+
+// The byte range a tensor's elements span in its storage.
+std::pair<std::uint64_t, std::uint64_t> extent(const at::Tensor& t) {
+  std::uint64_t span = 1;
+  for (std::int64_t d = 0; d < t.dim(); ++d)
+    span += static_cast<std::uint64_t>(t.size(d) - 1) * static_cast<std::uint64_t>(t.stride(d));
+  const std::uint64_t size = t.element_size();
+  const std::uint64_t begin = static_cast<std::uint64_t>(t.storage_offset()) * size;
+  return {begin, begin + span * size};
+}
+
+}  // namespace
+
+std::vector<std::vector<const NamedTensors::Item*>> detail::overlapping_groups(const NamedTensors& tensors) {
+  struct Span {
     const void* storage;
     std::uint64_t begin, end;
-    const std::string* name;
+    const NamedTensors::Item* item;
   };
-  std::vector<Extent> extents;
+  std::vector<Span> spans;
   for (const auto& item : tensors.items()) {
     const at::Tensor& t = item.tensor;
-    if (t.numel() == 0 || !t.has_storage()) continue;
-    std::uint64_t span = 1;
-    for (std::int64_t d = 0; d < t.dim(); ++d)
-      span += static_cast<std::uint64_t>(t.size(d) - 1) * static_cast<std::uint64_t>(t.stride(d));
-    const std::uint64_t item_size = t.element_size();
-    const std::uint64_t begin = static_cast<std::uint64_t>(t.storage_offset()) * item_size;
-    extents.push_back({t.storage().unsafeGetStorageImpl(), begin, begin + span * item_size, &item.name});
+    if (!t.defined() || !t.has_storage() || t.is_meta() || t.numel() == 0) continue;
+    const auto [begin, end] = extent(t);
+    spans.push_back({t.storage().unsafeGetStorageImpl(), begin, end, &item});
   }
-  std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) {
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
     return std::tie(a.storage, a.begin) < std::tie(b.storage, b.begin);
   });
-  for (std::size_t i = 1; i < extents.size(); ++i) {
-    const Extent& a = extents[i - 1];
-    const Extent& b = extents[i];
-    if (a.storage == b.storage && b.begin < a.end)
-      throw Error(ErrorCode::InvalidArgument, file, *b.name,
-                  "shares memory with tensor '" + *a.name +
-                      "'; saving both would store the bytes twice and untie them on load: "
-                      "save one of them, or .clone() it");
+  std::vector<std::vector<const NamedTensors::Item*>> groups;
+  std::uint64_t group_end = 0;
+  for (std::size_t i = 0; i < spans.size(); ++i) {
+    const bool joins = i > 0 && spans[i].storage == spans[i - 1].storage && spans[i].begin < group_end;
+    if (!joins) {
+      groups.emplace_back();
+      group_end = 0;
+    }
+    groups.back().push_back(spans[i].item);
+    group_end = std::max(group_end, spans[i].end);
   }
+  groups.erase(std::remove_if(groups.begin(), groups.end(), [](const auto& g) { return g.size() < 2; }),
+               groups.end());
+  return groups;
 }
+
+namespace {
 
 // Checks every tensor and plans the file; nothing is written yet.
 WritePlan prepare(const NamedTensors& tensors, const std::optional<Metadata>& metadata,
                   const std::string& file) {
   std::vector<EntrySpec> specs;
   specs.reserve(tensors.size());
-  for (const auto& item : tensors.items()) specs.push_back(describe(item, file));
-  check_no_shared_memory(tensors, file);
+  for (const auto& item : tensors.items()) specs.push_back(detail::describe_entry(item, file));
+  // Tensors whose bytes overlap: the file would hold them twice and loading
+  // would untie them.
+  if (const auto groups = detail::overlapping_groups(tensors); !groups.empty())
+    throw Error(ErrorCode::InvalidArgument, file, groups[0][1]->name,
+                "shares memory with tensor '" + groups[0][0]->name +
+                    "'; saving both would store the bytes twice and untie them on load: "
+                    "save one of them, or .clone() it");
   return plan_write(specs, metadata, file);
 }
 

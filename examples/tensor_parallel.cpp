@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -89,6 +90,7 @@ int run_rank(const std::string& checkpoint_path, const std::string& save, const 
               parts.size(), static_cast<unsigned long long>(split), mine / 1e6, whole / 1e6, 100.0 * mine / whole, ms);
 
   if (!save.empty()) {
+    std::filesystem::create_directories(save);  // every rank: whoever comes first makes it
     st::save_sharded_distributed(parts, save, *comm, plan);
     if (rank == 0) {
       const st::ShardedOpen saved(save), original(checkpoint_path);

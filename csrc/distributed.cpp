@@ -391,10 +391,12 @@ LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::strin
       recv_into(comm, mine, 0, static_cast<int>(i));
     }
     if (!mine.defined()) continue;
+    at::Tensor shared;  // tied entries must end up sharing one tensor, so it is made once
     for (const Fill& f : fills_of[info.name]) {
       at::Tensor& target = targets[f.target].second;
       if (options.mode() == LoadMode::ZeroCopy && target.device().is_cpu()) {
-        target.set_data(mine.to(target.scalar_type()));
+        if (!shared.defined()) shared = mine.to(target.scalar_type());
+        target.set_data(shared);
       } else {
         target.copy_(mine);
       }

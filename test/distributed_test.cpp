@@ -387,13 +387,19 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
   if (scenario == "broadcast" || scenario == "broadcast-mismatch") {
     // Only rank 0 sees the file; the others name one that does not exist.
     auto want = local_parts(tp);
+    // The embedding (F32 in the file) is held in F64: converted on the way.
+    want[0].second = want[0].second.to(torch::kDouble);
     if (scenario == "broadcast-mismatch" && rank == world - 1) want[0].second = torch::zeros({1, 6});
     for (st::LoadMode mode : {st::LoadMode::Copy, st::LoadMode::ZeroCopy}) {
       auto module = make_module(want);
+      // An output layer tied to the embedding (another tensor over the same memory):
+      // not in the file, filled through the tie, and still tied afterwards.
+      auto head = module->register_module("head", std::make_shared<torch::nn::Module>());
+      head->register_parameter("weight", module->named_parameters()["embed.weight"].detach());
       const std::string path = rank == 0 ? (dir / "sharded").string() : "/nonexistent/checkpoint";
       try {
         const st::LoadReport report = st::load_state_dict_broadcast(
-            *module, path, *comm, st::StateDictLoadOptions().tensor_parallel(tp).mode(mode));
+            *module, path, *comm, st::StateDictLoadOptions().tensor_parallel(tp).mode(mode).convert_dtype(true));
         CHECK_WORKER(scenario == "broadcast", "a mismatch on one rank was not an error on every rank");
         CHECK_WORKER(report.ok(), report.describe());
       } catch (const st::Error& e) {
@@ -410,6 +416,7 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
         const torch::Tensor got = params.contains(name) ? params[name] : buffers[name];
         CHECK_WORKER(bitwise_equal(got, t), name);
       }
+      CHECK_WORKER(params["head.weight"].data_ptr() == params["embed.weight"].data_ptr(), "the tie was broken");
     }
     return 0;
   }

@@ -201,6 +201,28 @@ at::Tensor SafeOpen::get_tensor(const std::string& name) const {
   return make_tensor(state_, lookup(*state_, name));
 }
 
+void SafeOpen::read_into(const std::string& name, const at::Tensor& dst) const {
+  const State& s = *state_;
+  const TensorInfo& info = lookup(s, name);
+  const TorchView v = torch_view(s, info);
+  if (!dst.defined() || dst.sizes() != c10::IntArrayRef(v.shape)) {
+    std::string want = "[";
+    for (std::size_t i = 0; i < v.shape.size(); ++i) want += (i ? ", " : "") + std::to_string(v.shape[i]);
+    throw Error(ErrorCode::InvalidArgument, s.source->path(), name,
+                "cannot read a tensor of shape " + want + "] into " +
+                    (dst.defined() ? "one of shape " + c10::str(dst.sizes()) : std::string("an undefined tensor")));
+  }
+  const bool direct = dst.device().is_cpu() && dst.layout() == c10::kStrided && dst.is_contiguous() &&
+                      dst.scalar_type() == v.dtype && !dst.is_conj() && !dst.is_neg();
+  if (!direct) {
+    dst.copy_(make_tensor(state_, info));
+    return;
+  }
+  read_parallel(*s.source, s.header.data_offset() + info.begin, dst.data_ptr(),
+                static_cast<std::size_t>(info.nbytes()));
+  dst.unsafeGetTensorImpl()->bump_version();  // as copy_ would: autograd sees the write
+}
+
 TensorSlice SafeOpen::get_slice(const std::string& name) const {
   return TensorSlice(state_, &lookup(*state_, name));
 }

@@ -227,9 +227,9 @@ void fill(Entries& targets, const std::vector<Fill>& fills, const ShardedOpen& c
       // Only the part's bytes are read.
       target.copy_(checkpoint.get_slice(f.source)(part_index(f.part->dim, f.part->range)));
     } else {
-      // Straight from the mapping into the parameter's memory, converting and
-      // crossing devices on the way: no second copy of the tensor.
-      target.copy_(checkpoint.get_tensor(f.source));
+      // Straight from the file into the parameter's memory (converting and
+      // crossing devices on the way when it must): no second copy of the tensor.
+      checkpoint.shard_of(f.source).read_into(f.source, target);
     }
   }
 }

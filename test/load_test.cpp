@@ -284,5 +284,39 @@ TEST(LoadFile, ManyThreadsReadOneHandle) {
   }
 }
 
+// read_into: the file's bytes straight into existing memory when they fit as
+// they are, torch's copy_ (converting) otherwise, never a broadcast.
+TEST(ReadInto, FillsExistingMemoryOrConvertsButNeverBroadcasts) {
+  TempDir dir;
+  const at::Tensor big = at::randn({3000, 1000});  // 12 MB: read in parallel chunks
+  const at::Tensor small = at::arange(6, at::kLong).reshape({2, 3});
+  save_file(NamedTensors().add("big", big).add("small", small), dir.file("r.safetensors"));
+  for (Backend backend : {Backend::Mmap, Backend::Pread}) {
+    SafeOpen f(dir.file("r.safetensors"), LoadOptions().backend(backend));
+    at::Tensor dst = at::zeros({3000, 1000});
+    void* const memory = dst.data_ptr();
+    const auto version = dst._version();
+    f.read_into("big", dst);
+    EXPECT_EQ(dst.data_ptr(), memory);  // filled in place
+    EXPECT_TRUE(test::bitwise_equal(dst, big));
+    EXPECT_GT(dst._version(), version);  // autograd sees the write
+    // Another dtype, or a strided view: converted through copy_.
+    at::Tensor as_double = at::zeros({2, 3}, at::kDouble);
+    f.read_into("small", as_double);
+    EXPECT_TRUE(as_double.equal(small.to(at::kDouble)));
+    at::Tensor wide = at::zeros({3, 2}, at::kLong);
+    at::Tensor transposed = wide.t();
+    f.read_into("small", transposed);
+    EXPECT_TRUE(wide.t().equal(small));
+    // A shape that would broadcast is refused, and the memory is untouched.
+    at::Tensor row = at::zeros({1, 3}, at::kLong);
+    at::Tensor many = at::zeros({4, 2, 3}, at::kLong);
+    EXPECT_EQ(error_code_of([&] { f.read_into("small", row); }), ErrorCode::InvalidArgument);
+    EXPECT_EQ(error_code_of([&] { f.read_into("small", many); }), ErrorCode::InvalidArgument);
+    EXPECT_EQ(many.abs().sum().item<std::int64_t>(), 0);
+    EXPECT_EQ(error_code_of([&] { f.read_into("absent", row); }), ErrorCode::TensorNotFound);
+  }
+}
+
 }  // namespace
 }  // namespace safetensors

@@ -77,6 +77,13 @@ class SafeOpen {
 
   /// One tensor. Throws TensorNotFound, UnsupportedDtype.
   at::Tensor get_tensor(const std::string& name) const;
+  /// Reads one tensor into `dst`, which must have its shape (no broadcasting:
+  /// InvalidArgument otherwise). A contiguous CPU `dst` of the tensor's dtype
+  /// is filled straight from the file, without a second buffer (in parallel
+  /// chunks when large); any other `dst` (another dtype, device or layout)
+  /// gets `dst.copy_(get_tensor(name))`. An I/O error part way through leaves
+  /// `dst` partly written.
+  void read_into(const std::string& name, const at::Tensor& dst) const;
   /// A handle that reads parts of one tensor.
   TensorSlice get_slice(const std::string& name) const;
   /// Every tensor, in file order.

@@ -8,8 +8,10 @@
 //
 // Workloads are generated: a GPT-2-small-shaped state dict (124M parameters)
 // in F32 and BF16, a LoRA-like file of 1000 [32, 32] tensors, and a header of
-// 100,000 small tensors. Every figure is the median of N repetitions with a
-// warm page cache.
+// 100,000 small tensors; "module-gpt2" loads and saves that F32 state dict as
+// a torch::nn::Module (load_state_dict / save_state_dict against torch::load /
+// torch::save of the module), with the peak memory each load adds. Every
+// figure is the median of N repetitions with a warm page cache.
 
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -27,6 +29,8 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/serialize.h>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
@@ -101,6 +105,48 @@ long peak_rss_kb() {
   struct rusage usage;
   getrusage(RUSAGE_SELF, &usage);
   return usage.ru_maxrss;
+}
+
+// A field of /proc/self/status, in kB.
+long status_kb(const char* field) {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long kb = -1;
+  const std::size_t n = std::strlen(field);
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, field, n) == 0 && line[n] == ':') kb = std::atol(line + n + 1);
+  std::fclose(f);
+  return kb;
+}
+
+// The resident memory an operation adds at its peak, in MB: the kernel's
+// high-water mark is reset first (Linux: "5" into clear_refs). Mapped file
+// pages that the operation touches count, as they do for the process.
+double peak_added_mb(const std::function<void()>& f) {
+  if (std::FILE* clear = std::fopen("/proc/self/clear_refs", "w")) {
+    std::fputs("5", clear);
+    std::fclose(clear);
+  }
+  const long before = status_kb("VmRSS");
+  f();
+  return (status_kb("VmHWM") - before) / 1e3;
+}
+
+// A module holding the tensors under their dotted names (fresh memory).
+std::shared_ptr<torch::nn::Module> make_module(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  auto root = std::make_shared<torch::nn::Module>();
+  for (const auto& [name, tensor] : tensors) {
+    std::shared_ptr<torch::nn::Module> m = root;
+    std::string rest = name;
+    for (std::size_t dot; (dot = rest.find('.')) != std::string::npos; rest.erase(0, dot + 1)) {
+      const std::string part = rest.substr(0, dot);
+      auto children = m->named_children();
+      m = children.contains(part) ? children[part] : m->register_module(part, std::make_shared<torch::nn::Module>());
+    }
+    m->register_parameter(rest, tensor.clone());
+  }
+  return root;
 }
 
 // Reads a byte of every cache line so that lazily mapped pages are really
@@ -228,6 +274,47 @@ void run(const Workload& w, const fs::path& dir, int reps, Report& report) {
   fs::remove(raw);
 }
 
+// A whole module: what a C++ deployment calls instead of torch::load(module, path).
+void run_module(const Workload& w, const fs::path& dir, int reps, Report& report) {
+  const std::string file = (dir / "module.safetensors").string();
+  const std::string archive = (dir / "module.pt").string();
+  const std::string name = "module-gpt2";
+  std::printf("== %s: %zu parameters, %.1f MB\n", name.c_str(), w.tensors.size(), w.bytes / 1e6);
+  std::shared_ptr<torch::nn::Module> module = make_module(w.tensors);
+  report.add(name, "save_state_dict", median_seconds(reps, [&] { st::save_state_dict(*module, file); }),
+             "torch::save(module)");
+  report.add(name, "torch::save(module)", median_seconds(reps, [&] { torch::save(module, archive); }));
+
+  using Mode = st::StateDictLoadOptions;
+  const std::vector<std::pair<std::string, Mode>> loads = {
+      {"load_state_dict copy (mmap)", Mode()},
+      {"load_state_dict copy (pread)", Mode().backend(st::Backend::Pread)},
+      {"load_state_dict zero-copy", Mode().mode(st::LoadMode::ZeroCopy)},
+  };
+  for (const auto& [what, options] : loads)
+    report.add(name, what, median_seconds(reps, [&] { st::load_state_dict(*module, file, options); }),
+               "torch::load(module)");
+  report.add(name, "torch::load(module)", median_seconds(reps, [&] { torch::load(module, archive); }));
+
+  // Peak memory added by one load into a module that already exists (the
+  // model's own memory is not counted). Each on a fresh module, after the
+  // timings, with the file in the page cache.
+  std::printf("\n%-12s %-34s %10s\n", "workload", "load into an existing module", "peak +MB");
+  auto memory = [&](const std::string& what, const std::function<void(torch::nn::Module&)>& load) {
+    auto fresh = make_module(w.tensors);
+    std::printf("%-12s %-34s %10.1f\n", name.c_str(), what.c_str(), peak_added_mb([&] { load(*fresh); }));
+  };
+  for (const auto& [what, options] : loads)
+    memory(what, [&, &options = options](torch::nn::Module& m) { st::load_state_dict(m, file, options); });
+  memory("torch::load(module)", [&](torch::nn::Module& m) {
+    std::shared_ptr<torch::nn::Module> ptr(&m, [](torch::nn::Module*) {});
+    torch::load(ptr, archive);
+  });
+  std::printf("(largest parameter %.1f MB)\n\n", w.tensors.front().second.nbytes() / 1e6);
+  fs::remove(file);
+  fs::remove(archive);
+}
+
 }  // namespace
 
 // Times our operations on an existing file and prints "ours OPERATION MS"
@@ -271,6 +358,7 @@ int main(int argc, char** argv) {
   };
   for (const auto& [name, make] : workloads)
     if (only.empty() || name == only) run(make(), dir, reps, report);
+  if (only.empty() || only == "module-gpt2") run_module(gpt2(at::kFloat), dir, reps, report);
   report.print_ratios();
   std::printf("peak RSS %.1f MB\n", peak_rss_kb() / 1e3);
 }

@@ -108,6 +108,10 @@ class Storages {
     if (it != made_.end()) {
       if (it->second.scalar_type() != torch_dtype(ref, tensor))
         fail(tensor, "storage '" + ref.key + "' is used with two different dtypes");
+      // Each tensor was checked against the size its own reference declares.
+      if (static_cast<std::uint64_t>(it->second.numel()) != ref.numel)
+        fail(tensor, "storage '" + ref.key + "' is declared with two different sizes (" +
+                         std::to_string(it->second.numel()) + " and " + std::to_string(ref.numel) + " elements)");
       return it->second;
     }
     return made_.emplace(ref.key, make(ref, tensor)).first->second;

@@ -211,6 +211,22 @@ TEST_F(PickleTest, RefusesViewsOutsideTheirStorage) {
   EXPECT_EQ(read(one_tensor_pickle(6, 0, {0, 3}, {3, 1})).tensors["w"].numel(), 0);
 }
 
+// Two references to one storage that declare different sizes: each view fits
+// its own declaration, but the storage is made once, from the first.
+TEST_F(PickleTest, RefusesAStorageDeclaredWithTwoSizes) {
+  const std::string pickle = Pickler()
+                                 .proto(2)
+                                 .op('}')
+                                 .str("a").tensor("0", 2, 0, {2}, {1}).op('s')
+                                 .str("b").tensor("0", 6, 0, {6}, {1}).op('s')
+                                 .stop()
+                                 .bytes();
+  const safetensors::Error e = refusal(pickle);
+  EXPECT_EQ(e.code(), ErrorCode::TensorInvalidInfo);
+  EXPECT_EQ(e.tensor(), "b");
+  EXPECT_NE(std::string(e.what()).find("two different sizes (2 and 6 elements)"), std::string::npos) << e.what();
+}
+
 TEST_F(PickleTest, RefusesHugeDeclaredLengths) {
   // A string claiming 2^62 bytes, a storage claiming 2^30 floats in 24 bytes.
   EXPECT_EQ(refusal(Pickler().proto(4).raw("\x8d" + le(std::uint64_t{1} << 62, 8)).bytes()).code(),

@@ -4,9 +4,6 @@
 // buffer (mutating it keeps the file valid); each slice must equal torch's own
 // indexing of the whole tensor, and all three sources must agree bit for bit.
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -23,6 +20,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "memfile.hpp"
 #include "safetensors/load.hpp"
 
 namespace st = safetensors;
@@ -125,27 +123,6 @@ std::vector<TensorIndex> for_torch(const std::vector<TensorIndex>& indices, bool
   if (byte_dim && ellipsis) out.emplace_back(at::indexing::Slice());
   return out;
 }
-
-// An anonymous file holding the bytes, opened by path like a regular file.
-class MemFile {
- public:
-  MemFile(const std::uint8_t* data, std::size_t size) {
-    fd_ = ::memfd_create("fuzz", MFD_CLOEXEC);
-    if (fd_ < 0) fail("memfd_create failed");
-    for (std::size_t done = 0; done < size;) {
-      ssize_t n = ::write(fd_, data + done, size - done);
-      if (n <= 0) fail("write to memfd failed");
-      done += static_cast<std::size_t>(n);
-    }
-    path_ = "/proc/self/fd/" + std::to_string(fd_);
-  }
-  ~MemFile() { ::close(fd_); }
-  const std::string& path() const { return path_; }
-
- private:
-  int fd_;
-  std::string path_;
-};
 
 // Everything a load produces, or the error code.
 struct Outcome {

@@ -13,7 +13,7 @@ set -euo pipefail
 seconds=${1:-60}
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SAFETENSORS_FUZZ_BUILD_DIR:-$root/build-fuzz}
-targets=(fuzz_header fuzz_load)
+targets=(fuzz_header fuzz_load fuzz_checkpoint)
 
 cc=${CC:-clang-14}
 cxx=${CXX:-clang++-14}
@@ -26,28 +26,52 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 cmake --build "$build" -j "${JOBS:-2}" --target "${targets[@]}"
 
 # Seeds: every test file small enough to mutate quickly (larger ones would be
-# cut at -max_len anyway).
+# cut at -max_len anyway): safetensors files for the format targets; for the
+# checkpoint target, torch.save files and the pickles inside them.
 seeds=$build/seeds
-rm -rf "$seeds" && mkdir -p "$seeds" "$build/findings"
+rm -rf "$seeds" && mkdir -p "$seeds/safetensors" "$seeds/checkpoint" "$build/findings"
 find "$root/test/data/vectors" "$root/test/data/hostile" "$root/fuzz/regressions" \
-  -name '*.safetensors' -size -65k -exec cp -t "$seeds" {} + 2>/dev/null || true
-echo "== $(ls "$seeds" | wc -l) seed files"
+  -name '*.safetensors' -size -65k -exec cp -t "$seeds/safetensors" {} + 2>/dev/null || true
+find "$root/test/data/pickle" "$root/test/data/vectors" "$root/fuzz/regressions" \
+  \( -name '*.pt' -o -name '*.pth' -o -name '*.bin' -o -name '*.pkl' \) -size -65k \
+  -exec cp -t "$seeds/checkpoint" {} + 2>/dev/null || true
+python3 - "$seeds/checkpoint" <<'PY' || true
+import pathlib, sys, zipfile
+folder = pathlib.Path(sys.argv[1])
+for path in list(folder.iterdir()):
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.endswith(".pkl"):
+                    (folder / (path.name + "." + name.replace("/", "_"))).write_bytes(z.read(name))
+PY
+echo "== $(ls "$seeds/safetensors" | wc -l) safetensors seeds, $(ls "$seeds/checkpoint" | wc -l) checkpoint seeds"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 status=0
+shopt -s nullglob
 for target in "${targets[@]}"; do
   corpus=$build/corpus/$target
   mkdir -p "$corpus"
   log=$build/$target.log
+  if [[ $target == fuzz_checkpoint ]]; then
+    kind=checkpoint dict=$root/fuzz/checkpoint.dict
+    regressions=("$root"/fuzz/regressions/*.pt "$root"/fuzz/regressions/*.pkl)
+  else
+    kind=safetensors dict=$root/fuzz/safetensors.dict
+    regressions=("$root"/fuzz/regressions/*.safetensors)
+  fi
   # Past findings first: each file run once, no mutation.
-  echo "== $target: regressions"
-  "$build/fuzz/$target" "$root"/fuzz/regressions/*.safetensors >"$log.regressions" 2>&1 ||
-    { echo "FAIL: $target on fuzz/regressions (log: $log.regressions)"; tail -30 "$log.regressions"; status=1; continue; }
+  echo "== $target: ${#regressions[@]} regressions"
+  if ((${#regressions[@]})); then
+    "$build/fuzz/$target" "${regressions[@]}" >"$log.regressions" 2>&1 ||
+      { echo "FAIL: $target on fuzz/regressions (log: $log.regressions)"; tail -30 "$log.regressions"; status=1; continue; }
+  fi
   echo "== $target: ${seconds}s"
   cmd=("$build/fuzz/$target" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10
-       -max_len=65536 -dict="$root/fuzz/safetensors.dict" -print_final_stats=1
-       -artifact_prefix="$build/findings/$target-" "$corpus" "$seeds")
+       -max_len=65536 -dict="$dict" -print_final_stats=1
+       -artifact_prefix="$build/findings/$target-" "$corpus" "$seeds/$kind")
   echo "${cmd[*]}"
   if "${cmd[@]}" >"$log" 2>&1; then
     echo "$target: $(grep -m1 '^stat::number_of_executed_units' "$log" | awk '{print $2}') executions," \

@@ -511,7 +511,7 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
   try {
     if (shard_of_rank[static_cast<std::size_t>(rank)] >= 0)
       staged.write(mine, names[static_cast<std::size_t>(shard_of_rank[static_cast<std::size_t>(rank)])], meta,
-                   options.fsync());
+                   SaveOptions().fsync(options.fsync()));
   } catch (const Error&) {
     error = std::current_exception();
   }

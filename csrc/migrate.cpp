@@ -412,15 +412,6 @@ std::string difference(const at::Tensor& a, const at::Tensor& b) {
   return "values differ";
 }
 
-// The tensor bytes a conversion writes: aliases are written once, as the
-// tensor they alias.
-std::uint64_t bytes_to_write(const Checkpoint& ckpt) {
-  std::uint64_t total = 0;
-  for (const auto& item : ckpt.tensors)
-    if (!ckpt.aliases.count(item.key())) total += item.value().nbytes();
-  return total;
-}
-
 }  // namespace
 
 const char* to_string(CheckpointFormat format) noexcept {
@@ -448,7 +439,6 @@ ConvertSummary convert_checkpoint(const std::string& in, const std::string& out,
 
   ConvertSummary summary;
   NamedTensors tensors;
-  const std::uint64_t total = bytes_to_write(ckpt);
   for (const auto& item : ckpt.tensors) {
     if (ckpt.aliases.count(item.key())) continue;
     at::Tensor t = copies.count(item.key()) ? item.value().clone(at::MemoryFormat::Contiguous) : item.value();
@@ -458,7 +448,6 @@ ConvertSummary convert_checkpoint(const std::string& in, const std::string& out,
       tensors.add(item.key(), t);
     }
     summary.bytes += t.nbytes();
-    if (options.progress()) options.progress()(summary.bytes, total);
   }
   Metadata metadata = options.metadata();
   metadata.emplace("format", "pt");
@@ -467,9 +456,12 @@ ConvertSummary convert_checkpoint(const std::string& in, const std::string& out,
     std::error_code ec;
     std::filesystem::create_directories(out, ec);  // save_sharded reports a folder it cannot use
     summary.files = save_sharded(tensors, out, metadata,
-                                 ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()));
+                                 ShardedSaveOptions()
+                                     .max_shard_size(*options.max_shard_size())
+                                     .fsync(options.fsync())
+                                     .progress(options.progress()));
   } else {
-    save_file(tensors, out, metadata, SaveOptions().fsync(options.fsync()));
+    save_file(tensors, out, metadata, SaveOptions().fsync(options.fsync()).progress(options.progress()));
     summary.files = {out};
   }
 

@@ -148,22 +148,31 @@ WritePlan prepare(const NamedTensors& tensors, const std::optional<Metadata>& me
   return plan_write(specs, metadata, file);
 }
 
+// One tensor's bytes, copied first when they are not contiguous CPU memory.
+void write_tensor(const NamedTensors::Item& item, std::uint64_t nbytes, Sink& sink, const std::string& file) {
+  if (nbytes == 0) return;
+  at::Tensor t = item.tensor;
+  try {
+    if (!t.device().is_cpu()) t = t.cpu();
+    t = t.resolve_conj().resolve_neg().contiguous();
+  } catch (const c10::Error& e) {
+    throw Error(ErrorCode::InvalidArgument, file, item.name,
+                std::string("cannot copy the tensor to CPU memory: ") + e.what_without_backtrace());
+  }
+  sink.write(t.data_ptr(), static_cast<std::size_t>(nbytes));
+}
+
 void write_planned(const NamedTensors& tensors, const WritePlan& plan, Sink& sink,
-                   const std::string& file) {
+                   const std::string& file, const SaveOptions& options) {
   sink.write(plan.header.data(), plan.header.size());
+  const std::uint64_t total = plan.file_size() - plan.header.size();
+  std::uint64_t done = 0;
   for (std::size_t i : plan.order) {
     const auto& item = tensors.items()[i];
     const std::uint64_t nbytes = plan.offsets[i].second - plan.offsets[i].first;
-    if (nbytes == 0) continue;
-    at::Tensor t = item.tensor;
-    try {
-      if (!t.device().is_cpu()) t = t.cpu();
-      t = t.resolve_conj().resolve_neg().contiguous();
-    } catch (const c10::Error& e) {
-      throw Error(ErrorCode::InvalidArgument, file, item.name,
-                  std::string("cannot copy the tensor to CPU memory: ") + e.what_without_backtrace());
-    }
-    sink.write(t.data_ptr(), static_cast<std::size_t>(nbytes));
+    write_tensor(item, nbytes, sink, file);
+    done += nbytes;
+    if (options.progress()) options.progress()(done, total);
   }
 }
 
@@ -174,7 +183,7 @@ void save_file(const NamedTensors& tensors, const std::string& path,
   // Everything is checked before the filesystem is touched.
   WritePlan plan = prepare(tensors, metadata, path);
   AtomicFile file(path, AtomicFile::Options{options.fsync()});
-  write_planned(tensors, plan, file, path);
+  write_planned(tensors, plan, file, path, options);
   file.commit();
 }
 
@@ -182,7 +191,7 @@ std::vector<std::uint8_t> save(const NamedTensors& tensors, const std::optional<
   WritePlan plan = prepare(tensors, metadata, "");
   BufferSink sink;
   sink.bytes().reserve(static_cast<std::size_t>(plan.file_size()));
-  write_planned(tensors, plan, sink, "");
+  write_planned(tensors, plan, sink, "", SaveOptions());
   return std::move(sink.bytes());
 }
 

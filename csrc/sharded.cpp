@@ -171,9 +171,9 @@ StagedShards::~StagedShards() {
 }
 
 void StagedShards::write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
-                         bool fsync) {
+                         const SaveOptions& options) {
   std::string staged = (fs::path(folder_) / staged_name(name, set_id_)).string();
-  save_file(tensors, staged, metadata, SaveOptions().fsync(fsync));  // leaves nothing if it fails
+  save_file(tensors, staged, metadata, options);  // leaves nothing if it fails
   files_.emplace_back(std::move(staged), name);
 }
 
@@ -396,9 +396,10 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   remove_dead_writers_shards(folder);
   const std::set<std::string> previous = current_checkpoint_files(folder);
 
+  const SaveOptions file_options = SaveOptions().fsync(options.fsync());
   if (shards.size() <= 1) {
-    save_file(shards.empty() ? NamedTensors{} : shards.front(),
-              (fs::path(folder) / kSingleFileName).string(), meta, SaveOptions().fsync(options.fsync()));
+    save_file(shards.empty() ? NamedTensors{} : shards.front(), (fs::path(folder) / kSingleFileName).string(),
+              meta, SaveOptions(file_options).progress(options.progress()));
     // An index left by an earlier sharded save would take precedence over the new file.
     std::error_code ec;
     fs::remove(index_path, ec);
@@ -412,16 +413,21 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   meta[std::string(kShardSetKey)] = set_id;
   std::vector<std::string> names;
   for (std::size_t i = 0; i < shards.size(); ++i) names.push_back(shard_file_name(i, shards.size()));
+  std::uint64_t total = 0, written = 0;  // tensor bytes, over every shard
+  for (const NamedTensors& shard : shards)
+    for (const auto& item : shard.items()) total += data_bytes(item);
   StagedShards staged(folder, set_id);
-  for (std::size_t i = 0; i < shards.size(); ++i) staged.write(shards[i], names[i], meta, options.fsync());
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    SaveOptions shard_options = file_options;
+    if (options.progress())
+      shard_options.progress([&](std::uint64_t done, std::uint64_t) { options.progress()(written + done, total); });
+    staged.write(shards[i], names[i], meta, shard_options);
+    for (const auto& item : shards[i].items()) written += data_bytes(item);
+  }
   staged.commit(options.fsync());
-  std::uint64_t total = 0;
   std::map<std::string, std::string> weight_map;
   for (std::size_t i = 0; i < shards.size(); ++i)
-    for (const auto& item : shards[i].items()) {
-      total += data_bytes(item);
-      weight_map.emplace(item.name, names[i]);
-    }
+    for (const auto& item : shards[i].items()) weight_map.emplace(item.name, names[i]);
   const std::string json = index_json(weight_map, total, set_id);
   AtomicFile index(index_path, AtomicFile::Options{options.fsync()});
   index.write(json.data(), json.size());

@@ -42,7 +42,8 @@ class StagedShards {
   StagedShards(const StagedShards&) = delete;
   StagedShards& operator=(const StagedShards&) = delete;
 
-  void write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata, bool fsync);
+  void write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
+             const SaveOptions& options);
   /// Moves every shard to its final name.
   void commit(bool fsync);
 

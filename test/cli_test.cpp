@@ -321,6 +321,20 @@ TEST_F(CliTest, ConvertOverridesAndAddsMetadataKeys) {
             (Metadata{{"format", "np"}, {"note", "x"}, {"eq", "a=b"}}));
 }
 
+// OUT may be IN: the tensors stream from the old file's mapping into the new
+// one, which is renamed over it.
+TEST_F(CliTest, ConvertRewritesAFileInPlace) {
+  const std::string p = write_sample("in.safetensors", Metadata{{"format", "pt"}});
+  const auto before = safetensors::load_file(p, safetensors::LoadOptions().copy(true));
+  Result r = run({"convert", p, p, "--metadata", "note=rewritten"});
+  ASSERT_TRUE(r.exited);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(safetensors::load_metadata(p), (Metadata{{"format", "pt"}, {"note", "rewritten"}}));
+  const auto after = safetensors::load_file(p);
+  ASSERT_EQ(after.keys(), before.keys());
+  for (const auto& item : before) EXPECT_TRUE(after[item.key()].equal(item.value())) << item.key();
+}
+
 TEST_F(CliTest, ConvertWritesNoMetadataWhenThereIsNone) {
   const std::string in = write_sample("in.safetensors", std::nullopt);
   const std::string out = path("out.safetensors");

@@ -150,6 +150,32 @@ TEST(SaveFile, AFailedSaveLeavesTheOldFileAndNoTemporaryFile) {
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"m.safetensors"});
 }
 
+// Progress is reported as each tensor is written, in file order (dtype, then
+// name), not in the order the tensors were given; a callback that throws
+// aborts the save and leaves the old file.
+TEST(SaveFile, ReportsProgressAsEachTensorIsWrittenInFileOrder) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  const NamedTensors tensors = NamedTensors()
+                                   .add("b", at::ones({4}))                  // 16 bytes
+                                   .add("a", at::ones({8}))                  // 32 bytes
+                                   .add("c", at::ones({2}, at::kDouble));   // 16 bytes, F64 first
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> calls;
+  save_file(tensors, path, std::nullopt,
+            SaveOptions().progress([&](std::uint64_t done, std::uint64_t total) { calls.emplace_back(done, total); }));
+  const std::vector<std::pair<std::uint64_t, std::uint64_t>> expected = {{16, 64}, {48, 64}, {64, 64}};
+  EXPECT_EQ(calls, expected);
+  const std::string before = read_bytes(path);
+  int seen = 0;
+  EXPECT_THROW(save_file(NamedTensors().add("x", at::zeros({3})).add("y", at::zeros({3})), path, std::nullopt,
+                         SaveOptions().progress([&](std::uint64_t, std::uint64_t) {
+                           if (++seen == 1) throw std::runtime_error("cancelled");
+                         })),
+               std::runtime_error);
+  EXPECT_EQ(read_bytes(path), before);
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"m.safetensors"});
+}
+
 // A write that fails mid-file (disk full, quota): RLIMIT_FSIZE makes write()
 // fail with EFBIG once the file passes the limit.
 TEST(SaveFile, AWriteFailingMidFileLeavesTheOldFile) {

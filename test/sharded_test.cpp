@@ -65,6 +65,17 @@ TEST(ShardedSave, PacksGreedilyInKeyOrderAndWritesTheIndex) {
   }
 }
 
+TEST(ShardedSave, ReportsProgressOverEveryShard) {
+  TempDir dir;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> calls;
+  save_sharded(ten_tensors(), dir.path().string(), std::nullopt,
+               ShardedSaveOptions().max_shard_size(100).progress(
+                   [&](std::uint64_t done, std::uint64_t total) { calls.emplace_back(done, total); }));
+  ASSERT_EQ(calls.size(), 10u);  // one call per tensor, across the 5 shards
+  for (std::size_t i = 0; i < calls.size(); ++i)
+    EXPECT_EQ(calls[i], (std::pair<std::uint64_t, std::uint64_t>{40 * (i + 1), 400})) << i;
+}
+
 TEST(ShardedSave, ATensorLargerThanTheLimitSitsAlone) {
   TempDir dir;
   NamedTensors tensors;

@@ -82,13 +82,11 @@ class ProgressLine {
   int percent_ = 0;
 };
 
-// Every tensor of the file. One whose dtype the LibTorch in use lacks arrives
-// as raw bytes and goes back as raw bytes with its file dtype, so that OUT does
-// not degrade it to U8. Reading is where the time goes (the file is read with
-// pread), so progress counts the bytes read.
-NamedTensors read_tensors(const SafeOpen& file, ProgressLine& progress) {
+// Every tensor of the file, as views of its mapping. One whose dtype the
+// LibTorch in use lacks arrives as raw bytes and goes back as raw bytes with
+// its file dtype, so that OUT does not degrade it to U8.
+NamedTensors all_tensors(const SafeOpen& file) {
   NamedTensors tensors;
-  std::uint64_t done = 0;
   for (const TensorInfo& info : file.header().tensors()) {
     at::Tensor t = file.get_tensor(info.name);
     if (to_torch_dtype(info.dtype)) {
@@ -96,8 +94,6 @@ NamedTensors read_tensors(const SafeOpen& file, ProgressLine& progress) {
     } else {
       tensors.add_raw(info.name, info.dtype, info.shape, std::move(t));
     }
-    done += info.nbytes();
-    progress.update(done, file.header().data_size());
   }
   return tensors;
 }
@@ -150,13 +146,15 @@ int migrate(const std::string& in, const std::string& out, const Metadata& overr
 
 // A safetensors file rewritten through the library.
 int rewrite(const std::string& in, const std::string& out, const Metadata& overrides) {
-  // Pread: the tensors own their memory, so OUT may even replace IN.
-  SafeOpen file(in, LoadOptions().backend(Backend::Pread).unsupported_as_bytes(true));
+  // Streamed from the private mapping (no copy of the file in memory); OUT may
+  // even replace IN, since the new file is renamed over it and the mapping
+  // keeps the old one.
+  SafeOpen file(in, LoadOptions().unsupported_as_bytes(true));
   std::size_t count = 0;
   {
     ProgressLine progress;  // ended before the summary is printed
-    const NamedTensors tensors = read_tensors(file, progress);
-    save_file(tensors, out, merged_metadata(file.header(), overrides));
+    const NamedTensors tensors = all_tensors(file);
+    save_file(tensors, out, merged_metadata(file.header(), overrides), SaveOptions().progress(progress.callback()));
     count = tensors.size();
   }
   std::cout << "converted " << printable(in) << " -> " << printable(out) << ": " << count

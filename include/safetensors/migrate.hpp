@@ -93,13 +93,11 @@ struct ConvertOptions {
   /// (save_sharded) with at most this many tensor bytes per shard.
   TORCH_ARG(std::optional<std::uint64_t>, max_shard_size) = std::nullopt;
   TORCH_ARG(bool, fsync) = true;
-  /// Called once per tensor to be written, in the order the tensors are
-  /// gathered, with the tensor bytes gathered so far and the total of all of
-  /// them: `done` grows and the last call has `done == total`. Gathering reads
-  /// or copies what the writer cannot take as is (overlapping views); the
-  /// file itself is written in one pass after the last call, so the last call
-  /// means "every tensor is ready", not "the file is complete". Not called when
-  /// there are no tensors.
+  /// Called after each tensor is written, in file order, with the tensor
+  /// bytes written so far and the total (over every shard): `done` grows and
+  /// the last call has `done == total`, after which the file (or the shards
+  /// and the index) are flushed and renamed into place. Not called when there
+  /// are no tensors.
   TORCH_ARG(std::function<void(std::uint64_t done, std::uint64_t total)>, progress) = nullptr;
 };
 

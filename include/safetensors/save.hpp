@@ -7,6 +7,7 @@
 //   std::vector<std::uint8_t> bytes = safetensors::save(state, std::nullopt);
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -59,6 +60,11 @@ class NamedTensors {
 struct SaveOptions {
   /// Flush the file and its folder to disk before returning (save_file).
   TORCH_ARG(bool, fsync) = true;
+  /// Called after each tensor's bytes are written, in file order, with the
+  /// tensor bytes written so far and the total: `done` grows and the last call
+  /// has `done == total` (then the file is flushed and renamed into place).
+  /// An exception thrown from it aborts the save, leaving no file.
+  TORCH_ARG(std::function<void(std::uint64_t done, std::uint64_t total)>, progress) = nullptr;
 };
 
 /// Writes a safetensors file crash-safely: into a temporary file in the same

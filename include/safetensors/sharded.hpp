@@ -10,6 +10,7 @@
 //   torch::Tensor w = ckpt.get_tensor("lm_head.weight");
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -105,6 +106,8 @@ struct ShardedSaveOptions {
   TORCH_ARG(std::uint64_t, max_shard_size) = kDefaultMaxShardSize;
   /// Flush the files and the folder to disk before returning.
   TORCH_ARG(bool, fsync) = true;
+  /// As SaveOptions::progress, counted over every shard.
+  TORCH_ARG(std::function<void(std::uint64_t done, std::uint64_t total)>, progress) = nullptr;
 };
 
 /// Saves a checkpoint into `folder` (which must exist), packing tensors greedily

@@ -191,6 +191,68 @@ TEST(SaveFile, AWriteFailingMidFileLeavesTheOldFile) {
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"m.safetensors"});
 }
 
+// The same on a real full filesystem (a 1 MiB tmpfs): a new file that does not
+// fit next to the old one fails with a clear error, the old file is intact and
+// no temporary file is left; once there is room, the save succeeds.
+TEST(SaveFile, AFullDiskLeavesTheOldFile) {
+  TempDir dir;
+  const std::optional<std::string> skipped =
+      test::with_small_filesystem(dir.path().string(), 1 << 20, [](test::SmallFilesystem& disk) {
+        const std::string path = disk.file("m.safetensors");
+        const at::Tensor old_values = at::arange(150000, at::kFloat);  // 600 kB of the 1 MiB
+        save_file({{"x", old_values}}, path);
+        const std::string before = read_bytes(path);
+        const at::Tensor new_values = at::full({150000}, 2.0f);  // fits alone, not beside the old file
+        try {
+          save_file({{"x", new_values}}, path);
+          disk.expect(false, "a save that cannot fit succeeded");
+        } catch (const Error& e) {
+          const std::string what = e.what();
+          disk.expect(e.code() == ErrorCode::Io, "code is not Io: " + what);
+          disk.expect(what.find("m.safetensors") != std::string::npos, "the error names no file: " + what);
+          disk.expect(what.find("No space left on device") != std::string::npos, "no reason given: " + what);
+        }
+        disk.expect(read_bytes(path) == before, "the old file changed");
+        disk.expect(disk.entries() == std::vector<std::string>{"m.safetensors"}, "a temporary file was left");
+        disk.expect(at::equal(load_file(path)["x"], old_values), "the old file does not load");
+        // Room again (the old file removed): the same save now works.
+        std::filesystem::remove(path);
+        save_file({{"x", new_values}}, path);
+        disk.expect(at::equal(load_file(path)["x"], new_values), "the save after freeing room failed");
+      });
+  if (skipped) GTEST_SKIP() << *skipped;
+}
+
+// A read-only filesystem: saving fails with the reason and leaves the file;
+// loading (mapped and positional) still works.
+TEST(SaveFile, AReadOnlyFolderIsIoAndLoadsStillWork) {
+  TempDir dir;
+  const std::optional<std::string> skipped =
+      test::with_small_filesystem(dir.path().string(), 1 << 20, [](test::SmallFilesystem& disk) {
+        const std::string path = disk.file("m.safetensors");
+        save_file({{"x", at::arange(10, at::kFloat)}}, path);
+        const std::string before = read_bytes(path);
+        disk.make_read_only();
+        for (const std::string& target : {path, disk.file("new.safetensors")}) {
+          try {
+            save_file({{"x", at::zeros({4})}}, target);
+            disk.expect(false, "a save on a read-only filesystem succeeded");
+          } catch (const Error& e) {
+            const std::string what = e.what();
+            disk.expect(e.code() == ErrorCode::Io, "code is not Io: " + what);
+            disk.expect(what.find(target) != std::string::npos, "the error names no file: " + what);
+            disk.expect(what.find("Read-only file system") != std::string::npos, "no reason given: " + what);
+          }
+        }
+        disk.expect(read_bytes(path) == before, "the file changed");
+        disk.expect(disk.entries() == std::vector<std::string>{"m.safetensors"}, "a file was added");
+        disk.expect(at::equal(load_file(path)["x"], at::arange(10, at::kFloat)), "mapped load failed");
+        disk.expect(at::equal(load_file(path, LoadOptions().backend(Backend::Pread))["x"], at::arange(10, at::kFloat)),
+                    "pread load failed");
+      });
+  if (skipped) GTEST_SKIP() << *skipped;
+}
+
 TEST(SaveFile, MissingFolderIsIo) {
   TempDir dir;
   EXPECT_EQ(error_code_of([&] { save_file({{"x", at::ones({1})}}, dir.file("no/such/m.safetensors")); }),

@@ -243,6 +243,46 @@ TEST(ShardedSave, AFailureWhileWritingLeavesThePreviousSet) {
   EXPECT_EQ(ShardedOpen(folder).size(), 10u);
 }
 
+// A real full filesystem (a 1 MiB tmpfs) in the middle of a set: the previous
+// set stays whole and loadable, no staged shard is left, and the set saves
+// once there is room.
+TEST(ShardedSave, AFullDiskLeavesThePreviousSet) {
+  TempDir dir;
+  const std::optional<std::string> skipped =
+      test::with_small_filesystem(dir.path().string(), 1 << 20, [](test::SmallFilesystem& disk) {
+        NamedTensors old_set;  // 4 shards of 100 kB
+        for (int i = 0; i < 4; ++i) old_set.add("t" + std::to_string(i), torch::full({25000}, static_cast<float>(i)));
+        save_sharded(old_set, disk.folder(), std::nullopt, ShardedSaveOptions().max_shard_size(100000));
+        const auto entries = disk.entries();
+        const std::string index = read_bytes(disk.file(std::string(kIndexFileName)));
+        NamedTensors new_set;  // 8 shards of 100 kB: the seventh finds the disk full
+        for (int i = 0; i < 8; ++i) new_set.add("t" + std::to_string(i), torch::full({25000}, -1.0f * i));
+        try {
+          save_sharded(new_set, disk.folder(), std::nullopt, ShardedSaveOptions().max_shard_size(100000));
+          disk.expect(false, "a set that cannot fit was saved");
+        } catch (const Error& e) {
+          const std::string what = e.what();
+          disk.expect(e.code() == ErrorCode::Io, "code is not Io: " + what);
+          disk.expect(what.find("No space left on device") != std::string::npos, "no reason given: " + what);
+        }
+        disk.expect(disk.entries() == entries, "the folder's files changed");
+        disk.expect(read_bytes(disk.file(std::string(kIndexFileName))) == index, "the index changed");
+        {
+          ShardedOpen reopened(disk.folder());
+          disk.expect(reopened.size() == 4, "the previous set lost tensors");
+          for (int i = 0; i < 4; ++i)
+            disk.expect(torch::equal(reopened.get_tensor("t" + std::to_string(i)),
+                                     old_set.items()[static_cast<std::size_t>(i)].tensor),
+                        "t" + std::to_string(i) + " changed");
+        }  // closed: a mapped file keeps its space after removal
+        // Make room by removing the old set: the new one saves.
+        for (const std::string& name : entries) std::filesystem::remove(disk.file(name));
+        save_sharded(new_set, disk.folder(), std::nullopt, ShardedSaveOptions().max_shard_size(100000));
+        disk.expect(ShardedOpen(disk.folder()).size() == 8, "the save after freeing room failed");
+      });
+  if (skipped) GTEST_SKIP() << *skipped;
+}
+
 // The name a save gives a shard it is still writing: the writer's pid, then its set id.
 std::string staged_shard_name(const std::string& shard, long pid) {
   return "." + shard + "." + std::to_string(pid) + ".0123456789abcdef0123456789abcdef.partial";

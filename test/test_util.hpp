@@ -1,19 +1,29 @@
 #pragma once
 // Helpers shared by the test suites: temporary folders, raw files, bitwise
-// tensor comparison.
+// tensor comparison, a small filesystem of the test's own.
 
+#include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -118,6 +128,130 @@ ErrorCode error_code_of(F&& f) {
   }
   ADD_FAILURE() << "did not throw";
   throw std::runtime_error("did not throw");
+}
+
+/// A real filesystem of `bytes` bytes (a tmpfs) for tests of a full or
+/// read-only disk, mounted over a folder in a child process that has mount
+/// (and, where the process lacks CAP_SYS_ADMIN, user) namespaces of its own,
+/// so nothing outside the child sees it and no privilege is needed.
+class SmallFilesystem {
+ public:
+  explicit SmallFilesystem(std::string folder) : folder_(std::move(folder)) {}
+  const std::string& folder() const { return folder_; }
+  std::string file(const std::string& name) const { return folder_ + "/" + name; }
+  std::vector<std::string> entries() const {
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(folder_)) out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  /// Remounts the filesystem read-only; every later write fails with EROFS.
+  void make_read_only() const {
+    if (::mount(nullptr, folder_.c_str(), nullptr, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, nullptr) != 0)
+      throw std::runtime_error(std::string("remount read-only: ") + std::strerror(errno));
+  }
+  /// Records a failed check; the parent reports it as a test failure.
+  void expect(bool ok, const std::string& what) {
+    if (!ok) failures_.push_back(what);
+  }
+  const std::vector<std::string>& failures() const { return failures_; }
+
+ private:
+  std::string folder_;
+  std::vector<std::string> failures_;
+};
+
+namespace detail {
+
+inline bool write_proc_file(const char* path, const std::string& text) {
+  int fd = ::open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  ::close(fd);
+  return ok;
+}
+
+// In the child: private mounts (user namespace too when needed), then a tmpfs
+// over `folder`. Returns why it could not, or nothing.
+inline std::optional<std::string> mount_small_filesystem(const std::string& folder, std::size_t bytes) {
+  if (::unshare(CLONE_NEWNS) != 0) {
+    const uid_t uid = ::getuid();
+    const gid_t gid = ::getgid();
+    if (::unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0)
+      return std::string("this kernel or sandbox gives no mount namespace (unshare: ") + std::strerror(errno) + ")";
+    if (!write_proc_file("/proc/self/setgroups", "deny") ||
+        !write_proc_file("/proc/self/uid_map", "0 " + std::to_string(uid) + " 1") ||
+        !write_proc_file("/proc/self/gid_map", "0 " + std::to_string(gid) + " 1"))
+      return std::string("cannot map the user namespace: ") + std::strerror(errno);
+  }
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+    return std::string("cannot make mounts private: ") + std::strerror(errno);
+  const std::string options = "size=" + std::to_string(bytes) + ",mode=0755";
+  if (::mount("tmpfs", folder.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, options.c_str()) != 0)
+    return std::string("cannot mount a tmpfs: ") + std::strerror(errno);
+  return std::nullopt;
+}
+
+}  // namespace detail
+
+/// Runs `body` in a child process with a `bytes`-byte tmpfs mounted over
+/// `folder` (which must exist); the checks `body` records with
+/// SmallFilesystem::expect, an exception it throws, or a crash are failures of
+/// the calling test. Returns the reason when the system cannot give a child
+/// its own mounts (an unprivileged container without user namespaces, a
+/// chroot), so the caller can skip saying why.
+inline std::optional<std::string> with_small_filesystem(const std::string& folder, std::size_t bytes,
+                                                        const std::function<void(SmallFilesystem&)>& body) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::string report;
+    int code = 0;
+    if (std::optional<std::string> why = detail::mount_small_filesystem(folder, bytes)) {
+      report = *why;
+      code = 77;
+    } else {
+      SmallFilesystem filesystem(folder);
+      try {
+        body(filesystem);
+      } catch (const std::exception& e) {
+        filesystem.expect(false, std::string("threw: ") + e.what());
+      }
+      for (const std::string& failure : filesystem.failures()) report += failure + '\n';
+    }
+    for (std::size_t done = 0; done < report.size();) {
+      ssize_t n = ::write(fds[1], report.data() + done, report.size() - done);
+      if (n <= 0) break;
+      done += static_cast<std::size_t>(n);
+    }
+    ::_exit(code);
+  }
+  ::close(fds[1]);
+  std::string report;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(fds[0], buffer, sizeof buffer)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    report.append(buffer, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFSIGNALED(status)) {
+    ADD_FAILURE() << "the child died of signal " << WTERMSIG(status) << " (" << ::strsignal(WTERMSIG(status)) << ")";
+    return std::nullopt;
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) return report;
+  std::size_t start = 0;
+  for (std::size_t end; (end = report.find('\n', start)) != std::string::npos; start = end + 1)
+    ADD_FAILURE() << report.substr(start, end - start);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child exit status " << status;
+  return std::nullopt;
 }
 
 }  // namespace safetensors::test

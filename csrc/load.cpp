@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "safetensors/torch_dtype.hpp"
+#include "upload.hpp"
 
 namespace safetensors {
 
@@ -25,6 +26,7 @@ struct SafeOpen::State {
 namespace {
 
 using State = SafeOpen::State;
+using detail::read_parallel;
 
 Header read_header(const Source& source) {
   const std::string& file = source.path();
@@ -99,23 +101,6 @@ TorchView torch_view(const State& s, const TensorInfo& info) {
   return v;
 }
 
-// Reads [offset, offset + n) into dst, large reads in chunks on LibTorch's
-// intra-op threads: one core cannot saturate memory bandwidth, nor a fast disk.
-void read_parallel(const Source& source, std::uint64_t offset, void* dst, std::size_t n) {
-  constexpr std::size_t kChunk = std::size_t{8} << 20;
-  if (n <= kChunk) {
-    if (n) source.read(offset, dst, n);
-    return;
-  }
-  const auto chunks = static_cast<std::int64_t>((n + kChunk - 1) / kChunk);
-  at::parallel_for(0, chunks, 1, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t c = begin; c < end; ++c) {
-      const std::size_t at = static_cast<std::size_t>(c) * kChunk;
-      source.read(offset + at, static_cast<char*>(dst) + at, std::min(kChunk, n - at));
-    }
-  });
-}
-
 // Applies LoadOptions::dtype and ::device to a CPU tensor.
 at::Tensor finish(at::Tensor t, const LoadOptions& options) {
   if (options.dtype() && c10::isFloatingType(t.scalar_type()) &&
@@ -131,6 +116,12 @@ at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorIn
   const std::uint64_t offset = s.header.data_offset() + info.begin;
   const std::size_t nbytes = static_cast<std::size_t>(info.nbytes());
   const auto options = at::TensorOptions().dtype(v.dtype);
+  // To a GPU: through pinned staging buffers, reads overlapped with copies.
+  if (detail::stages_to(s.options.device()) && nbytes > 0) {
+    at::Tensor t = at::empty(v.shape, options.device(s.options.device()));
+    detail::upload(*s.source, {detail::Upload{offset, t}});
+    return finish(std::move(t), s.options);
+  }
   std::byte* base = s.source->data();
   // A view of the mapping serves zero-copy loads, and conversions or device
   // copies that make new memory anyway; a plain copy is a parallel read.
@@ -202,25 +193,61 @@ at::Tensor SafeOpen::get_tensor(const std::string& name) const {
 }
 
 void SafeOpen::read_into(const std::string& name, const at::Tensor& dst) const {
+  read_into({{name, dst}});
+}
+
+void SafeOpen::read_into(const std::vector<std::pair<std::string, at::Tensor>>& targets) const {
   const State& s = *state_;
-  const TensorInfo& info = lookup(s, name);
-  const TorchView v = torch_view(s, info);
-  if (!dst.defined() || dst.sizes() != c10::IntArrayRef(v.shape)) {
-    std::string want = "[";
-    for (std::size_t i = 0; i < v.shape.size(); ++i) want += (i ? ", " : "") + std::to_string(v.shape[i]);
-    throw Error(ErrorCode::InvalidArgument, s.source->path(), name,
-                "cannot read a tensor of shape " + want + "] into " +
-                    (dst.defined() ? "one of shape " + c10::str(dst.sizes()) : std::string("an undefined tensor")));
+  // Every shape is checked before anything is written.
+  std::vector<const TensorInfo*> infos;
+  std::vector<TorchView> views;
+  infos.reserve(targets.size());
+  views.reserve(targets.size());
+  for (const auto& [name, dst] : targets) {
+    const TensorInfo& info = lookup(s, name);
+    TorchView v = torch_view(s, info);
+    if (!dst.defined() || dst.sizes() != c10::IntArrayRef(v.shape)) {
+      std::string want = "[";
+      for (std::size_t i = 0; i < v.shape.size(); ++i) want += (i ? ", " : "") + std::to_string(v.shape[i]);
+      throw Error(ErrorCode::InvalidArgument, s.source->path(), name,
+                  "cannot read a tensor of shape " + want + "] into " +
+                      (dst.defined() ? "one of shape " + c10::str(dst.sizes()) : std::string("an undefined tensor")));
+    }
+    infos.push_back(&info);
+    views.push_back(std::move(v));
   }
-  const bool direct = dst.device().is_cpu() && dst.layout() == c10::kStrided && dst.is_contiguous() &&
-                      dst.scalar_type() == v.dtype && !dst.is_conj() && !dst.is_neg();
-  if (!direct) {
-    dst.copy_(make_tensor(state_, info));
-    return;
+  // CPU memory of the file's dtype is read into directly; GPU memory through
+  // the staging ring (all such tensors in one pass, so small ones share
+  // reads), converted on the device when the dtype differs; anything else
+  // (other layouts and devices, conversions on the CPU) takes a copy_.
+  std::vector<detail::Upload> uploads;
+  std::vector<std::pair<at::Tensor, at::Tensor>> convert_after;  // (dst, uploaded)
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    const at::Tensor& dst = targets[i].second;
+    const std::uint64_t offset = s.header.data_offset() + infos[i]->begin;
+    const bool plain = dst.layout() == c10::kStrided && !dst.is_conj() && !dst.is_neg();
+    const bool same = plain && dst.is_contiguous() && dst.scalar_type() == views[i].dtype;
+    if (same && dst.device().is_cpu() && !detail::stages_to(dst.device())) {
+      read_parallel(*s.source, offset, dst.data_ptr(), static_cast<std::size_t>(infos[i]->nbytes()));
+      dst.unsafeGetTensorImpl()->bump_version();  // as copy_ would: autograd sees the write
+    } else if (same && detail::stages_to(dst.device())) {
+      uploads.push_back(detail::Upload{offset, dst});
+    } else if (plain && detail::stages_to(dst.device())) {
+      at::Tensor raw = at::empty(views[i].shape, at::TensorOptions().dtype(views[i].dtype).device(dst.device()));
+      uploads.push_back(detail::Upload{offset, raw});
+      convert_after.emplace_back(dst, raw);
+    } else {
+      dst.copy_(make_tensor(state_, *infos[i]));
+    }
   }
-  read_parallel(*s.source, s.header.data_offset() + info.begin, dst.data_ptr(),
-                static_cast<std::size_t>(info.nbytes()));
-  dst.unsafeGetTensorImpl()->bump_version();  // as copy_ would: autograd sees the write
+  if (uploads.empty()) return;
+  detail::upload(*s.source, uploads);
+  for (const detail::Upload& u : uploads) u.dst.unsafeGetTensorImpl()->bump_version();
+  uploads.clear();
+  for (auto& [dst, raw] : convert_after) {
+    dst.copy_(raw);
+    raw = at::Tensor();
+  }
 }
 
 TensorSlice SafeOpen::get_slice(const std::string& name) const {
@@ -230,6 +257,22 @@ TensorSlice SafeOpen::get_slice(const std::string& name) const {
 TensorDict SafeOpen::tensors() const {
   TensorDict out;
   out.reserve(size());
+  const State& s = *state_;
+  if (detail::stages_to(s.options.device())) {
+    // One pass through the staging ring for the whole file.
+    std::vector<detail::Upload> uploads;
+    uploads.reserve(size());
+    for (const TensorInfo& t : s.header.tensors()) {
+      const TorchView v = torch_view(s, t);
+      uploads.push_back(detail::Upload{
+          s.header.data_offset() + t.begin,
+          at::empty(v.shape, at::TensorOptions().dtype(v.dtype).device(s.options.device()))});
+    }
+    detail::upload(*s.source, uploads);
+    std::size_t i = 0;
+    for (const TensorInfo& t : s.header.tensors()) out.insert(t.name, finish(std::move(uploads[i++].dst), s.options));
+    return out;
+  }
   for (const TensorInfo& t : state_->header.tensors()) out.insert(t.name, make_tensor(state_, t));
   return out;
 }

@@ -213,6 +213,7 @@ void fill(Entries& targets, const std::vector<Fill>& fills, const ShardedOpen& c
   torch::NoGradGuard no_grad;
   // Tied entries must end up sharing one tensor, so each view is made once.
   std::unordered_map<std::string, at::Tensor> views;
+  std::vector<std::pair<const SafeOpen*, std::vector<std::pair<std::string, at::Tensor>>>> reads;
   for (const Fill& f : fills) {
     at::Tensor& target = targets[f.target].second;
     if (mode == LoadMode::ZeroCopy && target.device().is_cpu()) {
@@ -228,10 +229,16 @@ void fill(Entries& targets, const std::vector<Fill>& fills, const ShardedOpen& c
       target.copy_(checkpoint.get_slice(f.source)(part_index(f.part->dim, f.part->range)));
     } else {
       // Straight from the file into the parameter's memory (converting and
-      // crossing devices on the way when it must): no second copy of the tensor.
-      checkpoint.shard_of(f.source).read_into(f.source, target);
+      // crossing devices on the way when it must): no second copy of the
+      // tensor. Gathered per shard, so that parameters on a GPU share one pass
+      // through the staging buffers.
+      const SafeOpen* shard = &checkpoint.shard_of(f.source);
+      auto group = std::find_if(reads.begin(), reads.end(), [&](const auto& g) { return g.first == shard; });
+      if (group == reads.end()) group = reads.insert(reads.end(), {shard, {}});
+      group->second.emplace_back(f.source, target);
     }
   }
+  for (const auto& [shard, targets_of_shard] : reads) shard->read_into(targets_of_shard);
 }
 
 // Covers its whole storage, as the reference's `_is_complete` asks.

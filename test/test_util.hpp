@@ -184,8 +184,10 @@ inline std::optional<std::string> mount_small_filesystem(const std::string& fold
         !write_proc_file("/proc/self/gid_map", "0 " + std::to_string(gid) + " 1"))
       return std::string("cannot map the user namespace: ") + std::strerror(errno);
   }
+  // Private, so the tmpfs cannot propagate to the parent's mounts. Inside a
+  // chroot "/" is no mount point (EINVAL) and this cannot be made safe.
   if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
-    return std::string("cannot make mounts private: ") + std::strerror(errno);
+    return std::string("cannot make mounts private (\"/\" is no mount point in a chroot): ") + std::strerror(errno);
   const std::string options = "size=" + std::to_string(bytes) + ",mode=0755";
   if (::mount("tmpfs", folder.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, options.c_str()) != 0)
     return std::string("cannot mount a tmpfs: ") + std::strerror(errno);

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/TensorIndexing.h>
@@ -35,6 +36,10 @@ using TensorDict = torch::OrderedDict<std::string, at::Tensor>;
 struct LoadOptions {
   /// Where the tensors go. CPU tensors are views of the mapping (zero-copy)
   /// unless `copy` is set or the backend is Pread; other devices get a copy.
+  /// CUDA tensors are filled through a ring of pinned staging buffers (4 x 16
+  /// MiB, kept by LibTorch's pinned-memory cache), reads of the file overlapped
+  /// with asynchronous host-to-device copies on the device's current stream;
+  /// the copies have ended when the load returns.
   TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
   /// Converts floating-point tensors (not complex ones) to this dtype after loading;
   /// integer and bool tensors keep theirs. Unset: every tensor keeps the file's dtype.
@@ -80,10 +85,18 @@ class SafeOpen {
   /// Reads one tensor into `dst`, which must have its shape (no broadcasting:
   /// InvalidArgument otherwise). A contiguous CPU `dst` of the tensor's dtype
   /// is filled straight from the file, without a second buffer (in parallel
-  /// chunks when large); any other `dst` (another dtype, device or layout)
-  /// gets `dst.copy_(get_tensor(name))`. An I/O error part way through leaves
+  /// chunks when large); a CUDA `dst` through pinned staging buffers (see
+  /// LoadOptions::device), converted on the GPU when its dtype differs; any
+  /// other `dst` (another layout or device, a CPU dtype conversion) gets
+  /// `dst.copy_(get_tensor(name))`. An I/O error part way through leaves
   /// `dst` partly written.
   void read_into(const std::string& name, const at::Tensor& dst) const;
+  /// Several read_into at once: every shape is checked before anything is
+  /// written, and GPU destinations share one pass through pinned staging
+  /// buffers (reads of the file overlapped with host-to-device copies; a
+  /// dtype that differs is converted on the GPU), so many small tensors cost
+  /// a few large copies.
+  void read_into(const std::vector<std::pair<std::string, at::Tensor>>& targets) const;
   /// A handle that reads parts of one tensor.
   TensorSlice get_slice(const std::string& name) const;
   /// Every tensor, in file order.

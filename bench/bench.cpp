@@ -10,7 +10,9 @@
 // in F32 and BF16, a LoRA-like file of 1000 [32, 32] tensors, and a header of
 // 100,000 small tensors; "module-gpt2" loads and saves that F32 state dict as
 // a torch::nn::Module (load_state_dict / save_state_dict against torch::load /
-// torch::save of the module), with the peak memory each load adds. Every
+// torch::save of the module), with the peak memory each load adds;
+// "cuda-gpt2" (when a GPU is present) loads that file onto the GPU against a
+// plain copy of the same bytes from pinned memory, the link's speed. Every
 // figure is the median of N repetitions with a warm page cache.
 
 #include <fcntl.h>
@@ -29,6 +31,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <torch/cuda.h>
 #include <torch/nn/module.h>
 #include <torch/serialize.h>
 #include <torch/serialize/input-archive.h>
@@ -315,6 +318,44 @@ void run_module(const Workload& w, const fs::path& dir, int reps, Report& report
   fs::remove(archive);
 }
 
+// Loading onto the GPU, against the host-to-device copy of the same bytes
+// from pinned memory (the most a load can reach) and from the mapped file's
+// pageable memory (what a load without staging gets).
+void run_cuda(const Workload& w, const fs::path& dir, int reps, Report& report) {
+  const std::string name = "cuda-gpt2";
+  const std::string file = (dir / "cuda.safetensors").string();
+  st::save_file(st::NamedTensors(w.tensors), file, std::nullopt, st::SaveOptions().fsync(false));
+  std::printf("== %s: %zu tensors, %.1f MB\n", name.c_str(), w.tensors.size(), w.bytes / 1e6);
+  const c10::Device gpu(c10::kCUDA, 0);
+  auto timed = [&](const std::function<void()>& f) {
+    return median_seconds(reps, [&] {
+      f();
+      torch::cuda::synchronize();
+    });
+  };
+  {
+    at::Tensor pinned = at::empty({static_cast<std::int64_t>(w.bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    std::memset(pinned.data_ptr(), 1, w.bytes);
+    report.add(name, "pinned memcpy of the same bytes", timed([&] { pinned.to(gpu); }));
+  }
+  report.add(name, "pageable .to(cuda) of the mapping", timed([&] {
+               for (const auto& item : st::load_file(file)) item.value().to(gpu);
+             }),
+             "pinned memcpy of the same bytes");
+  report.add(name, "load_file device(cuda)",
+             timed([&] { st::load_file(file, st::LoadOptions().device(gpu)); }), "pinned memcpy of the same bytes");
+  report.add(name, "load_file device(cuda) pread", timed([&] {
+               st::load_file(file, st::LoadOptions().device(gpu).backend(st::Backend::Pread));
+             }),
+             "pinned memcpy of the same bytes");
+  std::shared_ptr<torch::nn::Module> module = make_module(w.tensors);
+  module->to(gpu);
+  report.add(name, "load_state_dict, module on cuda",
+             timed([&] { st::load_state_dict(*module, file); }), "pinned memcpy of the same bytes");
+  std::printf("(for cuda-gpt2 the ratio is the fraction of the pinned copy's speed reached)\n");
+  fs::remove(file);
+}
+
 }  // namespace
 
 // Times our operations on an existing file and prints "ours OPERATION MS"
@@ -359,6 +400,12 @@ int main(int argc, char** argv) {
   for (const auto& [name, make] : workloads)
     if (only.empty() || name == only) run(make(), dir, reps, report);
   if (only.empty() || only == "module-gpt2") run_module(gpt2(at::kFloat), dir, reps, report);
+  if (only.empty() || only == "cuda-gpt2") {
+    if (torch::cuda::is_available())
+      run_cuda(gpt2(at::kFloat), dir, reps, report);
+    else
+      std::printf("== cuda-gpt2: no CUDA device, skipped\n");
+  }
   report.print_ratios();
   std::printf("peak RSS %.1f MB\n", peak_rss_kb() / 1e3);
 }

@@ -13,6 +13,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <set>
 #include <tuple>
 #include <unordered_map>
@@ -31,10 +33,12 @@ namespace {
 
 using pickle::Value;
 
-// The first pickle of a legacy torch.save file: PROTO 2, then LONG1 of 10
-// bytes holding torch's magic number 0x1950a86a20f9469cfc6c.
-constexpr unsigned char kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c,
-                                          0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
+// The first pickle of a legacy torch.save file: PROTO 2..5, a FRAME from
+// protocol 4 on, then LONG1 of 10 bytes holding torch's magic number
+// 0x1950a86a20f9469cfc6c, then STOP.
+constexpr unsigned char kLegacyMagic[] = {0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, '.'};
+// The legacy format's protocol version (torch.serialization.PROTOCOL_VERSION).
+constexpr std::int64_t kLegacyProtocolVersion = 1001;
 // Name given to a checkpoint that is a single tensor (torch.save(t, f)).
 constexpr const char* kLoneTensorName = "tensor";
 
@@ -77,12 +81,20 @@ bool is_safetensors(const Source& source) {
   return n <= kMaxHeaderSize && n <= source.size() - kHeaderPrefixSize && prefix[8] == '{';
 }
 
-bool is_legacy(const Source& source) {
-  if (source.size() < sizeof kLegacyMagic) return false;
-  unsigned char head[sizeof kLegacyMagic];
-  source.read(0, head, sizeof head);
-  return std::memcmp(head, kLegacyMagic, sizeof head) == 0;
+// Where the magic number's pickle of a legacy file ends, or 0 when the file
+// does not start with one.
+std::size_t legacy_magic_end(const Source& source) {
+  unsigned char head[2 + 9 + sizeof kLegacyMagic];
+  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(source.size(), sizeof head));
+  source.read(0, head, n);
+  if (n < 2 || head[0] != 0x80 || head[1] < 2 || head[1] > 5) return 0;
+  std::size_t at = 2;
+  if (n > at && head[at] == 0x95) at += 9;  // FRAME and its 8-byte length
+  if (n < at + sizeof kLegacyMagic || std::memcmp(head + at, kLegacyMagic, sizeof kLegacyMagic) != 0) return 0;
+  return at + sizeof kLegacyMagic;
 }
+
+bool is_legacy(const Source& source) { return legacy_magic_end(source) != 0; }
 
 CheckpointFormat detect(const std::shared_ptr<Source>& source) {
   if (pickle::looks_like_zip(*source)) {
@@ -97,11 +109,20 @@ CheckpointFormat detect(const std::shared_ptr<Source>& source) {
 // ---------------------------------------------------------------------------
 // torch.save zip archives
 
-// Storages as flat tensors over the mapped archive, made once per key so that
-// views of one storage share it (and aliasing is visible to the saver).
+// Where a storage's bytes lie in the file.
+struct Span {
+  std::uint64_t offset;
+  std::uint64_t size;
+};
+using LocateStorage = std::function<std::optional<Span>(const std::string& key)>;
+
+// Storages as flat tensors over the mapped file (an archive entry, or a
+// stretch of a legacy file), made once per key so that views of one storage
+// share it (and aliasing is visible to the saver).
 class Storages {
  public:
-  Storages(const pickle::ZipArchive& zip, std::string prefix) : zip_(zip), prefix_(std::move(prefix)) {}
+  Storages(std::shared_ptr<Source> source, LocateStorage locate)
+      : source_(std::move(source)), locate_(std::move(locate)) {}
 
   at::Tensor get(const pickle::StorageRef& ref, const std::string& tensor) {
     auto it = made_.find(ref.key);
@@ -119,27 +140,27 @@ class Storages {
 
  private:
   [[noreturn]] void fail(const std::string& tensor, const std::string& detail) const {
-    throw Error(ErrorCode::TensorInvalidInfo, zip_.source()->path(), tensor, detail);
+    throw Error(ErrorCode::TensorInvalidInfo, source_->path(), tensor, detail);
   }
 
   c10::ScalarType torch_dtype(const pickle::StorageRef& ref, const std::string& tensor) const {
     const auto type = to_torch_dtype(ref.dtype);
     if (!type)
-      throw Error(ErrorCode::UnsupportedDtype, zip_.source()->path(), tensor,
+      throw Error(ErrorCode::UnsupportedDtype, source_->path(), tensor,
                   std::string(dtype_name(ref.dtype)) + " is not a dtype of this LibTorch");
     return *type;
   }
 
   at::Tensor make(const pickle::StorageRef& ref, const std::string& tensor) {
-    const pickle::ZipEntry* entry = zip_.find(prefix_ + "data/" + ref.key);
-    if (!entry) fail(tensor, "storage '" + ref.key + "' is missing from the archive");
+    const std::optional<Span> entry = locate_(ref.key);
+    if (!entry) fail(tensor, "storage '" + ref.key + "' is missing from the file");
     const std::uint64_t element = dtype_bits(ref.dtype) / 8;
     const std::uint64_t needed = ref.numel * element;  // checked by the unpickler
     if (entry->size < needed)
       fail(tensor, "storage '" + ref.key + "' holds " + std::to_string(entry->size) + " bytes but " +
                        std::to_string(ref.numel) + " elements need " + std::to_string(needed));
     const auto options = at::TensorOptions().dtype(torch_dtype(ref, tensor));
-    const std::shared_ptr<Source>& source = zip_.source();
+    const std::shared_ptr<Source>& source = source_;
     void* data = source->data() + entry->offset;
     // Hand-made archives need not align entries; torch.save aligns them to 64.
     if (needed == 0 || reinterpret_cast<std::uintptr_t>(data) % element != 0) {
@@ -150,8 +171,8 @@ class Storages {
     return at::from_blob(data, {static_cast<std::int64_t>(ref.numel)}, [source](void*) {}, options);
   }
 
-  const pickle::ZipArchive& zip_;
-  std::string prefix_;
+  std::shared_ptr<Source> source_;
+  LocateStorage locate_;
   std::unordered_map<std::string, at::Tensor> made_;
 };
 
@@ -246,9 +267,82 @@ void read_torch_zip(const std::shared_ptr<Source>& source, const CheckpointOptio
                 "a big-endian checkpoint; re-save it on a little-endian machine");
   const std::string data = zip.read(*zip.find(prefix + "data.pkl"));
   const pickle::Pickle p = pickle::unpickle(data, source->path());
-  Storages storages(zip, prefix);
+  Storages storages(source, [&](const std::string& key) -> std::optional<Span> {
+    const pickle::ZipEntry* entry = zip.find(prefix + "data/" + key);
+    if (!entry) return std::nullopt;
+    return Span{entry->offset, entry->size};
+  });
   Flattener flattener(storages, source->path(), data.size() + 1, out);
   flattener.walk(select(*p.root, options.key(), source->path()), "", 0);
+}
+
+// ---------------------------------------------------------------------------
+// Legacy torch.save files (torch < 1.6, or _use_new_zipfile_serialization=False)
+//
+// Five pickles back to back: the magic number, the protocol version (1001),
+// sys_info (byte order and C type sizes), the object (storages as persistent
+// ids), and the list of storage keys; then each listed storage in that
+// order: its element count as 8 little-endian bytes, then its elements.
+
+void read_torch_legacy(const std::shared_ptr<Source>& source, const CheckpointOptions& options, Checkpoint& out) {
+  const std::string& file = source->path();
+  const std::string_view data(reinterpret_cast<const char*>(source->data()), static_cast<std::size_t>(source->size()));
+  auto bad = [&](const std::string& what) -> void {
+    throw Error(ErrorCode::InvalidCheckpoint, file, "", "legacy torch.save file: " + what);
+  };
+  std::size_t offset = legacy_magic_end(*source);
+  const pickle::Pickle version = pickle::unpickle(data, offset, file);
+  if (version.root->kind != Value::Kind::Int || version.root->integer != kLegacyProtocolVersion)
+    bad("protocol version " +
+        (version.root->kind == Value::Kind::Int ? std::to_string(version.root->integer)
+                                                : "given as a " + pickle::describe(*version.root)) +
+        ", not " + std::to_string(kLegacyProtocolVersion));
+  const pickle::Pickle sys_info = pickle::unpickle(data, offset, file);
+  bool little_endian = false;
+  if (sys_info.root->kind == Value::Kind::Dict)
+    for (const auto& [key, value] : sys_info.root->entries)
+      if (key->kind == Value::Kind::String && key->text == "little_endian" && value->kind == Value::Kind::Bool)
+        little_endian = value->boolean;
+  if (!little_endian)
+    throw Error(ErrorCode::InvalidCheckpoint, file, "",
+                "a big-endian checkpoint (or one that does not say); re-save it on a little-endian machine");
+  const std::size_t object_start = offset;
+  const pickle::Pickle p = pickle::unpickle(data, offset, file);
+  const std::size_t object_size = offset - object_start;
+  const pickle::Pickle keys = pickle::unpickle(data, offset, file);
+  if (keys.root->kind != Value::Kind::List) bad("the storage key list is a " + pickle::describe(*keys.root));
+
+  // Each storage's dtype and size, from its persistent ids (Storages checks
+  // that they agree with each other).
+  std::unordered_map<std::string, const pickle::StorageRef*> declared;
+  for (const auto& v : p.arena)
+    if (v->kind == Value::Kind::Storage) declared.emplace(v->storage->key, v->storage.get());
+  std::unordered_map<std::string, Span> spans;
+  for (const Value* key : keys.root->items) {
+    if (key->kind != Value::Kind::String) bad("a storage key is a " + pickle::describe(*key));
+    const auto found = declared.find(key->text);
+    if (found == declared.end()) bad("storage '" + key->text + "' is listed but no tensor uses it");
+    const pickle::StorageRef& ref = *found->second;
+    if (data.size() - offset < 8) bad("the file ends before storage '" + key->text + "'");
+    std::uint64_t count = 0;
+    for (int i = 7; i >= 0; --i) count = (count << 8) | static_cast<unsigned char>(data[offset + i]);
+    offset += 8;
+    if (count != ref.numel)
+      bad("storage '" + key->text + "' holds " + std::to_string(count) + " elements, its tensors say " +
+          std::to_string(ref.numel));
+    const std::uint64_t bytes = ref.numel * (dtype_bits(ref.dtype) / 8);  // bounded by the unpickler
+    if (data.size() - offset < bytes)
+      bad("the file ends inside storage '" + key->text + "' (" + std::to_string(bytes) + " bytes)");
+    if (!spans.emplace(key->text, Span{offset, bytes}).second) bad("storage '" + key->text + "' is listed twice");
+    offset += static_cast<std::size_t>(bytes);
+  }
+  Storages storages(source, [&](const std::string& key) -> std::optional<Span> {
+    const auto it = spans.find(key);
+    if (it == spans.end()) return std::nullopt;
+    return it->second;
+  });
+  Flattener flattener(storages, file, object_size + 1, out);
+  flattener.walk(select(*p.root, options.key(), file), "", 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -372,10 +466,7 @@ Checkpoint read(const std::string& path, const CheckpointOptions& options,
       if (raw) *raw = std::move(found);
       break;
     }
-    case CheckpointFormat::TorchLegacy:
-      throw Error(ErrorCode::InvalidCheckpoint, path, "",
-                  "a legacy (pre-1.6) torch.save file is not read; re-save it in Python with "
-                  "torch.save(torch.load(path, weights_only=True), new_path), which writes the zip format");
+    case CheckpointFormat::TorchLegacy: read_torch_legacy(source, options, ckpt); break;
     case CheckpointFormat::Unknown:
       throw Error(ErrorCode::InvalidCheckpoint, path, "",
                   "not a safetensors file, torch.save file or torch::save archive");

@@ -76,14 +76,19 @@ TEST_F(MigrateCliTest, WritesShards) {
   EXPECT_EQ(sharded.size(), 6u);
 }
 
-TEST_F(MigrateCliTest, RefusesHostileAndLegacyFilesWithOneLine) {
+TEST_F(MigrateCliTest, RefusesHostileAndMalformedFilesWithOneLine) {
   const Result hostile = run({"convert", kFixtures + "hostile_reduce.pt", dir_.file("x.safetensors")});
   EXPECT_EQ(hostile.code, 1);
   EXPECT_TRUE(contains(hostile.err, "'posix.system' is not allowed")) << hostile.err;
   EXPECT_FALSE(fs::exists(dir_.file("x.safetensors")));
-  const Result legacy = run({"convert", kFixtures + "legacy.pt", dir_.file("y.safetensors")});
+  std::string cut = st::test::read_bytes(kFixtures + "legacy.pt");
+  cut.pop_back();
+  st::test::write_bytes(dir_.file("cut.pt"), cut);
+  const Result legacy = run({"convert", dir_.file("cut.pt"), dir_.file("y.safetensors")});
   EXPECT_EQ(legacy.code, 1);
-  EXPECT_TRUE(contains(legacy.err, "re-save it")) << legacy.err;
+  EXPECT_TRUE(contains(legacy.err, "cut.pt")) << legacy.err;
+  EXPECT_TRUE(contains(legacy.err, "the file ends inside storage")) << legacy.err;
+  EXPECT_FALSE(fs::exists(dir_.file("y.safetensors")));
   const Result missing = run({"convert", kFixtures + "training.pt", dir_.file("z.safetensors"), "--key", "nope"});
   EXPECT_EQ(missing.code, 1);
   EXPECT_TRUE(contains(missing.err, "no key 'nope' (keys: model, optimizer, epoch, note)")) << missing.err;

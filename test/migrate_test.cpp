@@ -35,14 +35,16 @@ constexpr const char* kPython = "/usr/bin/python3";
 
 const std::vector<std::string> kFixtureNames = {
     "state_dict", "plain_dict", "training", "views", "strided", "dtypes",
-    "protocol2", "protocol3", "protocol4", "protocol5", "lone_tensor"};
+    "protocol2", "protocol3", "protocol4", "protocol5", "lone_tensor",
+    "legacy", "legacy_state_dict", "legacy_views", "legacy_dtypes",
+    "legacy_protocol3", "legacy_protocol4", "legacy_protocol5"};
 
 // The checkpoint holds exactly the tensors (bitwise) and non-tensor entries
 // that Python's torch.load gave for it.
 void expect_matches_python(const std::string& dir, const std::string& name) {
   SCOPED_TRACE(name);
   const st::Checkpoint ckpt = st::read_checkpoint(dir + name + ".pt");
-  EXPECT_EQ(ckpt.format, CheckpointFormat::TorchZip);
+  EXPECT_EQ(ckpt.format, name.rfind("legacy", 0) == 0 ? CheckpointFormat::TorchLegacy : CheckpointFormat::TorchZip);
   const st::TensorDict expected = st::load_file(dir + name + ".expected.safetensors");
   ASSERT_EQ(ckpt.tensors.size(), expected.size());
   for (const auto& item : expected) {
@@ -87,14 +89,49 @@ TEST(Migrate, DetectsFormatsByContent) {
   EXPECT_EQ(st::detect_format(dir.file("text")), CheckpointFormat::Unknown);
 }
 
-TEST(Migrate, RefusesLegacyFilesSayingHowToResave) {
-  try {
-    st::read_checkpoint(kFixtures + "legacy.pt");
-    FAIL() << "accepted";
-  } catch (const st::Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::InvalidCheckpoint) << e.what();
-    EXPECT_NE(std::string(e.what()).find("torch.save(torch.load("), std::string::npos) << e.what();
-  }
+// Views of one storage stay views of one tensor in the legacy layout too, so
+// a conversion keeps one copy and records the alias.
+TEST(Migrate, LegacyViewsShareTheirStorage) {
+  const st::Checkpoint ckpt = st::read_checkpoint(kFixtures + "legacy_views.pt");
+  EXPECT_EQ(ckpt.tensors["base"].storage().unsafeGetStorageImpl(),
+            ckpt.tensors["rows"].storage().unsafeGetStorageImpl());
+  EXPECT_EQ(ckpt.aliases.at("same"), "base");
+}
+
+// What can go wrong in the legacy layout's storage table, each refused with
+// the file and the storage named.
+TEST(Migrate, RefusesBrokenLegacyFiles) {
+  TempDir dir;
+  const std::string good = st::test::read_bytes(kFixtures + "legacy.pt");  // {"w": 3 F32}: count, 12 bytes
+  auto refusal = [&](const std::string& bytes) {
+    st::test::write_bytes(dir.file("broken.pt"), bytes);
+    try {
+      st::read_checkpoint(dir.file("broken.pt"));
+    } catch (const st::Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidCheckpoint) << e.what();
+      EXPECT_NE(std::string(e.what()).find("broken.pt"), std::string::npos) << e.what();
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << "accepted";
+    return std::string();
+  };
+  EXPECT_NE(refusal(good.substr(0, good.size() - 1)).find("the file ends inside storage"), std::string::npos);
+  EXPECT_NE(refusal(good.substr(0, good.size() - 14)).find("the file ends before storage"), std::string::npos);
+  std::string recount = good;
+  recount[good.size() - 20] = 4;  // the element count: 4 where the tensor says 3
+  EXPECT_NE(refusal(recount).find("holds 4 elements, its tensors say 3"), std::string::npos);
+  std::string big_endian = good;
+  const std::size_t flag = big_endian.find("little_endian");
+  ASSERT_NE(flag, std::string::npos);
+  const std::size_t value = big_endian.find('\x88', flag);  // NEWTRUE, after a memo opcode
+  ASSERT_NE(value, std::string::npos);
+  big_endian[value] = '\x89';  // NEWFALSE
+  EXPECT_NE(refusal(big_endian).find("big-endian"), std::string::npos);
+  std::string version = good;
+  const std::size_t at = version.find("M\xe9\x03");  // BININT2 1001
+  ASSERT_NE(at, std::string::npos);
+  version[at + 1] = '\xea';
+  EXPECT_NE(refusal(version).find("protocol version 1002"), std::string::npos);
 }
 
 TEST(Migrate, SelectsANestedStateDict) {

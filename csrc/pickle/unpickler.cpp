@@ -431,9 +431,13 @@ Value* Machine::call(Value* callable, Value* args) {
 Value* Machine::persistent_load(Value* pid) {
   expect(pid, Value::Kind::Tuple, "persistent id");
   const std::vector<Value*>& f = pid->items;
-  // ('storage', storage_type, key, location, numel)
-  if (f.size() != 5 || f[0]->kind != Value::Kind::String || f[0]->text != "storage")
+  // ('storage', storage_type, key, location, numel); the legacy format adds a
+  // sixth field, None unless the storage is a view of another (torch < 1.0).
+  if ((f.size() != 5 && f.size() != 6) || f[0]->kind != Value::Kind::String || f[0]->text != "storage")
     fail("persistent id is not ('storage', type, key, location, numel)");
+  if (f.size() == 6 && f[5]->kind != Value::Kind::None)
+    fail("a storage saved as a view of another storage (torch before 1.0) is not read; load and re-save "
+         "the file with a newer torch");
   Value* type = expect(f[1], Value::Kind::Global, "storage type");
   if (type->callable != Callable::StorageType) fail("'" + type->text + "' is not a storage type");
   auto storage = std::make_unique<StorageRef>();

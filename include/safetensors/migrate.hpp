@@ -77,10 +77,10 @@ struct Checkpoint {
   std::vector<NonTensorEntry> non_tensors;
 };
 
-/// Reads any supported checkpoint (see CheckpointFormat). A legacy torch.save
-/// file is an error saying how to re-save it. Throws Error: TensorNotFound for a
-/// `key` that is not there, InvalidCheckpoint for a malformed archive, a legacy
-/// or unrecognised file, or a refused pickle (naming the opcode or global),
+/// Reads any supported checkpoint (see CheckpointFormat), legacy torch.save
+/// files included. Throws Error: TensorNotFound for a `key` that is not there,
+/// InvalidCheckpoint for a malformed archive or legacy storage table, an
+/// unrecognised or big-endian file, or a refused pickle (naming the opcode or global),
 /// TensorInvalidInfo for a tensor outside its storage, LimitExceeded,
 /// UnsupportedDtype.
 Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options = {});

@@ -113,6 +113,19 @@ def main(outdir):
     for protocol in (2, 3, 4, 5):
         save(outdir, f"protocol{protocol}", {"w": torch.randn(3, 2), "n": 5}, pickle_protocol=protocol)
     save(outdir, "legacy", {"w": torch.randn(3)}, _use_new_zipfile_serialization=False)
+    # The legacy (pre-1.6) layout with what makes it hard: a module's state
+    # dict, shared storages and views, Fortran strides, every dtype, and the
+    # other pickle protocols (4 and 5 put a FRAME before the magic number).
+    save(outdir, "legacy_state_dict", net.state_dict(), _use_new_zipfile_serialization=False)
+    save(outdir, "legacy_views", {"base": base, "same": base, "rows": base[1:3], "transposed": base.t(),
+                                  "chunk1": base.view(-1)[12:], "fortran": fortran},
+         _use_new_zipfile_serialization=False)
+    save(outdir, "legacy_dtypes", {DTYPES[d]: (torch.arange(-3, 3) % 2 == 0).to(d) if d == torch.bool
+                                   else torch.arange(-3, 3).to(d) for d in DTYPES},
+         _use_new_zipfile_serialization=False)
+    for protocol in (3, 4, 5):
+        save(outdir, f"legacy_protocol{protocol}", {"w": torch.randn(3, 2), "n": 5},
+             _use_new_zipfile_serialization=False, pickle_protocol=protocol)
     save(outdir, "lone_tensor", torch.randn(2, 2))
     torch.save({"w": torch.zeros(1), "evil": Hostile(os.path.join(outdir, "hostile_reduce_ran"))},
                os.path.join(outdir, "hostile_reduce.pt"))

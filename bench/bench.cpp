@@ -241,8 +241,11 @@ void run(const Workload& w, const fs::path& dir, int reps, Report& report) {
              "torch::load (InputArchive)");
   report.add(w.name, "load_file + touch every page",
              median_seconds(reps, [&] { touch(st::load_file(file)); }), "memcpy of the same bytes");
-  report.add(w.name, "load_file copy(true)",
+  report.add(w.name, "load_file copy(true) (pread)",
              median_seconds(reps, [&] { st::load_file(file, st::LoadOptions().copy(true)); }),
+             "memcpy of the same bytes");
+  report.add(w.name, "load_file copy(true), mmap backend",
+             median_seconds(reps, [&] { st::load_file(file, st::LoadOptions().copy(true).backend(st::Backend::Mmap)); }),
              "memcpy of the same bytes");
   report.add(w.name, "load_file pread backend",
              median_seconds(reps, [&] { st::load_file(file, st::LoadOptions().backend(st::Backend::Pread)); }),
@@ -290,8 +293,8 @@ void run_module(const Workload& w, const fs::path& dir, int reps, Report& report
 
   using Mode = st::StateDictLoadOptions;
   const std::vector<std::pair<std::string, Mode>> loads = {
-      {"load_state_dict copy (mmap)", Mode()},
-      {"load_state_dict copy (pread)", Mode().backend(st::Backend::Pread)},
+      {"load_state_dict copy (pread)", Mode()},
+      {"load_state_dict copy (mmap)", Mode().backend(st::Backend::Mmap)},
       {"load_state_dict zero-copy", Mode().mode(st::LoadMode::ZeroCopy)},
   };
   for (const auto& [what, options] : loads)

@@ -312,7 +312,7 @@ LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::strin
   std::exception_ptr root_error;
   if (rank == 0) {
     try {
-      checkpoint.emplace(path, LoadOptions().backend(options.backend()));
+      checkpoint.emplace(path, LoadOptions().backend(detail::default_backend(options)));
       message = catalog_json(Catalog::of(*checkpoint));
     } catch (const Error& e) {
       root_error = std::current_exception();

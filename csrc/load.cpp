@@ -165,7 +165,8 @@ std::int64_t as_int(const T& v) {
 // SafeOpen
 
 SafeOpen::SafeOpen(const std::string& path, LoadOptions options)
-    : SafeOpen(open_file(path, options.backend()), std::move(options)) {}
+    : SafeOpen(open_file(path, options.backend().value_or(options.copy() ? Backend::Pread : Backend::Mmap)),
+               std::move(options)) {}
 
 SafeOpen::SafeOpen(std::shared_ptr<Source> source, LoadOptions options) {
   if (!source) throw Error(ErrorCode::InvalidArgument, "", "", "SafeOpen over a null source");

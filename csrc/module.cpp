@@ -284,7 +284,7 @@ LoadReport load_state_dict(torch::nn::Module& module, const ShardedOpen& checkpo
 
 LoadReport load_state_dict(torch::nn::Module& module, const std::string& path,
                            const StateDictLoadOptions& options) {
-  return load_state_dict(module, ShardedOpen(path, LoadOptions().backend(options.backend())), options);
+  return load_state_dict(module, ShardedOpen(path, LoadOptions().backend(default_backend(options))), options);
 }
 
 LoadReport load_state_dict(torch::nn::Module& module, const SafeOpen& file,

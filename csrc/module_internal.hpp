@@ -24,6 +24,12 @@ namespace safetensors::detail {
 
 using Entries = std::vector<std::pair<std::string, at::Tensor>>;
 
+/// The backend a load from a path uses: the one asked for, else pread for a
+/// copy (no file pages mapped into the process) and mmap for zero-copy.
+inline Backend default_backend(const StateDictLoadOptions& options) {
+  return options.backend().value_or(options.mode() == LoadMode::Copy ? Backend::Pread : Backend::Mmap);
+}
+
 /// Parameters then buffers, with the dotted names Python's state_dict uses.
 Entries module_state(const torch::nn::Module& module);
 

@@ -42,6 +42,20 @@ TEST_F(Load, LoadFileReturnsTensorsInFileOrderWithValues) {
   EXPECT_TRUE(at::equal(t["b"], b_));
 }
 
+// An eager load (copy(true)) adds the tensors to resident memory and nothing
+// else: by default it reads with pread, so the file's pages are not mapped
+// into the process beside the copies (as they would be with the mmap backend).
+TEST_F(Load, AnEagerLoadAddsOnlyTheTensorsToResidentMemory) {
+  const std::string path = dir_.file("big.safetensors");
+  save_file({{"a", at::ones({4 << 20})}, {"b", at::full({4 << 20}, 2.0f)}}, path);  // 32 MiB
+  TensorDict loaded;
+  const long added_kb = test::peak_added_kb([&] { loaded = load_file(path, LoadOptions().copy(true)); });
+  EXPECT_LT(added_kb, 32 * 1024 * 11 / 10) << "the tensors are 32 MiB";
+  EXPECT_TRUE(at::equal(loaded["b"], at::full({4 << 20}, 2.0f)));
+  // The mmap backend, asked for, still works (and maps the pages).
+  EXPECT_TRUE(at::equal(load_file(path, LoadOptions().copy(true).backend(Backend::Mmap))["a"], at::ones({4 << 20})));
+}
+
 TEST_F(Load, MmapTensorsAreViewsOfOneMapping) {
   SafeOpen f(path_);
   at::Tensor x = f.get_tensor("a"), y = f.get_tensor("a");

@@ -44,8 +44,10 @@ struct LoadOptions {
   /// Converts floating-point tensors (not complex ones) to this dtype after loading;
   /// integer and bool tensors keep theirs. Unset: every tensor keeps the file's dtype.
   TORCH_ARG(std::optional<c10::ScalarType>, dtype) = std::nullopt;
-  /// How files are read (SafeOpen, load_file).
-  TORCH_ARG(Backend, backend) = Backend::Mmap;
+  /// How files are read (SafeOpen, load_file). Unset: Mmap, or Pread when
+  /// `copy` is set, which reads as fast and maps no file pages into the
+  /// process, so an eager load adds only the tensors to its resident memory.
+  TORCH_ARG(std::optional<Backend>, backend) = std::nullopt;
   /// CPU tensors own their memory instead of viewing the mapping.
   TORCH_ARG(bool, copy) = false;
   /// A tensor whose dtype the LibTorch in use lacks (F8 on 1.13, F6 anywhere)

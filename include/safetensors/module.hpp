@@ -67,8 +67,10 @@ struct StateDictLoadOptions {
   TORCH_ARG(std::string, add_prefix) = "";
   /// Then applied to every file name; unset: names are kept.
   TORCH_ARG(RenameFn, rename) = nullptr;
-  /// How files are read when loading from a path.
-  TORCH_ARG(Backend, backend) = Backend::Mmap;
+  /// How files are read when loading from a path. Unset: Pread in Copy mode
+  /// (as fast, and no file pages mapped into the process: the load adds
+  /// nothing to resident memory beyond the model), Mmap in ZeroCopy mode.
+  TORCH_ARG(std::optional<Backend>, backend) = std::nullopt;
   /// Tensor parallelism: the module holds this rank's part of each tensor the
   /// plan splits (its shapes are the local ones), and only the bytes of that
   /// part are read (through get_slice). The plan is matched against the

@@ -1,8 +1,11 @@
 // A real checkpoint written by Python's `transformers` (a tiny GPT-2: n_embd 2,
 // one layer, vocabulary 21) loads strictly into a C++ module with the same
-// names, and runs.
+// names, and its logits are those of an independent NumPy implementation of
+// transformers' GPT-2 (test/interop/gpt2_reference.py).
 
 #include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
 
 #include "../examples/gpt2_model.hpp"
 #include "safetensors/load.hpp"
@@ -60,6 +63,32 @@ TEST(Gpt2, AForwardPassRunsOnTheLoadedWeights) {
   torch::Tensor alone = model->transformer(ids.slice(1, 0, 1));
   EXPECT_TRUE(torch::allclose(alone[0][0], hidden[0][0]));
   EXPECT_TRUE(torch::allclose(logits, torch::matmul(hidden, model->transformer->wte->weight.t())));
+}
+
+// The logits, position by position, of the NumPy reference for the same
+// tokens (test/data/gpt2_reference_logits.json, made by
+// `python3 test/interop/gpt2_reference.py test/data/vectors/models/lmbuddy_tiny_gpt2 1 2 3 7 20 0`).
+// A weight loaded transposed, a tie lost or a prefix misapplied changes them.
+TEST(Gpt2, LogitsMatchAnIndependentImplementation) {
+  const auto json = nlohmann::json::parse(test::read_bytes(std::string(SAFETENSORS_TEST_DATA_DIR) +
+                                                           "/gpt2_reference_logits.json"));
+  const std::vector<std::int64_t> ids = json["ids"].get<std::vector<std::int64_t>>();
+  const std::vector<std::vector<double>> rows = json["logits"].get<std::vector<std::vector<double>>>();
+  std::vector<double> flat;
+  for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+  const torch::Tensor expected =
+      torch::tensor(flat, torch::kDouble).view({static_cast<std::int64_t>(rows.size()), -1});
+  for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
+    gpt2::LMHeadModel model(tiny_config());
+    load_state_dict(*model, kFolder, StateDictLoadOptions().add_prefix("transformer.").mode(mode));
+    model->eval();
+    torch::NoGradGuard no_grad;
+    const torch::Tensor logits = model(torch::tensor(ids, torch::kLong).unsqueeze(0))[0].to(torch::kDouble);
+    ASSERT_EQ(logits.sizes(), expected.sizes());
+    // float32 against float64: 1.5e-8 apart; a transposed c_proj moves them 1.2e-5.
+    EXPECT_TRUE(torch::allclose(logits, expected, /*rtol=*/1e-5, /*atol=*/1e-7))
+        << "max difference " << (logits - expected).abs().max().item<double>();
+  }
 }
 
 TEST(Gpt2, ASavedModelLoadsBackWithTheTieRecorded) {

@@ -119,7 +119,7 @@ at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorIn
   // To a GPU: through pinned staging buffers, reads overlapped with copies.
   if (detail::stages_to(s.options.device()) && nbytes > 0) {
     at::Tensor t = at::empty(v.shape, options.device(s.options.device()));
-    detail::upload(*s.source, {detail::Upload{offset, t}});
+    detail::upload(*s.source, {detail::Upload{offset, t}}, s.options.staging());
     return finish(std::move(t), s.options);
   }
   std::byte* base = s.source->data();
@@ -242,7 +242,7 @@ void SafeOpen::read_into(const std::vector<std::pair<std::string, at::Tensor>>& 
     }
   }
   if (uploads.empty()) return;
-  detail::upload(*s.source, uploads);
+  detail::upload(*s.source, uploads, s.options.staging());
   for (const detail::Upload& u : uploads) u.dst.unsafeGetTensorImpl()->bump_version();
   uploads.clear();
   for (auto& [dst, raw] : convert_after) {
@@ -269,7 +269,7 @@ TensorDict SafeOpen::tensors() const {
           s.header.data_offset() + t.begin,
           at::empty(v.shape, at::TensorOptions().dtype(v.dtype).device(s.options.device()))});
     }
-    detail::upload(*s.source, uploads);
+    detail::upload(*s.source, uploads, s.options.staging());
     std::size_t i = 0;
     for (const TensorInfo& t : s.header.tensors()) out.insert(t.name, finish(std::move(uploads[i++].dst), s.options));
     return out;

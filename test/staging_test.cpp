@@ -399,6 +399,12 @@ TEST(Upload, EveryLoadPathThroughTheRingGivesThePlainLoadsTensors) {
       EXPECT_TRUE(test::bitwise_equal(all[item.key()], item.value())) << item.key();
       EXPECT_TRUE(test::bitwise_equal(file.get_tensor(item.key()), item.value())) << item.key();
     }
+    // The ring's size is the caller's: a small one gives the same tensors,
+    // an empty one is refused.
+    const TensorDict small_ring = load_file(path, LoadOptions().backend(backend).staging(StagingOptions{4096, 2}));
+    for (const auto& item : expected) EXPECT_TRUE(test::bitwise_equal(small_ring[item.key()], item.value())) << item.key();
+    EXPECT_EQ(error_code_of([&] { load_file(path, LoadOptions().backend(backend).staging(StagingOptions{0, 2})); }),
+              ErrorCode::InvalidArgument);
     // Floating tensors converted after the upload, the others left alone.
     const TensorDict halves = load_file(path, LoadOptions().backend(backend).dtype(at::kHalf));
     EXPECT_TRUE(at::equal(halves["big"], expected["big"].to(at::kHalf)));

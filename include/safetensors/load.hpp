@@ -25,6 +25,7 @@
 #include "safetensors/error.hpp"
 #include "safetensors/header.hpp"
 #include "safetensors/source.hpp"
+#include "safetensors/staging.hpp"
 
 namespace safetensors {
 
@@ -36,10 +37,10 @@ using TensorDict = torch::OrderedDict<std::string, at::Tensor>;
 struct LoadOptions {
   /// Where the tensors go. CPU tensors are views of the mapping (zero-copy)
   /// unless `copy` is set or the backend is Pread; other devices get a copy.
-  /// CUDA tensors are filled through a ring of pinned staging buffers (4 x 16
-  /// MiB, kept by LibTorch's pinned-memory cache), reads of the file overlapped
-  /// with asynchronous host-to-device copies on the device's current stream;
-  /// the copies have ended when the load returns.
+  /// CUDA tensors are filled through a ring of pinned staging buffers (see
+  /// `staging`), reads of the file overlapped with asynchronous host-to-device
+  /// copies on the device's current stream; the copies have ended when the
+  /// load returns.
   TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
   /// Converts floating-point tensors (not complex ones) to this dtype after loading;
   /// integer and bool tensors keep theirs. Unset: every tensor keeps the file's dtype.
@@ -50,6 +51,10 @@ struct LoadOptions {
   TORCH_ARG(std::optional<Backend>, backend) = std::nullopt;
   /// CPU tensors own their memory instead of viewing the mapping.
   TORCH_ARG(bool, copy) = false;
+  /// The pinned ring of loads to a GPU: `slots` buffers of `chunk_bytes`
+  /// (default 4 x 16 MiB, kept afterwards by LibTorch's pinned-memory cache).
+  /// Larger chunks mean fewer copies; more slots, more copies in flight.
+  TORCH_ARG(StagingOptions, staging) = {};
   /// A tensor whose dtype the LibTorch in use lacks (F8 on 1.13, F6 anywhere)
   /// is an UnsupportedDtype error by default. With this set it is returned as
   /// its raw little-endian bytes: a uint8 tensor of shape `shape + [bits/8]`

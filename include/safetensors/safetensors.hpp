@@ -10,6 +10,7 @@
 #include "safetensors/save.hpp"
 #include "safetensors/sharded.hpp"
 #include "safetensors/source.hpp"
+#include "safetensors/staging.hpp"
 #include "safetensors/tensor_parallel.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "safetensors/version.hpp"

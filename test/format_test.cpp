@@ -204,6 +204,45 @@ TEST(Offsets, OutOfKeyOrderIsValidAndComesBackInFileOrder) {
   EXPECT_EQ(h.tensors()[1].name, "a");
 }
 
+// Names in or out of order, offsets in or out of header order: the tensors
+// come back in file order and every name is found (the parser skips sorting
+// what is already sorted, and must get each case right).
+TEST(Offsets, EveryOrderOfNamesAndOffsetsIsFoundAndInFileOrder) {
+  struct Case {
+    std::vector<std::string> names;       // in header order
+    std::vector<int> slots;               // each one's place in the data
+  };
+  const std::vector<Case> cases = {
+      {{"a", "b", "c", "d"}, {0, 1, 2, 3}},  // both sorted
+      {{"a", "b", "c", "d"}, {2, 0, 3, 1}},  // names sorted, offsets not
+      {{"c", "a", "d", "b"}, {0, 1, 2, 3}},  // offsets sorted, names not
+      {{"d", "b", "a", "c"}, {3, 1, 0, 2}},  // neither
+  };
+  for (const Case& c : cases) {
+    std::string json = "{";
+    for (std::size_t i = 0; i < c.names.size(); ++i)
+      json += (i ? "," : "") + std::string("\"") + c.names[i] + R"(":{"dtype":"U8","shape":[1],"data_offsets":[)" +
+              std::to_string(c.slots[i]) + "," + std::to_string(c.slots[i] + 1) + "]}";
+    json += "}";
+    Header h = parse(make_file(json, "wxyz"));
+    ASSERT_EQ(h.tensors().size(), 4u) << json;
+    for (std::size_t i = 0; i < c.names.size(); ++i) {
+      const TensorInfo* t = h.find(c.names[i]);
+      ASSERT_NE(t, nullptr) << json << " " << c.names[i];
+      EXPECT_EQ(t->name, c.names[i]);
+      EXPECT_EQ(t->begin, static_cast<std::uint64_t>(c.slots[i])) << json;
+      EXPECT_EQ(h.tensors()[c.slots[i]].name, c.names[i]) << json;
+    }
+    EXPECT_EQ(h.find("e"), nullptr);
+    EXPECT_EQ(h.find(""), nullptr);
+  }
+  // A duplicate among unsorted names is still found.
+  EXPECT_EQ(code_of_json(
+                R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}})",
+                "xyz"),
+            ErrorCode::DuplicateKey);
+}
+
 TEST(Offsets, GapsOverlapsAndReversedRangesAreInvalidOffset) {
   const std::string data(16, '\0');
   EXPECT_EQ(code_of_json(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data.substr(0, 8)),

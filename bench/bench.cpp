@@ -372,6 +372,8 @@ void run_on_file(const std::string& file, const fs::path& dir, int reps) {
   const st::TensorDict tensors = st::load_file(file, st::LoadOptions().copy(true));
   const std::string out = (dir / "bench-resave.safetensors").string();
   line("save_file", median_seconds(reps, [&] { st::save_file(tensors, out); }));
+  line("save_file_nofsync",
+       median_seconds(reps, [&] { st::save_file(tensors, out, std::nullopt, st::SaveOptions().fsync(false)); }));
   fs::remove(out);
 }
 

@@ -101,6 +101,12 @@ TorchView torch_view(const State& s, const TensorInfo& info) {
   return v;
 }
 
+// An uninitialised tensor of the file's dtype and (torch) shape on `device`:
+// what the staging ring uploads into.
+at::Tensor empty_for(const TorchView& v, c10::Device device) {
+  return at::empty(v.shape, at::TensorOptions().dtype(v.dtype).device(device));
+}
+
 // Applies LoadOptions::dtype and ::device to a CPU tensor.
 at::Tensor finish(at::Tensor t, const LoadOptions& options) {
   if (options.dtype() && c10::isFloatingType(t.scalar_type()) &&
@@ -118,7 +124,7 @@ at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorIn
   const auto options = at::TensorOptions().dtype(v.dtype);
   // To a GPU: through pinned staging buffers, reads overlapped with copies.
   if (detail::stages_to(s.options.device()) && nbytes > 0) {
-    at::Tensor t = at::empty(v.shape, options.device(s.options.device()));
+    at::Tensor t = empty_for(v, s.options.device());
     detail::upload(*s.source, {detail::Upload{offset, t}}, s.options.staging());
     return finish(std::move(t), s.options);
   }
@@ -234,7 +240,7 @@ void SafeOpen::read_into(const std::vector<std::pair<std::string, at::Tensor>>& 
     } else if (same && detail::stages_to(dst.device())) {
       uploads.push_back(detail::Upload{offset, dst});
     } else if (plain && detail::stages_to(dst.device())) {
-      at::Tensor raw = at::empty(views[i].shape, at::TensorOptions().dtype(views[i].dtype).device(dst.device()));
+      at::Tensor raw = empty_for(views[i], dst.device());
       uploads.push_back(detail::Upload{offset, raw});
       convert_after.emplace_back(dst, raw);
     } else {
@@ -263,12 +269,8 @@ TensorDict SafeOpen::tensors() const {
     // One pass through the staging ring for the whole file.
     std::vector<detail::Upload> uploads;
     uploads.reserve(size());
-    for (const TensorInfo& t : s.header.tensors()) {
-      const TorchView v = torch_view(s, t);
-      uploads.push_back(detail::Upload{
-          s.header.data_offset() + t.begin,
-          at::empty(v.shape, at::TensorOptions().dtype(v.dtype).device(s.options.device()))});
-    }
+    for (const TensorInfo& t : s.header.tensors())
+      uploads.push_back(detail::Upload{s.header.data_offset() + t.begin, empty_for(torch_view(s, t), s.options.device())});
     detail::upload(*s.source, uploads, s.options.staging());
     std::size_t i = 0;
     for (const TensorInfo& t : s.header.tensors()) out.insert(t.name, finish(std::move(uploads[i++].dst), s.options));

@@ -13,7 +13,9 @@ namespace safetensors {
 /// How a file is read.
 enum class Backend {
   /// A private (copy-on-write) memory mapping: zero-copy, nothing read until
-  /// touched, in-place writes stay private to the process. The default.
+  /// touched, in-place writes stay private to the process. The default,
+  /// except for loads that copy (LoadOptions::copy, load_state_dict's copy
+  /// mode), which default to Pread: as fast, and no file pages mapped.
   Mmap,
   /// Positional reads (`pread`) into owned memory, no mapping: for network
   /// filesystems, unified-memory devices and files that may change under us.

@@ -12,6 +12,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "host_memory.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "upload.hpp"
 
@@ -143,7 +144,7 @@ at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorIn
     }
   }
   // Owned memory: copy mode, the pread backend, or unaligned data.
-  at::Tensor t = at::empty(v.shape, options);
+  at::Tensor t = detail::empty_cpu(v.shape, v.dtype, nbytes, s.options.huge_pages());
   read_parallel(*s.source, offset, t.data_ptr(), nbytes);
   return finish(std::move(t), s.options);
 }
@@ -366,7 +367,8 @@ at::Tensor TensorSlice::operator()(at::ArrayRef<at::indexing::TensorIndex> indic
     total *= dim.count;
   }
   for (std::size_t axis : new_axes) out_shape.insert(out_shape.begin() + axis, 1);
-  at::Tensor out = at::empty(out_shape, at::TensorOptions().dtype(v.dtype));
+  at::Tensor out = detail::empty_cpu(out_shape, v.dtype, static_cast<std::size_t>(total) * v.element_size,
+                                    s.options.huge_pages());
   if (total == 0) return finish(std::move(out), s.options);
 
   // Row-major strides (elements) of the stored tensor.

@@ -1,10 +1,14 @@
 // Reading into torch: zero-copy views and their lifetime, backends, options,
 // unaligned data, unsupported dtypes, errors.
 
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "safetensors/load.hpp"
@@ -54,6 +58,93 @@ TEST_F(Load, AnEagerLoadAddsOnlyTheTensorsToResidentMemory) {
   EXPECT_TRUE(at::equal(loaded["b"], at::full({4 << 20}, 2.0f)));
   // The mmap backend, asked for, still works (and maps the pages).
   EXPECT_TRUE(at::equal(load_file(path, LoadOptions().copy(true).backend(Backend::Mmap))["a"], at::ones({4 << 20})));
+}
+
+// The VmFlags of the mapping that holds `p` in /proc/self/smaps, with spaces
+// around each flag; "" when no mapping holds it.
+std::string vm_flags_at(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    std::uintptr_t begin = 0, end = 0;
+    char dash = 0;
+    std::istringstream range(line);
+    if (range >> std::hex >> begin >> dash >> end && dash == '-' && line.find(':') > line.find(' ')) {
+      inside = begin <= address && address < end;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line.substr(8) + " ";
+    }
+  }
+  return "";
+}
+
+bool is_mapped(const void* p) {
+  const long page = ::sysconf(_SC_PAGESIZE);
+  void* start = reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(p) / page * page);
+  unsigned char resident = 0;
+  return ::mincore(start, 1, &resident) == 0 || errno != ENOMEM;
+}
+
+bool kernel_has_transparent_huge_pages() {
+  return std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good();
+}
+
+// Owned tensors of 2 MiB or more get their own huge-page-aligned mapping,
+// advised to use transparent huge pages; small ones, and every tensor with
+// huge_pages(false), come from LibTorch's allocator. Each mapping goes when its
+// tensor does.
+TEST_F(Load, LargeOwnedTensorsGetHugePagesOfTheirOwn) {
+  const std::string path = dir_.file("large.safetensors");
+  const at::Tensor big = at::randn({(3 << 20) / 4 + 5});  // 3 MiB and 20 bytes: not whole pages
+  const at::Tensor small = at::randn({1000});
+  save_file({{"big", big}, {"small", small}}, path);
+  for (const LoadOptions& options : {LoadOptions().copy(true), LoadOptions().backend(Backend::Pread)}) {
+    const void* address = nullptr;
+    {
+      TensorDict loaded = load_file(path, options);
+      const at::Tensor& t = loaded["big"];
+      EXPECT_TRUE(at::equal(t, big));
+      EXPECT_TRUE(at::equal(loaded["small"], small));
+      address = t.data_ptr();
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(address) % (2 << 20), 0u);
+      if (kernel_has_transparent_huge_pages()) {
+        EXPECT_NE(vm_flags_at(address).find(" hg "), std::string::npos) << vm_flags_at(address);
+        EXPECT_EQ(vm_flags_at(loaded["small"].data_ptr()).find(" hg "), std::string::npos);
+      }
+      ASSERT_TRUE(is_mapped(address));
+    }
+    EXPECT_FALSE(is_mapped(address)) << "the tensor's mapping outlived it";
+  }
+  // A large slice is owned memory too.
+  const at::Tensor most = SafeOpen(path).get_slice("big")({at::indexing::Slice(1, big.size(0))});
+  EXPECT_TRUE(at::equal(most, big.slice(0, 1)));
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(most.data_ptr()) % (2 << 20), 0u);
+
+  if (!kernel_has_transparent_huge_pages()) GTEST_SKIP() << "this kernel has no transparent huge pages";
+  const TensorDict plain = load_file(path, LoadOptions().copy(true).huge_pages(false));
+  EXPECT_TRUE(at::equal(plain["big"], big));
+  EXPECT_EQ(vm_flags_at(plain["big"].data_ptr()).find(" hg "), std::string::npos)
+      << vm_flags_at(plain["big"].data_ptr());
+}
+
+// Such a tensor behaves like one from at::empty: it can be resized (through
+// LibTorch's allocator, unmapping its own memory) and written.
+TEST_F(Load, HugePageTensorsStayResizable) {
+  const std::string path = dir_.file("large.safetensors");
+  const at::Tensor big = at::arange((4 << 20) / 8, at::kLong);
+  save_file({{"big", big}}, path);
+  at::Tensor t = load_file(path, LoadOptions().copy(true))["big"];
+  const void* before = t.data_ptr();
+  ASSERT_EQ(reinterpret_cast<std::uintptr_t>(before) % (2 << 20), 0u);
+  t.resize_({big.size(0) * 2});
+  EXPECT_TRUE(at::equal(t.slice(0, 0, big.size(0)), big));
+  t.slice(0, big.size(0)).fill_(7);
+  EXPECT_EQ(t[-1].item<std::int64_t>(), 7);
+  EXPECT_NE(t.data_ptr(), before);
+  EXPECT_FALSE(is_mapped(before)) << "the old mapping was not released";
+  t.resize_({0});
+  EXPECT_EQ(t.numel(), 0);
 }
 
 TEST_F(Load, MmapTensorsAreViewsOfOneMapping) {

@@ -51,6 +51,16 @@ struct LoadOptions {
   TORCH_ARG(std::optional<Backend>, backend) = std::nullopt;
   /// CPU tensors own their memory instead of viewing the mapping.
   TORCH_ARG(bool, copy) = false;
+  /// Owned CPU tensors (copy mode, the Pread backend, slices) of 2 MiB or
+  /// more get memory of their own, mapped on a 2 MiB boundary and advised to
+  /// use transparent huge pages (Linux MADV_HUGEPAGE): fresh memory is then
+  /// faulted in and zeroed 2 MiB at a time instead of 4 KiB, which is most of
+  /// an eager load's cost (see the README's figures). Where the kernel's
+  /// `transparent_hugepage/defrag` setting is `madvise`, a fault may first
+  /// compact memory; it falls back to small pages when that fails. Their
+  /// storage stays resizable. false: LibTorch's CPU allocator (at::empty),
+  /// e.g. to keep an installed allocator in charge of every byte.
+  TORCH_ARG(bool, huge_pages) = true;
   /// The pinned ring of loads to a GPU: `slots` buffers of `chunk_bytes`
   /// (default 4 x 16 MiB, kept afterwards by LibTorch's pinned-memory cache).
   /// Larger chunks mean fewer copies; more slots, more copies in flight.

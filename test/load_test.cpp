@@ -90,16 +90,17 @@ bool kernel_has_transparent_huge_pages() {
   return std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good();
 }
 
-// Owned tensors of 2 MiB or more get their own huge-page-aligned mapping,
-// advised to use transparent huge pages; small ones, and every tensor with
-// huge_pages(false), come from LibTorch's allocator. Each mapping goes when its
-// tensor does.
+// With huge_pages(true), owned tensors of 2 MiB or more get their own
+// huge-page-aligned mapping, advised to use transparent huge pages; small
+// ones, and every tensor by default, come from LibTorch's allocator. Each
+// mapping goes when its tensor does.
 TEST_F(Load, LargeOwnedTensorsGetHugePagesOfTheirOwn) {
   const std::string path = dir_.file("large.safetensors");
   const at::Tensor big = at::randn({(3 << 20) / 4 + 5});  // 3 MiB and 20 bytes: not whole pages
   const at::Tensor small = at::randn({1000});
   save_file({{"big", big}, {"small", small}}, path);
-  for (const LoadOptions& options : {LoadOptions().copy(true), LoadOptions().backend(Backend::Pread)}) {
+  for (const LoadOptions& options :
+       {LoadOptions().copy(true).huge_pages(true), LoadOptions().backend(Backend::Pread).huge_pages(true)}) {
     const void* address = nullptr;
     {
       TensorDict loaded = load_file(path, options);
@@ -117,12 +118,12 @@ TEST_F(Load, LargeOwnedTensorsGetHugePagesOfTheirOwn) {
     EXPECT_FALSE(is_mapped(address)) << "the tensor's mapping outlived it";
   }
   // A large slice is owned memory too.
-  const at::Tensor most = SafeOpen(path).get_slice("big")({at::indexing::Slice(1, big.size(0))});
+  const at::Tensor most = SafeOpen(path, LoadOptions().huge_pages(true)).get_slice("big")({at::indexing::Slice(1, big.size(0))});
   EXPECT_TRUE(at::equal(most, big.slice(0, 1)));
   EXPECT_EQ(reinterpret_cast<std::uintptr_t>(most.data_ptr()) % (2 << 20), 0u);
 
   if (!kernel_has_transparent_huge_pages()) GTEST_SKIP() << "this kernel has no transparent huge pages";
-  const TensorDict plain = load_file(path, LoadOptions().copy(true).huge_pages(false));
+  const TensorDict plain = load_file(path, LoadOptions().copy(true));
   EXPECT_TRUE(at::equal(plain["big"], big));
   EXPECT_EQ(vm_flags_at(plain["big"].data_ptr()).find(" hg "), std::string::npos)
       << vm_flags_at(plain["big"].data_ptr());
@@ -134,7 +135,7 @@ TEST_F(Load, HugePageTensorsStayResizable) {
   const std::string path = dir_.file("large.safetensors");
   const at::Tensor big = at::arange((4 << 20) / 8, at::kLong);
   save_file({{"big", big}}, path);
-  at::Tensor t = load_file(path, LoadOptions().copy(true))["big"];
+  at::Tensor t = load_file(path, LoadOptions().copy(true).huge_pages(true))["big"];
   const void* before = t.data_ptr();
   ASSERT_EQ(reinterpret_cast<std::uintptr_t>(before) % (2 << 20), 0u);
   t.resize_({big.size(0) * 2});

@@ -55,12 +55,15 @@ struct LoadOptions {
   /// more get memory of their own, mapped on a 2 MiB boundary and advised to
   /// use transparent huge pages (Linux MADV_HUGEPAGE): fresh memory is then
   /// faulted in and zeroed 2 MiB at a time instead of 4 KiB, which is most of
-  /// an eager load's cost (see the README's figures). Where the kernel's
-  /// `transparent_hugepage/defrag` setting is `madvise`, a fault may first
-  /// compact memory; it falls back to small pages when that fails. Their
-  /// storage stays resizable. false: LibTorch's CPU allocator (at::empty),
-  /// e.g. to keep an installed allocator in charge of every byte.
-  TORCH_ARG(bool, huge_pages) = true;
+  /// an eager load's cost once the process has freed such memory before (GPT-2
+  /// small: 90 instead of 150 ms). Off by default: the first huge pages a
+  /// process touches can cost more than they save. In virtual machines that
+  /// hand freed memory back to the host (free page reporting) the host must
+  /// fault those pages in again (250-1200 ms instead of 150 ms for that load),
+  /// and where `transparent_hugepage/defrag` is `madvise`, the kernel may
+  /// compact memory first. Their storage stays resizable. Off: LibTorch's
+  /// CPU allocator (at::empty).
+  TORCH_ARG(bool, huge_pages) = false;
   /// The pinned ring of loads to a GPU: `slots` buffers of `chunk_bytes`
   /// (default 4 x 16 MiB, kept afterwards by LibTorch's pinned-memory cache).
   /// Larger chunks mean fewer copies; more slots, more copies in flight.

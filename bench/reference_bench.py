@@ -52,6 +52,22 @@ def ours(bench, path, workdir, reps):
             if len(parts) == 3 and parts[0] == "ours"}
 
 
+FIRST_COPY = """
+import sys, time
+from safetensors.torch import load_file
+start = time.perf_counter()
+tensors = {k: v.clone() for k, v in load_file(sys.argv[1]).items()}
+print((time.perf_counter() - start) * 1e3)
+"""
+
+
+def first_copy_ms(path):
+    """load_file + clone as the first load of a fresh process (median of 3 processes)."""
+    return statistics.median(
+        float(subprocess.run([sys.executable, "-c", FIRST_COPY, path], check=True,
+                             capture_output=True, text=True).stdout) for _ in range(3))
+
+
 def main():
     bench, workdir = sys.argv[1], sys.argv[2]
     reps = int(sys.argv[3]) if len(sys.argv) > 3 else 5
@@ -76,6 +92,7 @@ def main():
              median_ms(reps, lambda: torch.load(pt, mmap=True, weights_only=True))),
             ("load_file_copy", "load_file + clone (owned memory)",
              median_ms(reps, lambda: {k: v.clone() for k, v in load_file(path).items()})),
+            ("load_file_copy_first", "the same, first in a process", first_copy_ms(path)),
         ]
         # The reference does not fsync: compare it with our save without fsync
         # (like for like), and show ours with fsync (our default) beside it.

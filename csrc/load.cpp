@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <optional>
 #include <type_traits>
 
 #include "host_memory.hpp"
@@ -117,18 +119,18 @@ at::Tensor finish(at::Tensor t, const LoadOptions& options) {
   return t;
 }
 
-at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorInfo& info) {
+// A tensor of the file made without a staging ring, before `finish`: a view
+// of the mapping, or owned memory that `read` still has to fill.
+struct Unfinished {
+  at::Tensor tensor;
+  std::optional<detail::Read> read;
+};
+
+Unfinished unfinished_tensor(const std::shared_ptr<const State>& state, const TensorInfo& info) {
   const State& s = *state;
   TorchView v = torch_view(s, info);
   const std::uint64_t offset = s.header.data_offset() + info.begin;
   const std::size_t nbytes = static_cast<std::size_t>(info.nbytes());
-  const auto options = at::TensorOptions().dtype(v.dtype);
-  // To a GPU: through pinned staging buffers, reads overlapped with copies.
-  if (detail::stages_to(s.options.device()) && nbytes > 0) {
-    at::Tensor t = empty_for(v, s.options.device());
-    detail::upload(*s.source, {detail::Upload{offset, t}}, s.options.staging());
-    return finish(std::move(t), s.options);
-  }
   std::byte* base = s.source->data();
   // A view of the mapping serves zero-copy loads, and conversions or device
   // copies that make new memory anyway; a plain copy is a parallel read.
@@ -139,14 +141,36 @@ at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorIn
     std::byte* p = base + offset;
     if (reinterpret_cast<std::uintptr_t>(p) % v.element_size == 0) {
       auto keep = s.source;  // the tensor keeps the mapping alive
-      return finish(at::from_blob(p, v.shape, [keep](void*) mutable { keep.reset(); }, options),
-                    s.options);
+      return {at::from_blob(p, v.shape, [keep](void*) mutable { keep.reset(); }, at::TensorOptions().dtype(v.dtype)),
+              std::nullopt};
     }
   }
   // Owned memory: copy mode, the pread backend, or unaligned data.
   at::Tensor t = detail::empty_cpu(v.shape, v.dtype, nbytes, s.options.huge_pages());
-  read_parallel(*s.source, offset, t.data_ptr(), nbytes);
-  return finish(std::move(t), s.options);
+  void* dst = t.data_ptr();
+  return {std::move(t), detail::Read{offset, dst, nbytes}};
+}
+
+at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorInfo& info) {
+  const State& s = *state;
+  // To a GPU: through pinned staging buffers, reads overlapped with copies.
+  if (detail::stages_to(s.options.device()) && info.nbytes() > 0) {
+    at::Tensor t = empty_for(torch_view(s, info), s.options.device());
+    detail::upload(*s.source, {detail::Upload{s.header.data_offset() + info.begin, t}}, s.options.staging());
+    return finish(std::move(t), s.options);
+  }
+  Unfinished u = unfinished_tensor(state, info);
+  if (u.read) read_parallel(*s.source, {*u.read});
+  return finish(std::move(u.tensor), s.options);
+}
+
+bool overlapping(std::vector<detail::Read> reads) {
+  std::sort(reads.begin(), reads.end(), [](const detail::Read& a, const detail::Read& b) {
+    return std::less<>()(a.dst, b.dst);
+  });
+  for (std::size_t i = 1; i < reads.size(); ++i)
+    if (static_cast<const char*>(reads[i - 1].dst) + reads[i - 1].n > reads[i].dst) return true;
+  return false;
 }
 
 const TensorInfo& lookup(const State& s, const std::string& name) {
@@ -230,13 +254,14 @@ void SafeOpen::read_into(const std::vector<std::pair<std::string, at::Tensor>>& 
   // (other layouts and devices, conversions on the CPU) takes a copy_.
   std::vector<detail::Upload> uploads;
   std::vector<std::pair<at::Tensor, at::Tensor>> convert_after;  // (dst, uploaded)
+  std::vector<detail::Read> direct;                               // CPU destinations
   for (std::size_t i = 0; i < targets.size(); ++i) {
     const at::Tensor& dst = targets[i].second;
     const std::uint64_t offset = s.header.data_offset() + infos[i]->begin;
     const bool plain = dst.layout() == c10::kStrided && !dst.is_conj() && !dst.is_neg();
     const bool same = plain && dst.is_contiguous() && dst.scalar_type() == views[i].dtype;
     if (same && dst.device().is_cpu() && !detail::stages_to(dst.device())) {
-      read_parallel(*s.source, offset, dst.data_ptr(), static_cast<std::size_t>(infos[i]->nbytes()));
+      direct.push_back(detail::Read{offset, dst.data_ptr(), static_cast<std::size_t>(infos[i]->nbytes())});
       dst.unsafeGetTensorImpl()->bump_version();  // as copy_ would: autograd sees the write
     } else if (same && detail::stages_to(dst.device())) {
       uploads.push_back(detail::Upload{offset, dst});
@@ -247,6 +272,13 @@ void SafeOpen::read_into(const std::vector<std::pair<std::string, at::Tensor>>& 
     } else {
       dst.copy_(make_tensor(state_, *infos[i]));
     }
+  }
+  // Destinations that overlap (a parameter tied under two names) are filled
+  // one after another, in order, as separate calls would.
+  if (overlapping(direct)) {
+    for (const detail::Read& r : direct) read_parallel(*s.source, {r});
+  } else {
+    read_parallel(*s.source, direct);
   }
   if (uploads.empty()) return;
   detail::upload(*s.source, uploads, s.options.staging());
@@ -277,7 +309,19 @@ TensorDict SafeOpen::tensors() const {
     for (const TensorInfo& t : s.header.tensors()) out.insert(t.name, finish(std::move(uploads[i++].dst), s.options));
     return out;
   }
-  for (const TensorInfo& t : state_->header.tensors()) out.insert(t.name, make_tensor(state_, t));
+  // Owned tensors are all allocated first, then read in one parallel pass,
+  // so that small tensors share the threads as well as large ones.
+  std::vector<at::Tensor> made;
+  std::vector<detail::Read> reads;
+  made.reserve(size());
+  for (const TensorInfo& t : s.header.tensors()) {
+    Unfinished u = unfinished_tensor(state_, t);
+    made.push_back(std::move(u.tensor));
+    if (u.read) reads.push_back(*u.read);
+  }
+  read_parallel(*s.source, reads);
+  std::size_t i = 0;
+  for (const TensorInfo& t : s.header.tensors()) out.insert(t.name, finish(std::move(made[i++]), s.options));
   return out;
 }
 

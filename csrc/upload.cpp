@@ -74,18 +74,49 @@ bool stages_to(const c10::Device& device) {
 
 void stage_cpu_loads_for_tests(bool on) { stage_cpu_loads = on; }
 
-void read_parallel(const Source& source, std::uint64_t offset, void* dst, std::size_t n, std::size_t piece) {
-  if (n <= piece) {
-    if (n) source.read(offset, dst, n);
+void read_parallel(const Source& source, const std::vector<Read>& reads) {
+  std::size_t total = 0;
+  for (const Read& r : reads) total += r.n;
+  const auto threads = static_cast<std::size_t>(std::max(1, at::get_num_threads()));
+  if (threads == 1 || total < (std::size_t{1} << 20)) {
+    for (const Read& r : reads)
+      if (r.n) source.read(r.offset, r.dst, r.n);
     return;
   }
-  const auto pieces = static_cast<std::int64_t>((n + piece - 1) / piece);
-  at::parallel_for(0, pieces, 1, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t c = begin; c < end; ++c) {
-      const std::size_t at = static_cast<std::size_t>(c) * piece;
-      source.read(offset + at, static_cast<char*>(dst) + at, std::min(piece, n - at));
+  // Share k is the bytes [k * total / threads, (k + 1) * total / threads) of
+  // the reads laid end to end; `first` finds the read that holds a position.
+  std::vector<std::size_t> starts(reads.size());
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < reads.size(); ++i) {
+    starts[i] = at;
+    at += reads[i].n;
+  }
+  at::parallel_for(0, static_cast<std::int64_t>(threads), 1, [&](std::int64_t begin, std::int64_t end) {
+    for (auto k = static_cast<std::size_t>(begin); k < static_cast<std::size_t>(end); ++k) {
+      const std::size_t from = total / threads * k + std::min(k, total % threads);
+      const std::size_t to = from + total / threads + (k < total % threads ? 1 : 0);
+      auto i = static_cast<std::size_t>(std::upper_bound(starts.begin(), starts.end(), from) - starts.begin()) - 1;
+      for (std::size_t pos = from; pos < to; ++i) {
+        const Read& r = reads[i];
+        const std::size_t skip = pos - starts[i];
+        const std::size_t n = std::min(r.n - skip, to - pos);
+        if (n) source.read(r.offset + skip, static_cast<char*>(r.dst) + skip, n);
+        pos += n;
+      }
     }
   });
+}
+
+bool reads_can_run_in_parallel() {
+#if AT_PARALLEL_OPENMP
+#if defined(_OPENMP)
+  return true;
+#else
+  return false;
+#endif
+#else
+  return true;  // LibTorch's own thread pool, called out of line
+#endif
 }
 
 void upload(const Source& source, const std::vector<Upload>& uploads, const StagingOptions& options) {
@@ -102,7 +133,7 @@ void upload(const Source& source, const std::vector<Upload>& uploads, const Stag
   // Each read of a chunk is spread over the intra-op threads: one core's
   // copy from the page cache is slower than a PCIe link.
   const StagingRead read = [&](std::uint64_t offset, void* dst, std::size_t n) {
-    read_parallel(source, offset, dst, n, std::size_t{2} << 20);
+    read_parallel(source, {Read{offset, dst, n}});
   };
   for (const auto& [device, group] : by_device) {
     std::vector<StagedTransfer> transfers;

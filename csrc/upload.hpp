@@ -33,9 +33,23 @@ void stage_cpu_loads_for_tests(bool on);
 void upload(const Source& source, const std::vector<Upload>& uploads,
             const StagingOptions& options = {});
 
-/// Reads [offset, offset + n) into dst, large reads split in `piece`-byte
-/// parts on LibTorch's intra-op threads.
-void read_parallel(const Source& source, std::uint64_t offset, void* dst, std::size_t n,
-                   std::size_t piece = std::size_t{8} << 20);
+/// File bytes [offset, offset + n) to `dst`.
+struct Read {
+  std::uint64_t offset = 0;
+  void* dst = nullptr;
+  std::size_t n = 0;
+};
+
+/// Every read, on LibTorch's intra-op threads: the reads' bytes, taken end to
+/// end, are cut into one equal share per thread, whatever the sizes of the
+/// reads (a load's tensors range from bytes to hundreds of MB). Into fresh
+/// memory most of the time goes to page faults, which then run in parallel
+/// too. Below 1 MiB in all, or with one thread, the reads run in order on
+/// the calling thread. Destinations must not overlap.
+void read_parallel(const Source& source, const std::vector<Read>& reads);
+
+/// Whether read_parallel can use more than one thread in this build: with
+/// LibTorch on OpenMP, only when this library was compiled with OpenMP.
+bool reads_can_run_in_parallel();
 
 }  // namespace safetensors::detail

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "../csrc/upload.hpp"
@@ -443,6 +444,117 @@ TEST(Upload, LoadStateDictFillsAModuleThroughTheRing) {
   }
   for (const auto& b : saved->named_buffers())
     EXPECT_TRUE(at::equal(loaded->named_buffers()[b.key()].to(b.value().scalar_type()), b.value())) << b.key();
+}
+
+// ---------------------------------------------------------------------------
+// read_parallel: the CPU reads of eager loads and of each staging chunk.
+
+// A source over bytes that records every read it serves.
+class RecordingSource : public Source {
+ public:
+  explicit RecordingSource(std::vector<std::uint8_t> bytes)
+      : Source("", bytes.size(), nullptr), bytes_(std::move(bytes)) {}
+  void read(std::uint64_t offset, void* dst, std::size_t n) const override {
+    ASSERT_LE(offset + n, bytes_.size());
+    std::memcpy(dst, bytes_.data() + offset, n);
+    std::lock_guard<std::mutex> lock(mutex_);
+    calls_.emplace_back(offset, n);
+    threads_.insert(std::this_thread::get_id());
+  }
+  std::size_t threads_seen() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::exchange(threads_, {}).size();
+  }
+  const std::vector<std::uint8_t>& bytes() const { return bytes_; }
+  std::vector<std::pair<std::uint64_t, std::size_t>> take_calls() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::exchange(calls_, {});
+  }
+
+ private:
+  std::vector<std::uint8_t> bytes_;
+  mutable std::mutex mutex_;
+  mutable std::vector<std::pair<std::uint64_t, std::size_t>> calls_;
+  mutable std::set<std::thread::id> threads_;
+};
+
+class Threads {
+ public:
+  explicit Threads(int n) : before_(at::get_num_threads()) { at::set_num_threads(n); }
+  ~Threads() { at::set_num_threads(before_); }
+
+ private:
+  int before_;
+};
+
+// Reads of any sizes (empty ones, ones of a few bytes, ones of megabytes) land
+// exactly, split only where one thread's equal share of the bytes ends: at
+// most threads - 1 extra reads, each thread's share within a byte of the rest.
+TEST(ReadParallel, SplitsTheBytesEvenlyAndExactly) {
+  std::mt19937 rng(7);
+  std::vector<std::uint8_t> file(6 << 20);
+  for (auto& b : file) b = static_cast<std::uint8_t>(rng());
+  const RecordingSource source(file);
+  for (int threads : {1, 2, 3, 5}) {
+    Threads set(threads);
+    for (int round = 0; round < 40; ++round) {
+      // Up to 12 reads of random ranges, laid out in one buffer with guard bytes between.
+      std::vector<detail::Read> reads;
+      std::vector<std::size_t> at;
+      std::size_t used = 0, total = 0;
+      const int count = std::uniform_int_distribution<int>(1, 12)(rng);
+      for (int i = 0; i < count; ++i) {
+        const int kind = std::uniform_int_distribution<int>(0, 3)(rng);
+        const std::size_t n = kind == 0 ? 0 : kind == 1 ? rng() % 64 : rng() % (std::size_t{2} << 20);
+        const std::uint64_t offset = rng() % (file.size() - n + 1);
+        reads.push_back(detail::Read{offset, nullptr, n});
+        at.push_back(used);
+        used += n + 16;
+        total += n;
+      }
+      std::vector<std::uint8_t> out(used, 0xEE);
+      for (std::size_t i = 0; i < reads.size(); ++i) reads[i].dst = out.data() + at[i];
+      source.take_calls();
+      source.threads_seen();
+      detail::read_parallel(source, reads);
+      for (std::size_t i = 0; i < reads.size(); ++i) {
+        ASSERT_TRUE(std::equal(file.begin() + reads[i].offset, file.begin() + reads[i].offset + reads[i].n,
+                               out.begin() + at[i]))
+            << "read " << i << " of " << reads[i].n << " bytes, " << threads << " threads";
+        for (std::size_t g = 0; g < 16; ++g) ASSERT_EQ(out[at[i] + reads[i].n + g], 0xEE) << "guard overwritten";
+      }
+      const auto calls = source.take_calls();
+      std::size_t nonempty = 0, read_bytes = 0;
+      for (const detail::Read& r : reads) nonempty += r.n > 0;
+      for (const auto& call : calls) read_bytes += call.second;
+      EXPECT_EQ(read_bytes, total);
+      const bool parallel = threads > 1 && total >= (std::size_t{1} << 20);
+      EXPECT_LE(calls.size(), nonempty + (parallel ? threads - 1 : 0));
+      if (parallel) EXPECT_GE(calls.size(), static_cast<std::size_t>(threads)) << "every thread reads";
+      if (parallel && detail::reads_can_run_in_parallel()) EXPECT_GE(source.threads_seen(), 2u);
+    }
+  }
+}
+
+// A tied parameter filled under two names (overlapping destinations) takes
+// the reads in order, like separate calls. The batch is laid out so that a
+// parallel pass would write the earlier name last: thread 0's share ends with
+// it, thread 1's begins with the later one.
+TEST(ReadParallel, OverlappingDestinationsOfABatchAreFilledInOrder) {
+  test::TempDir dir;
+  const std::string path = dir.file("tied.safetensors");
+  const at::Tensor big = at::randn({4 << 20});  // 16 MiB
+  const at::Tensor first = at::full({1 << 19}, 1.0f), second = at::full({1 << 19}, 2.0f);
+  save_file({{"big1", big}, {"first", first}, {"second", second}, {"big2", big.clone()}}, path);
+  Threads set(2);
+  at::Tensor shared = at::zeros({1 << 19}), other1 = at::empty_like(big), other2 = at::empty_like(big);
+  const SafeOpen file(path);
+  file.read_into({{"big1", other1}, {"first", shared}, {"second", shared}, {"big2", other2}});
+  EXPECT_TRUE(at::equal(shared, second));
+  file.read_into({{"big1", other1}, {"second", shared}, {"first", shared}, {"big2", other2}});
+  EXPECT_TRUE(at::equal(shared, first));
+  EXPECT_TRUE(at::equal(other1, big));
+  EXPECT_TRUE(at::equal(other2, big));
 }
 
 }  // namespace

@@ -13,9 +13,13 @@
 // torch::save of the module), with the peak memory each load adds;
 // "cuda-gpt2" (when a GPU is present) loads that file onto the GPU against a
 // plain copy of the same bytes from pinned memory, the link's speed. Every
-// figure is the median of N repetitions with a warm page cache.
+// figure is the median of N repetitions with a warm page cache, each into
+// fresh memory (malloc_trim before each).
 
 #include <fcntl.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -96,6 +100,12 @@ double median_seconds(int reps, const std::function<void()>& f) {
   std::vector<double> times;
   f();  // warm-up: page cache, allocator, lazy initialisation
   for (int i = 0; i < reps; ++i) {
+    // Free memory goes back to the kernel first, so that every operation
+    // that allocates gets fresh pages, as a load at startup does; otherwise
+    // a figure depends on what earlier rows left in malloc's free lists.
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
     auto start = Clock::now();
     f();
     times.push_back(std::chrono::duration<double>(Clock::now() - start).count());

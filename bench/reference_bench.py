@@ -5,6 +5,7 @@ them. Runs in the Debian 13 root (tools/bench-reference.sh).
     python3 bench/reference_bench.py BENCH_BINARY WORK_DIR [REPS]
 """
 
+import ctypes
 import os
 import statistics
 import subprocess
@@ -35,10 +36,19 @@ def many(count, shape):
     return {f"base_model.model.layers.{i}.lora_A.weight": torch.randn(*shape) for i in range(count)}
 
 
+try:
+    # As in our bench: free memory goes back to the kernel before each
+    # repetition, so that copies get fresh pages like a load at startup.
+    malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):
+    malloc_trim = lambda _: None
+
+
 def median_ms(reps, f):
     f()  # warm-up
     times = []
     for _ in range(reps):
+        malloc_trim(0)
         start = time.perf_counter()
         f()
         times.append(time.perf_counter() - start)

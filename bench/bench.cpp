@@ -404,7 +404,7 @@ void run_on_file(const std::string& file, const fs::path& dir, int reps) {
   fs::remove(out);
 }
 
-int main(int argc, char** argv) {
+int run_bench(int argc, char** argv) {
   fs::path dir = fs::temp_directory_path();
   int reps = 5;
   std::string only, file;
@@ -440,4 +440,14 @@ int main(int argc, char** argv) {
   }
   report.print_ratios();
   std::printf("peak RSS %.1f MB\n", peak_rss_kb() / 1e3);
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run_bench(argc, argv);
+  } catch (const std::exception& e) {  // a folder that does not exist, a full disk
+    std::fprintf(stderr, "bench: %s\n", e.what());
+    return 1;
+  }
 }

@@ -57,10 +57,13 @@ void* map_aligned(std::size_t length) {
 
 }  // namespace
 
-at::Tensor empty_cpu(const std::vector<std::int64_t>& shape, c10::ScalarType dtype, std::size_t nbytes,
-                     bool huge_pages) {
+at::Tensor empty_cpu(const std::vector<std::int64_t>& shape, c10::ScalarType dtype, bool huge_pages) {
 #if defined(__linux__)
-  if (!huge_pages || nbytes < kHugePageBytes) return allocator_empty(shape, dtype);
+  if (!huge_pages) return allocator_empty(shape, dtype);
+  // Shapes come from validated headers, whose byte sizes fit in size_t.
+  std::size_t nbytes = c10::elementSize(dtype);
+  for (std::int64_t d : shape) nbytes *= static_cast<std::size_t>(d);
+  if (nbytes < kHugePageBytes) return allocator_empty(shape, dtype);
   const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   if (nbytes > SIZE_MAX - page) return allocator_empty(shape, dtype);
   const std::size_t length = (nbytes + page - 1) / page * page;
@@ -81,7 +84,6 @@ at::Tensor empty_cpu(const std::vector<std::int64_t>& shape, c10::ScalarType dty
   t.unsafeGetTensorImpl()->set_sizes_contiguous(shape);
   return t;
 #else
-  (void)nbytes;
   (void)huge_pages;
   return allocator_empty(shape, dtype);
 #endif

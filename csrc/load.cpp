@@ -146,7 +146,7 @@ Unfinished unfinished_tensor(const std::shared_ptr<const State>& state, const Te
     }
   }
   // Owned memory: copy mode, the pread backend, or unaligned data.
-  at::Tensor t = detail::empty_cpu(v.shape, v.dtype, nbytes, s.options.huge_pages());
+  at::Tensor t = detail::empty_cpu(v.shape, v.dtype, s.options.huge_pages());
   void* dst = t.data_ptr();
   return {std::move(t), detail::Read{offset, dst, nbytes}};
 }
@@ -164,12 +164,14 @@ at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorIn
   return finish(std::move(u.tensor), s.options);
 }
 
-bool overlapping(std::vector<detail::Read> reads) {
-  std::sort(reads.begin(), reads.end(), [](const detail::Read& a, const detail::Read& b) {
-    return std::less<>()(a.dst, b.dst);
-  });
-  for (std::size_t i = 1; i < reads.size(); ++i)
-    if (static_cast<const char*>(reads[i - 1].dst) + reads[i - 1].n > reads[i].dst) return true;
+bool overlapping(const std::vector<detail::Read>& reads) {
+  std::vector<std::pair<std::uintptr_t, std::size_t>> ranges;  // (address, bytes)
+  ranges.reserve(reads.size());
+  for (const detail::Read& r : reads)
+    if (r.n) ranges.emplace_back(reinterpret_cast<std::uintptr_t>(r.dst), r.n);
+  std::sort(ranges.begin(), ranges.end());
+  for (std::size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i - 1].first + ranges[i - 1].second > ranges[i].first) return true;
   return false;
 }
 
@@ -411,8 +413,7 @@ at::Tensor TensorSlice::operator()(at::ArrayRef<at::indexing::TensorIndex> indic
     total *= dim.count;
   }
   for (std::size_t axis : new_axes) out_shape.insert(out_shape.begin() + axis, 1);
-  at::Tensor out = detail::empty_cpu(out_shape, v.dtype, static_cast<std::size_t>(total) * v.element_size,
-                                    s.options.huge_pages());
+  at::Tensor out = detail::empty_cpu(out_shape, v.dtype, s.options.huge_pages());
   if (total == 0) return finish(std::move(out), s.options);
 
   // Row-major strides (elements) of the stored tensor.

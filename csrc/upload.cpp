@@ -84,7 +84,7 @@ void read_parallel(const Source& source, const std::vector<Read>& reads) {
     return;
   }
   // Share k is the bytes [k * total / threads, (k + 1) * total / threads) of
-  // the reads laid end to end; `first` finds the read that holds a position.
+  // the reads laid end to end; `starts` holds where each read begins there.
   std::vector<std::size_t> starts(reads.size());
   std::size_t at = 0;
   for (std::size_t i = 0; i < reads.size(); ++i) {

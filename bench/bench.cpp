@@ -10,7 +10,8 @@
 // in F32 and BF16, a LoRA-like file of 1000 [32, 32] tensors, and a header of
 // 100,000 small tensors; "module-gpt2" loads and saves that F32 state dict as
 // a torch::nn::Module (load_state_dict / save_state_dict against torch::load /
-// torch::save of the module), with the peak memory each load adds;
+// torch::save of the module), with the peak memory each load adds, and as a
+// sharded set (100 MB shards);
 // "cuda-gpt2" (when a GPU is present) loads that file onto the GPU against a
 // plain copy of the same bytes from pinned memory, the link's speed. Every
 // figure is the median of N repetitions with a warm page cache, each into
@@ -326,6 +327,19 @@ void run_module(const Workload& w, const fs::path& dir, int reps, Report& report
                "torch::load(module)");
   report.add(name, "torch::load(module)", median_seconds(reps, [&] { torch::load(module, archive); }));
 
+  // The same model as a sharded set (index + 100 MB shards), as large
+  // checkpoints are published, against the single file.
+  const std::string sharded = (dir / "module-sharded").string();
+  fs::create_directories(sharded);  // save_sharded writes into an existing folder
+  report.add(name, "save_state_dict, 100 MB shards",
+             median_seconds(reps, [&] {
+               st::save_state_dict(*module, sharded, std::nullopt,
+                                   st::StateDictSaveOptions().max_shard_size(100'000'000));
+             }),
+             "save_state_dict");
+  report.add(name, "load_state_dict copy, 100 MB shards",
+             median_seconds(reps, [&] { st::load_state_dict(*module, sharded); }), "load_state_dict copy (pread)");
+
   // Peak memory added by one load into a module that already exists (the
   // model's own memory is not counted). Each on a fresh module, after the
   // timings, with the file in the page cache.
@@ -343,6 +357,7 @@ void run_module(const Workload& w, const fs::path& dir, int reps, Report& report
   std::printf("(largest parameter %.1f MB)\n\n", w.tensors.front().second.nbytes() / 1e6);
   fs::remove(file);
   fs::remove(archive);
+  fs::remove_all(sharded);
 }
 
 // Loading onto the GPU, against the host-to-device copy of the same bytes

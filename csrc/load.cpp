@@ -140,8 +140,13 @@ Unfinished unfinished_tensor(const std::shared_ptr<const State>& state, const Te
   if (base != nullptr && nbytes > 0 && (!s.options.copy() || converts)) {
     std::byte* p = base + offset;
     if (reinterpret_cast<std::uintptr_t>(p) % v.element_size == 0) {
-      auto keep = s.source;  // the tensor keeps the mapping alive
-      return {at::from_blob(p, v.shape, [keep](void*) mutable { keep.reset(); }, at::TensorOptions().dtype(v.dtype)),
+      // The tensor keeps the mapping alive: its context owns a reference
+      // (one allocation, where a std::function deleter takes two).
+      using Keep = std::shared_ptr<Source>;
+      return {at::for_blob(p, v.shape)
+                  .context(new Keep(s.source), [](void* keep) { delete static_cast<Keep*>(keep); })
+                  .options(at::TensorOptions().dtype(v.dtype))
+                  .make_tensor(),
               std::nullopt};
     }
   }

@@ -97,6 +97,13 @@ Workload many(const std::string& name, int count, std::vector<std::int64_t> shap
   return w;
 }
 
+// One run, nothing before it.
+double seconds_once(const std::function<void()>& f) {
+  const auto start = Clock::now();
+  f();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
 double median_seconds(int reps, const std::function<void()>& f) {
   std::vector<double> times;
   f();  // warm-up: page cache, allocator, lazy initialisation
@@ -107,19 +114,10 @@ double median_seconds(int reps, const std::function<void()>& f) {
 #ifdef __GLIBC__
     malloc_trim(0);
 #endif
-    auto start = Clock::now();
-    f();
-    times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+    times.push_back(seconds_once(f));
   }
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
-}
-
-// One run, nothing before it.
-double seconds_once(const std::function<void()>& f) {
-  const auto start = Clock::now();
-  f();
-  return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
 long peak_rss_kb() {

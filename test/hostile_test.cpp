@@ -52,12 +52,12 @@ const fs::path kCorpus = fs::path(SAFETENSORS_TEST_DATA_DIR) / "hostile";
 
 // A field of /proc/self/status, in bytes.
 std::uint64_t status_bytes(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1)) * 1024;
-  ADD_FAILURE() << "no " << field << " in /proc/self/status";
-  return 0;
+  const long kb = test::status_kb(field);
+  if (kb < 0) {
+    ADD_FAILURE() << "no " << field << " in /proc/self/status";
+    return 0;
+  }
+  return static_cast<std::uint64_t>(kb) * 1024;
 }
 
 // CPU time of the calling thread: unlike wall time, not inflated by a busy machine.

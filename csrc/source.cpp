@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -76,6 +77,16 @@ class BufferCopy final : public Source {
   ~BufferCopy() override { std::free(data()); }
 };
 
+// vm.overcommit_memory = 2: every private writable mapping is charged in full.
+bool strict_overcommit() {
+  FILE* f = std::fopen("/proc/sys/vm/overcommit_memory", "re");
+  if (!f) return false;
+  int mode = 0;
+  const bool read = std::fscanf(f, "%d", &mode) == 1;
+  std::fclose(f);
+  return read && mode == 2;
+}
+
 }  // namespace
 
 std::shared_ptr<Source> open_file(const std::string& path, Backend backend) {
@@ -96,10 +107,24 @@ std::shared_ptr<Source> open_file(const std::string& path, Backend backend) {
   if (size > static_cast<std::uint64_t>(SIZE_MAX))
     throw Error(ErrorCode::Io, path, "", "file too large to map");
   // Private and writable: in-place ops on loaded tensors copy the page instead
-  // of crashing or changing the file.
-  void* p = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ | PROT_WRITE, MAP_PRIVATE,
-                   fd, 0);
-  if (p == MAP_FAILED) throw Error(ErrorCode::Io, path, "", "cannot map: " + errno_text(errno));
+  // of crashing or changing the file. MAP_NORESERVE: the kernel would otherwise
+  // charge the whole writable private mapping to the commit limit, and a file
+  // larger than RAM + swap (the very case mapping is for) could not be mapped.
+  // Only the pages a process writes become its own; the rest stay file pages.
+  void* p = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    std::string detail = "cannot map: " + errno_text(err);
+    // Under strict overcommit the kernel ignores MAP_NORESERVE and charges
+    // every writable private mapping in full.
+    if (err == ENOMEM && strict_overcommit())
+      detail += ": the kernel's strict overcommit (vm.overcommit_memory = 2) charges a " +
+                std::to_string(size) +
+                "-byte copy-on-write mapping to the commit limit; open the file with "
+                "Backend::Pread (LoadOptions().backend(Backend::Pread)), which maps nothing";
+    throw Error(ErrorCode::Io, path, "", detail);
+  }
   return std::make_shared<MappedFile>(path, size, static_cast<std::byte*>(p));
 }
 

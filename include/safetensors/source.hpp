@@ -13,7 +13,11 @@ namespace safetensors {
 /// How a file is read.
 enum class Backend {
   /// A private (copy-on-write) memory mapping: zero-copy, nothing read until
-  /// touched, in-place writes stay private to the process. The default,
+  /// touched, in-place writes stay private to the process. Nothing is reserved
+  /// for it (MAP_NORESERVE), so a file larger than RAM + swap maps; only under
+  /// strict overcommit (vm.overcommit_memory = 2), where the kernel charges such
+  /// a mapping in full, can a large file fail to map, with an Io error that
+  /// says so and points to Pread. The default,
   /// except for loads that copy (LoadOptions::copy, load_state_dict's copy
   /// mode), which default to Pread: as fast, and no file pages mapped.
   Mmap,

@@ -116,7 +116,7 @@ class HeaderBuilder final : public nlohmann::json_sax<json> {
   bool boolean(bool) override { return scalar(Scalar::Other); }
   bool number_integer(number_integer_t v) override {
     if (v < 0) {
-      if (skip_depth_ > 0) return true;
+      if (ignored()) return true;
       return fail(ErrorCode::InvalidHeaderDeserialization,
                   "negative number " + std::to_string(v) + " in " + where());
     }
@@ -124,7 +124,7 @@ class HeaderBuilder final : public nlohmann::json_sax<json> {
   }
   bool number_unsigned(number_unsigned_t v) override { return number(v); }
   bool number_float(number_float_t, const string_t& s) override {
-    if (skip_depth_ > 0) return true;
+    if (ignored()) return true;
     return fail(ErrorCode::InvalidHeaderDeserialization,
                 "expected a non-negative integer below 2^64 in " + where() + ", found " + s);
   }
@@ -283,6 +283,12 @@ class HeaderBuilder final : public nlohmann::json_sax<json> {
 
   TensorInfo& current() { return tensors.back(); }
 
+  // Inside a value the format does not define: an unknown field of a tensor
+  // entry, which the reference ignores whatever it holds, or anything nested in one.
+  bool ignored() const {
+    return skip_depth_ > 0 || (state_ == State::Entry && field_ == Field::Other);
+  }
+
   std::string where() const {
     switch (state_) {
       case State::Shape: return "shape of tensor '" + tensors.back().name + "'";
@@ -299,7 +305,7 @@ class HeaderBuilder final : public nlohmann::json_sax<json> {
   }
 
   bool number(std::uint64_t v) {
-    if (skip_depth_ > 0) return true;
+    if (ignored()) return true;
     if (state_ == State::Shape) {
       if (current().shape.size() == kMaxRank)
         return fail(ErrorCode::LimitExceeded,
@@ -315,13 +321,11 @@ class HeaderBuilder final : public nlohmann::json_sax<json> {
                     "data_offsets must hold exactly 2 integers", current().name);
       return true;
     }
-    if (state_ == State::Entry && field_ == Field::Other) return true;
     return unexpected("a number");
   }
 
   bool scalar(Scalar kind) {
-    if (skip_depth_ > 0) return true;
-    if (state_ == State::Entry && field_ == Field::Other) return true;
+    if (ignored()) return true;
     if (state_ == State::Top && top_key_ == kMetadataKey && kind == Scalar::Null) {
       if (metadata_seen_) return duplicate_metadata();
       metadata_seen_ = true;

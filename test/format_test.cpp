@@ -154,6 +154,25 @@ TEST(HeaderJson, UnknownFieldsInATensorEntryAreIgnored) {
   EXPECT_EQ(h.tensors()[0].shape, std::vector<std::uint64_t>{2});
 }
 
+// Checked against python3-safetensors 0.5.2: an unknown field may hold any JSON
+// value, directly or nested; only numbers JSON readers cannot represent fail.
+TEST(HeaderJson, UnknownFieldsMayHoldAnyJsonValue) {
+  for (const char* value : {"-1", "1.5", "1e300", "-0.0", "true", "null", "\"s\"", "[]", "{}",
+                            "18446744073709551616", "-99999999999999999999", "[-1, 2.5]"}) {
+    const std::string json =
+        std::string(R"({"a":{"dtype":"F32","shape":[2],"x":)") + value + R"(,"data_offsets":[0,8]}})";
+    Header h = parse(make_file(json, std::string(8, '\0')));
+    ASSERT_EQ(h.tensors().size(), 1u) << json;
+    EXPECT_EQ(h.tensors()[0].end, 8u) << json;
+  }
+  EXPECT_EQ(code_of_json(R"({"a":{"dtype":"F32","shape":[2],"x":1e400,"data_offsets":[0,8]}})",
+                         std::string(8, '\0')),
+            ErrorCode::InvalidHeaderDeserialization);
+  // The fields the format defines stay strict.
+  EXPECT_EQ(code_of_json(R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", std::string(8, '\0')),
+            ErrorCode::InvalidHeaderDeserialization);
+}
+
 TEST(HeaderJson, DuplicatesAreDuplicateKey) {
   EXPECT_EQ(code_of_json(
                 R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",

@@ -212,13 +212,13 @@ SafeOpen::SafeOpen(std::shared_ptr<Source> source, LoadOptions options) {
   state_ = std::make_shared<const State>(State{std::move(source), std::move(header), std::move(options)});
 }
 
-const std::string& SafeOpen::path() const noexcept { return state_->source->path(); }
-const LoadOptions& SafeOpen::options() const noexcept { return state_->options; }
-const Header& SafeOpen::header() const noexcept { return state_->header; }
-const Metadata& SafeOpen::metadata() const noexcept { return state_->header.metadata(); }
+const std::string& SafeOpen::path() const& noexcept { return state_->source->path(); }
+const LoadOptions& SafeOpen::options() const& noexcept { return state_->options; }
+const Header& SafeOpen::header() const& noexcept { return state_->header; }
+const Metadata& SafeOpen::metadata() const& noexcept { return state_->header.metadata(); }
 std::size_t SafeOpen::size() const noexcept { return state_->header.tensors().size(); }
 bool SafeOpen::contains(const std::string& name) const { return state_->header.find(name); }
-const TensorInfo& SafeOpen::info(const std::string& name) const { return lookup(*state_, name); }
+const TensorInfo& SafeOpen::info(const std::string& name) const& { return lookup(*state_, name); }
 
 std::vector<std::string> SafeOpen::keys() const {
   std::vector<std::string> names;

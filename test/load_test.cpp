@@ -10,9 +10,11 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <type_traits>
 
 #include "safetensors/load.hpp"
 #include "safetensors/save.hpp"
+#include "safetensors/sharded.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "test_util.hpp"
 
@@ -392,6 +394,39 @@ TEST(LoadFile, ManyThreadsReadOneHandle) {
 
 // read_into: the file's bytes straight into existing memory when they fit as
 // they are, torch's copy_ (converting) otherwise, never a broadcast.
+// What info(), header() and friends return points into the handle's state; a
+// temporary handle must not leave a caller holding a dangling reference.
+template <class T>
+using InfoOf = decltype(std::declval<T>().info(std::string()));
+static_assert(std::is_same_v<InfoOf<SafeOpen>, TensorInfo>);
+static_assert(std::is_same_v<InfoOf<const SafeOpen&>, const TensorInfo&>);
+static_assert(std::is_same_v<InfoOf<ShardedOpen>, TensorInfo>);
+static_assert(std::is_same_v<InfoOf<const ShardedOpen&>, const TensorInfo&>);
+static_assert(std::is_same_v<decltype(std::declval<SafeOpen>().header()), Header>);
+static_assert(std::is_same_v<decltype(std::declval<SafeOpen>().metadata()), Metadata>);
+static_assert(std::is_same_v<decltype(std::declval<SafeOpen>().path()), std::string>);
+static_assert(std::is_same_v<decltype(std::declval<TensorSlice>().info()), TensorInfo>);
+static_assert(std::is_same_v<decltype(std::declval<const TensorSlice&>().info()), const TensorInfo&>);
+static_assert(std::is_same_v<decltype(std::declval<ShardedOpen>().metadata()), Metadata>);
+
+TEST_F(Load, ReferencesFromATemporaryHandleStayValid) {
+  const TensorInfo& info = SafeOpen(path_).info("a");
+  const Header& header = SafeOpen(path_).header();
+  const Metadata& metadata = SafeOpen(path_).metadata();
+  const std::string& path = SafeOpen(path_).path();
+  const TensorInfo& slice_info = SafeOpen(path_).get_slice("b").info();
+  const TensorInfo& sharded_info = ShardedOpen(path_).info("b");
+  // Allocations in between would reuse freed state (AddressSanitizer reports it).
+  TensorDict other = load_file(path_, LoadOptions().copy(true));
+  EXPECT_EQ(info.name, "a");
+  EXPECT_EQ(info.shape, (std::vector<std::uint64_t>{3, 4}));
+  EXPECT_EQ(header.tensors().size(), 2u);
+  EXPECT_EQ(metadata.at("format"), "pt");
+  EXPECT_EQ(path, path_);
+  EXPECT_EQ(slice_info.name, "b");
+  EXPECT_EQ(sharded_info.nbytes(), 80u);
+}
+
 TEST(ReadInto, FillsExistingMemoryOrConvertsButNeverBroadcasts) {
   TempDir dir;
   const at::Tensor big = at::randn({3000, 1000});  // 12 MB: read in parallel chunks

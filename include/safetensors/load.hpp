@@ -87,18 +87,30 @@ class SafeOpen {
   /// Over an already opened source (a file, or copy_buffer()).
   explicit SafeOpen(std::shared_ptr<Source> source, LoadOptions options = {});
 
+  // The accessors that return references point into state the handle shares
+  // with its copies, slices and tensors. Called on a temporary handle they
+  // return copies instead, so that `const TensorInfo& i = SafeOpen(p).info("x");`
+  // binds to a value that lives as long as `i` rather than dangling.
+
   /// The file's path ("" for buffers).
-  const std::string& path() const noexcept;
-  const LoadOptions& options() const noexcept;
-  const Header& header() const noexcept;
+  const std::string& path() const& noexcept;
+  std::string path() const&& { return static_cast<const SafeOpen&>(*this).path(); }
+  const LoadOptions& options() const& noexcept;
+  LoadOptions options() const&& { return static_cast<const SafeOpen&>(*this).options(); }
+  const Header& header() const& noexcept;
+  Header header() const&& { return static_cast<const SafeOpen&>(*this).header(); }
   /// Tensor names in file (data offset) order.
   std::vector<std::string> keys() const;
   std::size_t size() const noexcept;
   bool contains(const std::string& name) const;
   /// Dtype, shape and byte range. Throws TensorNotFound.
-  const TensorInfo& info(const std::string& name) const;
+  const TensorInfo& info(const std::string& name) const&;
+  TensorInfo info(const std::string& name) const&& {
+    return static_cast<const SafeOpen&>(*this).info(name);
+  }
   /// The `__metadata__` object (empty when absent).
-  const Metadata& metadata() const noexcept;
+  const Metadata& metadata() const& noexcept;
+  Metadata metadata() const&& { return static_cast<const SafeOpen&>(*this).metadata(); }
 
   /// One tensor. Throws TensorNotFound, UnsupportedDtype.
   at::Tensor get_tensor(const std::string& name) const;
@@ -135,7 +147,9 @@ class SafeOpen {
 /// Integers out of range are InvalidSlice errors.
 class TensorSlice {
  public:
-  const TensorInfo& info() const noexcept { return *info_; }
+  /// Points into state the slice shares with its file; a copy on a temporary slice.
+  const TensorInfo& info() const& noexcept { return *info_; }
+  TensorInfo info() const&& { return *info_; }
   Dtype dtype() const noexcept { return info_->dtype; }
   std::vector<std::int64_t> shape() const;
 

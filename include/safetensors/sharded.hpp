@@ -69,21 +69,27 @@ class ShardedOpen {
   explicit ShardedOpen(SafeOpen file);
 
   /// The index file's path, or the single file's.
-  const std::string& path() const noexcept { return path_; }
+  const std::string& path() const& noexcept { return path_; }
+  std::string path() const&& { return path_; }
   /// The index, or nullptr for a single file.
-  const ShardIndex* index() const noexcept { return index_ ? &*index_ : nullptr; }
+  const ShardIndex* index() const& noexcept { return index_ ? &*index_ : nullptr; }
+  const ShardIndex* index() const&& = delete;  // would point into a temporary
   /// The shards, in the order of ShardIndex::shard_files().
-  const std::vector<SafeOpen>& shards() const noexcept { return shards_; }
+  const std::vector<SafeOpen>& shards() const& noexcept { return shards_; }
+  std::vector<SafeOpen> shards() const&& { return shards_; }
   /// Tensor names: shard by shard, each in file order.
   std::vector<std::string> keys() const;
   std::size_t size() const noexcept { return shard_of_.size(); }
   bool contains(const std::string& name) const { return shard_of_.count(name) != 0; }
   /// The index's metadata (total_size included, as text), or the single file's.
-  const Metadata& metadata() const noexcept { return metadata_; }
+  const Metadata& metadata() const& noexcept { return metadata_; }
+  Metadata metadata() const&& { return metadata_; }
   /// The shard holding a tensor. Throws TensorNotFound.
   const SafeOpen& shard_of(const std::string& name) const;
 
-  const TensorInfo& info(const std::string& name) const { return shard_of(name).info(name); }
+  /// Points into a shard's state; a copy on a temporary ShardedOpen (see SafeOpen).
+  const TensorInfo& info(const std::string& name) const& { return shard_of(name).info(name); }
+  TensorInfo info(const std::string& name) const&& { return shard_of(name).info(name); }
   at::Tensor get_tensor(const std::string& name) const { return shard_of(name).get_tensor(name); }
   TensorSlice get_slice(const std::string& name) const { return shard_of(name).get_slice(name); }
   /// Every tensor, in keys() order.

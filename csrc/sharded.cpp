@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cmath>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -55,10 +56,12 @@ Error index_error(const std::string& file, const std::string& tensor, const std:
 
 std::optional<std::uint64_t> parse_total_size(const nlohmann::json& value, const std::string& file) {
   if (value.is_number_unsigned()) return value.get<std::uint64_t>();
-  // Some writers store it as a float; accept it while it is a whole number.
-  if (value.is_number_float() && value.get<double>() >= 0 &&
-      value.get<double>() == static_cast<double>(static_cast<std::uint64_t>(value.get<double>())))
-    return static_cast<std::uint64_t>(value.get<double>());
+  // Some writers store it as a float; accept it while it is a whole number
+  // that fits (converting a double of 2^64 or more is undefined behaviour).
+  if (value.is_number_float()) {
+    const double d = value.get<double>();
+    if (d >= 0 && d < 18446744073709551616.0 && d == std::floor(d)) return static_cast<std::uint64_t>(d);
+  }
   throw index_error(file, "", "metadata.total_size is not a byte count: " + value.dump());
 }
 

@@ -170,6 +170,19 @@ TEST(ShardIndex, RefusesShardNamesOutsideTheFolder) {
     EXPECT_EQ(error_code_of([&] { parse_index(bad); }), ErrorCode::InvalidIndex) << bad;
 }
 
+TEST(ShardIndex, TotalSizeMayBeAWholeFloatThatFits) {
+  EXPECT_EQ(parse_index(R"({"weight_map": {}, "metadata": {"total_size": 4305.0}})").total_size, 4305u);
+  EXPECT_EQ(parse_index(R"({"weight_map": {}, "metadata": {"total_size": 1e19}})").total_size,
+            10'000'000'000'000'000'000u);
+  // Converting these to an integer would be undefined behaviour.
+  for (const std::string bad : {"1.5", "-0.5", "18446744073709551616.0", "1e20", "1e300"})
+    EXPECT_EQ(error_code_of([&] {
+                parse_index(R"({"weight_map": {}, "metadata": {"total_size": )" + bad + "}}");
+              }),
+              ErrorCode::InvalidIndex)
+        << bad;
+}
+
 TEST(ShardedOpen, RefusesASetThatDisagreesWithItsIndex) {
   TempDir dir;
   save_file({{"a", torch::ones({1})}}, dir.file("one.safetensors"));

@@ -1,5 +1,9 @@
 #include "safetensors/error.hpp"
 
+#include <cstdio>
+
+#include "safetensors/header.hpp"
+
 namespace safetensors {
 
 const char* to_string(ErrorCode code) noexcept {
@@ -30,14 +34,58 @@ const char* to_string(ErrorCode code) noexcept {
   return "Unknown";
 }
 
+namespace detail {
+
+std::string escape_control(std::string_view text, bool keep_newlines) {
+  std::string out;
+  out.reserve(text.size());
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const std::size_t n = text.size();
+  auto escape_byte = [&](unsigned char byte) {
+    char escaped[5];
+    std::snprintf(escaped, sizeof escaped, "\\x%02x", byte);
+    out += escaped;
+  };
+  for (std::size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    if (c < 0x80) {
+      if ((c < 0x20 && !(keep_newlines && c == '\n')) || c == 0x7f) {
+        escape_byte(c);
+      } else {
+        out += static_cast<char>(c);
+      }
+      ++i;
+      continue;
+    }
+    // One UTF-8 sequence, or the single byte that starts an invalid one.
+    const std::size_t len = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    const bool valid = len != 0 && i + len <= n && is_valid_utf8(text.substr(i, len));
+    if (!valid) {
+      escape_byte(c);
+      ++i;
+    } else if (len == 2 && c == 0xC2 && p[i + 1] < 0xA0) {
+      char escaped[7];  // C1 control, U+0080..U+009F (0x9b is a terminal's CSI)
+      std::snprintf(escaped, sizeof escaped, "\\u%04x", p[i + 1]);
+      out += escaped;
+      i += 2;
+    } else {
+      out.append(text.data() + i, len);
+      i += len;
+    }
+  }
+  return out;
+}
+
+}  // namespace detail
+
 namespace {
 std::string compose(ErrorCode code, const std::string& file, const std::string& tensor,
                     const std::string& detail) {
   std::string out;
   out.reserve(file.size() + tensor.size() + detail.size() + 48);
-  if (!file.empty()) out += file + ": ";
-  if (!tensor.empty()) out += "tensor '" + tensor + "': ";
-  out += detail;
+  if (!file.empty()) out += detail::escape_control(file) + ": ";
+  if (!tensor.empty()) out += "tensor '" + detail::escape_control(tensor) + "': ";
+  out += detail::escape_control(detail, /*keep_newlines=*/true);
   out += " [";
   out += to_string(code);
   out += ']';

@@ -349,6 +349,21 @@ TEST(Errors, MessageNamesFileTensorAndRule) {
   }
 }
 
+TEST(Errors, MessageEscapesControlCharactersAndInvalidUtf8) {
+  // ESC, a C1 CSI (U+009B), DEL, a stray continuation byte, a newline; a valid
+  // multi-byte name stays as it is.
+  const Error e(ErrorCode::TensorInvalidInfo, "dir\n/f\x1b[2J.st", "w\xc2\x9b" "1m\x7f\x80\xc3\xbc",
+                "first line\nsecond \x1b line");
+  EXPECT_EQ(std::string(e.what()),
+            "dir\\x0a/f\\x1b[2J.st: tensor 'w\\u009b1m\\x7f\\x80\xc3\xbc': first line\nsecond \\x1b line "
+            "[TensorInvalidInfo]");
+  EXPECT_EQ(e.file(), "dir\n/f\x1b[2J.st");  // the accessors are unescaped
+  EXPECT_EQ(e.tensor(), "w\xc2\x9b" "1m\x7f\x80\xc3\xbc");
+  EXPECT_EQ(e.detail(), "first line\nsecond \x1b line");
+  EXPECT_EQ(detail::escape_control("\xe2\x82"), "\\xe2\\x82");  // a sequence cut short
+  EXPECT_EQ(detail::escape_control("\xf0\x9f\x98\x80 \xc2\xa0"), "\xf0\x9f\x98\x80 \xc2\xa0");
+}
+
 TEST(Utf8, Validator) {
   EXPECT_TRUE(is_valid_utf8(""));
   EXPECT_TRUE(is_valid_utf8("plain ascii, long enough for the fast path"));

@@ -4,7 +4,6 @@
 
 #include <c10/util/Exception.h>
 
-#include <cstdio>
 #include <new>
 #include <stdexcept>
 
@@ -13,21 +12,7 @@
 
 namespace safetensors::cli {
 
-std::string printable(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (byte < 0x20 || byte == 0x7f) {
-      char escaped[5];
-      std::snprintf(escaped, sizeof escaped, "\\x%02x", byte);
-      out += escaped;
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
+std::string printable(std::string_view s) { return detail::escape_control(s); }
 
 namespace {
 
@@ -60,9 +45,11 @@ std::string error_line(const std::string& fallback_path) {
     if (!e.file().empty()) path = e.file();
   } catch (...) {
   }
-  const std::string prefix = path + ": ";
+  // A library error's message is escaped already, its file name included.
+  const std::string prefix = printable(path) + ": ";
+  message = printable(message);
   if (message.compare(0, prefix.size(), prefix) == 0) message.erase(0, prefix.size());
-  return printable(path) + ": error: " + printable(message);
+  return prefix + "error: " + message;
 }
 
 }  // namespace safetensors::cli

@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace safetensors {
 
@@ -44,10 +45,21 @@ enum class ErrorCode {
 /// The code's name, e.g. "InvalidOffset".
 const char* to_string(ErrorCode code) noexcept;
 
+namespace detail {
+/// `text` with control characters and invalid UTF-8 escaped as Error's message
+/// does; `keep_newlines` leaves '\n' as it is.
+std::string escape_control(std::string_view text, bool keep_newlines = false);
+}  // namespace detail
+
 class Error : public std::runtime_error {
  public:
-  /// `file` and `tensor` may be empty. The message reads
-  /// "FILE: tensor 'NAME': DETAIL [Code]".
+  /// `file` and `tensor` may be empty. The message (what()) reads
+  /// "FILE: tensor 'NAME': DETAIL [Code]", with every control character
+  /// (C0, DEL, C1) and every byte that is not part of valid UTF-8 escaped as
+  /// `\xNN` or `\u00NN`: names come from untrusted files and must not reach a
+  /// terminal or a log as escape sequences. Newlines that DETAIL itself holds
+  /// (a list of problems, one per line) are kept; in FILE and NAME they are
+  /// escaped too. file(), tensor() and detail() return the text unescaped.
   Error(ErrorCode code, const std::string& file, const std::string& tensor,
         const std::string& detail);
 

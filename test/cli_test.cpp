@@ -252,6 +252,26 @@ TEST_F(CliTest, VerifyEscapesControlCharactersInMessages) {
   EXPECT_NE(out[0].find("[TensorInvalidInfo]"), std::string::npos) << out[0];
 }
 
+TEST_F(CliTest, EscapesTerminalControlSequencesInNamesAndPaths) {
+  // ESC and the one-byte CSI U+009B in a tensor name and in the file's name.
+  const std::string p = path("evil\x1b]0;title\x07.safetensors");
+  write_bytes(p, safetensors::test::make_file(
+                     "{\"w\xc2\x9b" "31m\\u001b[2J\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", "abcd"));
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"verify", p}, {"inspect", p}, {"convert", p, path("o.safetensors")}}) {
+    SCOPED_TRACE(args[0]);
+    Result r = run(args);
+    ASSERT_TRUE(r.exited);
+    EXPECT_EQ(r.code, 1);
+    const std::string all = r.out + r.err;
+    EXPECT_EQ(all.find('\x1b'), std::string::npos) << all;
+    EXPECT_EQ(all.find('\x07'), std::string::npos) << all;
+    EXPECT_EQ(all.find("\xc2\x9b"), std::string::npos) << all;
+    EXPECT_NE(all.find("evil\\x1b]0;title\\x07.safetensors: error: tensor 'w\\u009b31m\\x1b[2J'"), std::string::npos)
+        << all;
+  }
+}
+
 // --- usage --------------------------------------------------------------------
 
 TEST_F(CliTest, UsageErrorsExitWithTwo) {
@@ -264,6 +284,8 @@ TEST_F(CliTest, UsageErrorsExitWithTwo) {
       {"inspect"},
       {"convert", p},
       {"convert", p, path("out.safetensors"), "--metadata", "no-equals-sign"},
+      {"convert", p, path("out.safetensors"), "--shard-size", "0"},
+      {"convert", p, path("out.safetensors"), "--shard-size", "-5"},
   };
   for (const auto& args : cases) {
     SCOPED_TRACE(::testing::PrintToString(args));
@@ -369,6 +391,49 @@ TEST_F(CliTest, ConvertOfAnInvalidInputFailsAndWritesNothing) {
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(starts_with(r.err, in + ": error: ")) << r.err;
   EXPECT_FALSE(fs::exists(out));
+}
+
+// --- diff -------------------------------------------------------------------
+
+TEST_F(CliTest, DiffExitsZeroWhenEqualOneWhenDifferentTwoOnTrouble) {
+  const std::string a = write_sample("a.safetensors");
+  const std::string same = write_sample("same.safetensors");
+  const std::string other = path("other.safetensors");
+  safetensors::save_file({{"weight", at::arange(6, at::kFloat).reshape({3, 2})}}, other);
+  const std::string broken = path("broken.safetensors");
+  write_bytes(broken, "not a checkpoint at all");
+  EXPECT_EQ(run({"diff", a, same}).code, 0);
+  const Result different = run({"diff", a, other});
+  EXPECT_EQ(different.code, 1) << different.out << different.err;
+  EXPECT_NE(different.out.find("different: "), std::string::npos) << different.out;
+  for (const auto& [x, y] : std::vector<std::pair<std::string, std::string>>{
+           {a, path("missing.safetensors")}, {path("missing.safetensors"), a}, {a, broken}, {broken, a},
+           {a, dir_.path().string()}}) {
+    SCOPED_TRACE(x + " vs " + y);
+    const Result r = run({"diff", x, y});
+    ASSERT_TRUE(r.exited);
+    EXPECT_EQ(r.code, 2) << r.out << r.err;
+    EXPECT_EQ(r.out, "");
+    EXPECT_NE(r.err.find(": error: "), std::string::npos) << r.err;
+  }
+}
+
+// --- convert to shards -----------------------------------------------------------
+
+TEST_F(CliTest, ConvertCountsTheShardsItWrites) {
+  const std::string in = path("many.safetensors");
+  safetensors::NamedTensors tensors;
+  for (int i = 0; i < 19; ++i) tensors.add("t" + std::to_string(100 + i), at::full({4}, i, at::kFloat));
+  safetensors::save_file(tensors, in);
+  const std::string folder = path("sharded");
+  const Result r = run({"convert", in, folder, "--shard-size", "100"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::size_t shards = 0;
+  for (const auto& entry : fs::directory_iterator(folder))
+    if (entry.path().extension() == ".safetensors") ++shards;
+  EXPECT_GT(shards, 1u);
+  EXPECT_NE(r.out.find(" in " + std::to_string(shards) + " shards with an index"), std::string::npos) << r.out;
+  EXPECT_EQ(safetensors::ShardedOpen(folder).size(), 19u);
 }
 
 }  // namespace

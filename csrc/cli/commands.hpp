@@ -15,6 +15,10 @@ namespace safetensors::cli {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitInvalid = 1;  ///< an invalid file or a failed operation
 inline constexpr int kExitUsage = 2;    ///< bad command line
+/// `diff`: 0 equal, 1 different, 2 trouble (a file that cannot be read or
+/// compared, of any kind), as diff(1).
+inline constexpr int kExitDifferent = 1;
+inline constexpr int kExitTrouble = 2;
 
 /// Prints the tensors, metadata and totals of one file (a table, or JSON).
 int inspect(const std::string& path, bool json);
@@ -33,7 +37,8 @@ struct ConvertArgs {
 int convert(const std::string& in, const std::string& out, const Metadata& overrides,
             const ConvertArgs& args = {});
 
-/// Compares two checkpoints tensor by tensor; 0 when equal, 1 otherwise.
+/// Compares two checkpoints tensor by tensor: kExitOk when equal,
+/// kExitDifferent when not, kExitTrouble when either cannot be compared.
 int diff(const std::string& a, const std::string& b, const std::vector<std::string>& key_a,
          const std::vector<std::string>& key_b);
 

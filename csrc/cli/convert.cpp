@@ -108,7 +108,8 @@ std::string joined(const std::vector<std::string>& names) {
 void print_summary(const std::string& in, const std::string& out, const ConvertSummary& s) {
   std::cout << "converted " << printable(in) << " (" << to_string(s.format) << ") -> " << printable(out)
             << ": " << s.tensors << " tensors, " << s.bytes << " bytes";
-  if (s.files.size() > 1) std::cout << " in " << s.files.size() << " shards";
+  // The files written are the shards, then the index.
+  if (s.files.size() > 1) std::cout << " in " << s.files.size() - 1 << " shards with an index";
   char seconds[32];
   std::snprintf(seconds, sizeof seconds, "%.2f", s.seconds);
   std::cout << ", " << seconds << " s\n";

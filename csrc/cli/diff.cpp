@@ -16,16 +16,16 @@ int diff(const std::string& a, const std::string& b, const std::vector<std::stri
     report = diff_checkpoints(a, b, CheckpointOptions().key(key_a), CheckpointOptions().key(key_b));
   } catch (...) {
     std::cerr << error_line(a) << '\n';
-    return kExitInvalid;
+    return kExitTrouble;
   }
   for (const std::string& name : report.only_in_a) std::cout << "only in A: " << printable(name) << '\n';
   for (const std::string& name : report.only_in_b) std::cout << "only in B: " << printable(name) << '\n';
   for (const TensorDifference& d : report.different)
-    std::cout << "differs: " << printable(d.name) << ": " << d.detail << '\n';
+    std::cout << "differs: " << printable(d.name) << ": " << printable(d.detail) << '\n';
   std::cout << (report.equal() ? "equal: " : "different: ") << report.identical << " identical, "
             << report.different.size() << " different, " << report.only_in_a.size() << " only in A, "
             << report.only_in_b.size() << " only in B\n";
-  return report.equal() ? kExitOk : kExitInvalid;
+  return report.equal() ? kExitOk : kExitDifferent;
 }
 
 }  // namespace safetensors::cli

@@ -1,6 +1,6 @@
 // safetensors-torch: inspect, verify and convert safetensors files from the
 // command line. Exit status: 0 success, 1 an invalid file or failed operation,
-// 2 a usage error.
+// 2 a usage error; `diff`: 0 equal, 1 different, 2 trouble.
 
 #include <iostream>
 
@@ -86,10 +86,12 @@ int main(int argc, char** argv) {
   convert->add_option("--key", convert_key, "Convert only this sub-dict of a checkpoint (dotted path)")
       ->type_name("PATH");
   convert->add_option("--shard-size", shard_size, "Write OUT as a folder of shards of at most BYTES each")
-      ->type_name("BYTES");
+      ->type_name("BYTES")
+      ->check(CLI::PositiveNumber);
 
   std::string diff_a, diff_b, key_a, key_b;
-  CLI::App* diff = app.add_subcommand("diff", "Compare two checkpoints tensor by tensor (exit 0 when equal)");
+  CLI::App* diff = app.add_subcommand(
+      "diff", "Compare two checkpoints tensor by tensor (exit 0 equal, 1 different, 2 trouble)");
   diff->add_option("A", diff_a, "A checkpoint of any supported format")->required();
   diff->add_option("B", diff_b, "A checkpoint of any supported format")->required();
   diff->add_option("--key-a", key_a, "Compare only this sub-dict of A (dotted path)")->type_name("PATH");
@@ -108,7 +110,7 @@ int main(int argc, char** argv) {
     return cli::convert(in, out, parse_metadata(metadata_args), {split_key(convert_key), shard_size});
   } catch (const std::exception& e) {
     // The commands report their own failures; this is a last resort.
-    std::cerr << "safetensors-torch: error: " << e.what() << '\n';
-    return cli::kExitInvalid;
+    std::cerr << "safetensors-torch: error: " << cli::printable(e.what()) << '\n';
+    return *diff ? cli::kExitTrouble : cli::kExitInvalid;
   }
 }

@@ -1,0 +1,30 @@
+#pragma once
+// The memory a tensor's elements span, to tell which tensors share memory.
+// Internal.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace safetensors::detail {
+
+/// Bytes [begin, end) on one device (`device` tells devices apart).
+struct Extent {
+  int device;
+  std::uintptr_t begin, end;
+};
+
+/// The bytes from a strided tensor's first element to the end of its last:
+/// nullopt when it has no memory to speak of (another layout, no storage or
+/// data, no elements).
+inline std::optional<Extent> extent_of(const at::Tensor& t) {
+  if (!t.defined() || t.layout() != c10::kStrided || !t.has_storage() || t.numel() == 0) return std::nullopt;
+  const auto begin = reinterpret_cast<std::uintptr_t>(t.data_ptr());
+  if (begin == 0) return std::nullopt;
+  std::uintptr_t last = 0;  // the last element's offset, in elements (strides are never negative)
+  for (std::int64_t d = 0; d < t.dim(); ++d) last += static_cast<std::uintptr_t>((t.size(d) - 1) * t.stride(d));
+  const int device = static_cast<int>(t.device().type()) * 65536 + t.device().index() + 1;
+  return Extent{device, begin, begin + (last + 1) * static_cast<std::uintptr_t>(t.element_size())};
+}
+
+}  // namespace safetensors::detail

@@ -43,7 +43,12 @@ enum class LoadMode {
   /// CPU parameters and buffers become views of the privately mapped file: no
   /// copy, and processes serving the same model share one copy in the page
   /// cache. Writing to them stays private to the process. Parameters on other
-  /// devices, converted dtypes and unaligned data are still copied.
+  /// devices, converted dtypes and unaligned data are still copied. Memory is
+  /// shared exactly as in Copy mode: entries the module ties share one view,
+  /// an entry the module keeps apart from another filled from the same file
+  /// tensor (an alias) gets its own copy, and an entry whose memory overlaps
+  /// another's without being the same view (a transposed buffer over a
+  /// parameter) is filled in place.
   ZeroCopy,
 };
 
@@ -120,8 +125,12 @@ struct LoadReport {
 /// either. Shapes must match exactly (no broadcasting); see StateDictLoadOptions
 /// for dtypes and renaming. Names the saver recorded as aliases of a kept tensor
 /// (`{"lm_head.weight": "wte.weight"}` in the metadata, see save_state_dict),
-/// and parameters tied in the module to a loaded one, are filled from it and not
-/// reported missing. Throws StateDictMismatch when strict and anything is off.
+/// and parameters tied in the module to a loaded one, are filled from it and
+/// not reported missing; each alias takes its own part (tensor_parallel) and
+/// dtype. Entries the module ties (the same memory seen the same way)
+/// are written once: when the file holds several of them, the one last in the
+/// module's order wins, as the last copy does in PyTorch's load_state_dict.
+/// Throws StateDictMismatch when strict and anything is off.
 LoadReport load_state_dict(torch::nn::Module& module, const std::string& path,
                            const StateDictLoadOptions& options = {});
 LoadReport load_state_dict(torch::nn::Module& module, const SafeOpen& file,

@@ -109,10 +109,29 @@ Catalog Catalog::of(const ShardedOpen& checkpoint) {
   for (const SafeOpen& shard : checkpoint.shards())
     for (const TensorInfo& info : shard.header().tensors()) out.add(info);
   // `removed -> kept` entries a saver recorded in the metadata: a key that is
-  // no tensor of the checkpoint, naming one that is.
-  for (const SafeOpen& shard : checkpoint.shards())
-    for (const auto& [key, value] : shard.metadata())
-      if (checkpoint.contains(value) && !checkpoint.contains(key)) out.aliases.emplace_back(key, value);
+  // no tensor of the checkpoint, naming one that is. save_state_dict records
+  // them in every shard of a set, huggingface_hub in the index only: each
+  // counts once per set, and a name recorded for two tensors is ambiguous.
+  struct Recorded {
+    const std::string* kept;
+    const std::string* file;
+  };
+  std::unordered_map<std::string, Recorded> recorded;
+  auto collect = [&](const Metadata& metadata, const std::string& file) {
+    for (const auto& [key, value] : metadata) {
+      if (!checkpoint.contains(value) || checkpoint.contains(key)) continue;
+      const auto [it, fresh] = recorded.emplace(key, Recorded{&value, &file});
+      if (fresh) {
+        out.aliases.emplace_back(key, value);
+      } else if (*it->second.kept != value) {
+        throw Error(ErrorCode::InvalidIndex, checkpoint.path(), key,
+                    "recorded as an alias of '" + *it->second.kept + "' in " + *it->second.file + " and of '" +
+                        value + "' in " + file + ": which tensor it names is ambiguous");
+      }
+    }
+  };
+  if (const ShardIndex* index = checkpoint.index()) collect(index->metadata, checkpoint.path());
+  for (const SafeOpen& shard : checkpoint.shards()) collect(shard.metadata(), shard.path());
   return out;
 }
 

@@ -502,9 +502,12 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
                                                     st::DistributedSaveOptions().fsync(false));
     CHECK_WORKER(files.back() == "model.safetensors.index.json", files.back());
     // A module holding this rank's parts, saved the same way.
-    // A module holding this rank's parts, saved the same way.
+    // A module holding this rank's parts, with an output layer tied to the
+    // embedding, saved the same way.
     auto module = make_module(local_parts(tp));
     st::load_state_dict(*module, model, st::StateDictLoadOptions().tensor_parallel(tp));
+    auto head = module->register_module("head", std::make_shared<torch::nn::Module>());
+    head->register_parameter("weight", module->named_parameters()["embed.weight"]);
     st::save_state_dict_distributed(*module, (dir / "module-out").string(), *comm, model_plan());
     return 0;
   }
@@ -617,6 +620,18 @@ TEST_P(Ranks, ADistributedSaveIsANormalShardedCheckpoint) {
     EXPECT_EQ(files, saved.shards().size() + 1) << folder << ": leftovers";
   }
   EXPECT_EQ(st::ShardedOpen((dir.path() / "out").string()).metadata().count("total_size"), 1u);
+  // The tied module's set loads, strictly, with the tie kept in both modes.
+  for (st::LoadMode mode : {st::LoadMode::Copy, st::LoadMode::ZeroCopy}) {
+    auto module = make_module(model_tensors());
+    auto head = module->register_module("head", std::make_shared<torch::nn::Module>());
+    head->register_parameter("weight", module->named_parameters()["embed.weight"]);
+    const st::LoadReport report =
+        st::load_state_dict(*module, (dir.path() / "module-out").string(), st::StateDictLoadOptions().mode(mode));
+    EXPECT_TRUE(report.ok()) << report.describe();
+    const auto params = module->named_parameters();
+    EXPECT_TRUE(bitwise_equal(params["head.weight"], model_tensors()[0].second));
+    EXPECT_EQ(params["head.weight"].data_ptr(), params["embed.weight"].data_ptr());
+  }
 }
 
 TEST_P(Ranks, ASaveThatOneRankCannotMakeFailsEveryRankAndKeepsThePreviousCheckpoint) {

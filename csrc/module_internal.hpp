@@ -95,7 +95,6 @@ class Matcher {
   Matcher(const Entries& targets, const Catalog& checkpoint, const StateDictLoadOptions& options);
   void match();
   LoadReport& report() { return report_; }
-  const std::vector<Fill>& fills() const { return fills_; }
   /// What to write, in the module's order of each write's fill.
   std::vector<Write> writes() const;
 

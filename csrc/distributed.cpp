@@ -16,7 +16,9 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 
 #include "module_internal.hpp"
@@ -184,6 +186,44 @@ Catalog parse_catalog(const std::string& text, const std::string& path) {
 }
 
 // ---------------------------------------------------------------------------
+// What each rank asks rank 0 for
+
+// The whole of a catalog's tensor, or a part of it; ordered by tensor first.
+struct Request {
+  std::size_t tensor;
+  bool part;
+  std::int64_t dim, start, length;
+  bool operator<(const Request& o) const {
+    return std::tie(tensor, part, dim, start, length) < std::tie(o.tensor, o.part, o.dim, o.start, o.length);
+  }
+};
+
+Request request_of(const Catalog& catalog, const Fill& f) {
+  const std::size_t tensor = catalog.index.at(f.source);
+  if (!f.part) return {tensor, false, 0, 0, 0};
+  return {tensor, true, f.part->dim, f.part->range.start, f.part->range.length};
+}
+
+// A rank's outcome and its requests, in order.
+std::string requests_json(std::int64_t outcome, const std::vector<Request>& requests) {
+  nlohmann::json doc;
+  doc["outcome"] = outcome;
+  doc["requests"] = nlohmann::json::array();
+  for (const Request& q : requests) doc["requests"].push_back({q.tensor, q.part, q.dim, q.start, q.length});
+  return doc.dump();
+}
+
+std::vector<Request> parse_requests(const std::string& text, std::int64_t& outcome) {
+  const nlohmann::json doc = nlohmann::json::parse(text);
+  outcome = doc["outcome"].get<std::int64_t>();
+  std::vector<Request> out;
+  for (const auto& q : doc["requests"])
+    out.push_back({q[0].get<std::size_t>(), q[1].get<bool>(), q[2].get<std::int64_t>(), q[3].get<std::int64_t>(),
+                   q[4].get<std::int64_t>()});
+  return out;
+}
+
+// ---------------------------------------------------------------------------
 // What each rank holds of a tensor it saves
 
 struct Described {
@@ -324,84 +364,97 @@ LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::strin
   const Catalog catalog = parse_catalog(message, path);
   const std::string& file = catalog.path;
 
-  // Each rank matches its module; what it needs of each tensor is gathered.
+  // Each rank matches its module; what it needs of each tensor is gathered:
+  // the whole tensor, or parts of it, each at most once.
   detail::Entries targets = detail::module_state(module);
-  const std::size_t n = catalog.tensors.size();
-  std::vector<std::int64_t> request(1 + 4 * n, 0);  // outcome, then kind, dim, start, length per tensor
   std::exception_ptr local_error;
   LoadReport report;
-  std::unordered_map<std::string, std::vector<Fill>> fills_of;
+  std::vector<detail::Write> writes;
+  std::map<Request, std::vector<const detail::Write*>> needs;
+  std::optional<detail::Matcher> matcher;
   try {
     if (const auto& tp = options.tensor_parallel(); tp && (tp->rank != rank || tp->world_size != world))
       throw Error(ErrorCode::InvalidArgument, file, "",
                   "the options are for rank " + std::to_string(tp->rank) + " of " + std::to_string(tp->world_size) +
                       " but the communicator's rank is " + std::to_string(rank) + " of " + std::to_string(world));
-    detail::Matcher matcher(targets, catalog, options);
-    matcher.match();
-    report = matcher.report();
+    matcher.emplace(targets, catalog, options);
+    matcher->match();
+    report = matcher->report();
     if (options.strict() && !report.ok())
       throw Error(ErrorCode::StateDictMismatch, file, "",
                   "rank " + std::to_string(rank) + ": the module and the checkpoint disagree:\n" + report.describe());
-    for (const Fill& f : matcher.fills()) {
-      const std::size_t i = catalog.index.at(f.source);
-      std::int64_t* r = &request[1 + 4 * i];
-      const std::int64_t kind = f.part ? 2 : 1;
-      const std::int64_t dim = f.part ? f.part->dim : 0;
-      const ShardRange range = f.part ? f.part->range : ShardRange{};
-      if (r[0] != 0 && (r[0] != kind || r[1] != dim || r[2] != range.start || r[3] != range.length))
-        throw Error(ErrorCode::InvalidArgument, file, f.source,
-                    "tied entries of the module take different parts of it");
-      r[0] = kind, r[1] = dim, r[2] = range.start, r[3] = range.length;
-      fills_of[f.source].push_back(f);
-    }
+    writes = matcher->writes();
+    for (const detail::Write& w : writes) needs[request_of(catalog, *w.fill)].push_back(&w);
   } catch (const Error&) {
     local_error = std::current_exception();
   }
-  request[0] = outcome_of(local_error);
-  const auto requests = all_gather_i64(comm, request);
+  std::vector<Request> mine;
+  for (const auto& [request, users] : needs) mine.push_back(request);
+  std::vector<std::vector<Request>> requests;
+  std::vector<std::int64_t> outcomes;
+  for (const std::string& text : all_gather_strings(comm, requests_json(outcome_of(local_error), mine))) {
+    outcomes.push_back(0);
+    requests.push_back(parse_requests(text, outcomes.back()));
+  }
   if (local_error) std::rethrow_exception(local_error);
   for (int r = 0; r < world; ++r)
-    if (requests[r][0] != 0)
-      throw Error(static_cast<ErrorCode>(requests[r][0] - 1), file, "",
+    if (outcomes[r] != 0)
+      throw Error(static_cast<ErrorCode>(outcomes[r] - 1), file, "",
                   "rank " + std::to_string(r) + " cannot load the checkpoint (its own error says why); " +
                       "no rank changed its module");
 
-  // Rank 0 reads each rank's part and sends it, tensor by tensor.
+  // Rank 0 reads each rank's parts and sends them, tensor by tensor; each
+  // message's tag is its place in its rank's list of requests.
   at::NoGradGuard no_grad;
-  for (std::size_t i = 0; i < n; ++i) {
+  detail::Handout handout;
+  std::vector<std::pair<const detail::Write*, at::Tensor>> in_place;  // linked writes, after the others
+  std::vector<std::size_t> next(static_cast<std::size_t>(world), 0);  // each rank's first request not yet served
+  for (std::size_t i = 0; i < catalog.tensors.size(); ++i) {
     const TensorInfo& info = catalog.tensors[i];
-    at::Tensor mine;
+    std::vector<std::pair<Request, at::Tensor>> received;
     if (rank == 0) {
       at::Tensor whole;  // read once, however many ranks need all of it
       for (int r = 0; r < world; ++r) {
-        const std::int64_t* q = &requests[r][1 + 4 * i];
-        if (q[0] == 0) continue;
-        if (q[0] == 1 && !whole.defined()) whole = checkpoint->get_tensor(info.name);
-        const at::Tensor data = q[0] == 2 ? checkpoint->get_slice(info.name)(part_index(q[1], {q[2], q[3]})) : whole;
-        if (r == 0) {
-          mine = data;
-        } else {
-          send_tensor(comm, data, r, static_cast<int>(i));
+        const std::vector<Request>& of_rank = requests[static_cast<std::size_t>(r)];
+        for (std::size_t& k = next[static_cast<std::size_t>(r)]; k < of_rank.size() && of_rank[k].tensor == i; ++k) {
+          const Request& q = of_rank[k];
+          if (!q.part && !whole.defined()) whole = checkpoint->get_tensor(info.name);
+          const at::Tensor data = q.part ? checkpoint->get_slice(info.name)(part_index(q.dim, {q.start, q.length})) : whole;
+          if (r == 0) {
+            received.emplace_back(q, data);
+          } else {
+            send_tensor(comm, data, r, static_cast<int>(k));
+          }
         }
       }
-    } else if (const std::int64_t* q = &request[1 + 4 * i]; q[0] != 0) {
-      std::vector<std::int64_t> shape = detail::torch_shape(info);
-      if (q[0] == 2) shape[static_cast<std::size_t>(q[1])] = q[3];
-      mine = at::empty(shape, at::TensorOptions().dtype(*to_torch_dtype(info.dtype)));
-      recv_into(comm, mine, 0, static_cast<int>(i));
+    } else {
+      const std::vector<Request>& of_rank = requests[static_cast<std::size_t>(rank)];
+      for (std::size_t& k = next[static_cast<std::size_t>(rank)]; k < of_rank.size() && of_rank[k].tensor == i; ++k) {
+        const Request& q = of_rank[k];
+        std::vector<std::int64_t> shape = detail::torch_shape(info);
+        if (q.part) shape[static_cast<std::size_t>(q.dim)] = q.length;
+        at::Tensor data = at::empty(shape, at::TensorOptions().dtype(*to_torch_dtype(info.dtype)));
+        recv_into(comm, data, 0, static_cast<int>(k));
+        received.emplace_back(q, std::move(data));
+      }
     }
-    if (!mine.defined()) continue;
-    at::Tensor shared;  // tied entries must end up sharing one tensor, so it is made once
-    for (const Fill& f : fills_of[info.name]) {
-      at::Tensor& target = targets[f.target].second;
-      if (options.mode() == LoadMode::ZeroCopy && target.device().is_cpu()) {
-        if (!shared.defined()) shared = mine.to(target.scalar_type());
-        target.set_data(shared);
-      } else {
-        target.copy_(mine);
+    for (const auto& [request, data] : received) {
+      for (const detail::Write* w : needs.at(request)) {
+        at::Tensor& target = targets[w->fill->target].second;
+        if (w->linked) {
+          in_place.emplace_back(w, data);
+        } else if (options.mode() == LoadMode::ZeroCopy && target.device().is_cpu()) {
+          const at::Tensor own = handout.own(data.to(target.scalar_type()));
+          for (std::size_t m : w->members) targets[m].second.set_data(own);
+        } else {
+          target.copy_(data);
+        }
       }
     }
   }
+  // In the module's order, as writes() gives them: the last write to shared memory wins.
+  std::sort(in_place.begin(), in_place.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& [w, data] : in_place) targets[w->fill->target].second.copy_(data);
   return report;
 }
 

@@ -3,6 +3,7 @@
 
 #include "safetensors/load.hpp"
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/from_blob.h>
@@ -12,9 +13,11 @@
 #include <functional>
 #include <limits>
 #include <optional>
+#include <tuple>
 #include <type_traits>
 
 #include "host_memory.hpp"
+#include "tensor_extent.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "upload.hpp"
 
@@ -169,14 +172,16 @@ at::Tensor make_tensor(const std::shared_ptr<const State>& state, const TensorIn
   return finish(std::move(u.tensor), s.options);
 }
 
-bool overlapping(const std::vector<detail::Read>& reads) {
-  std::vector<std::pair<std::uintptr_t, std::size_t>> ranges;  // (address, bytes)
-  ranges.reserve(reads.size());
-  for (const detail::Read& r : reads)
-    if (r.n) ranges.emplace_back(reinterpret_cast<std::uintptr_t>(r.dst), r.n);
-  std::sort(ranges.begin(), ranges.end());
-  for (std::size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i - 1].first + ranges[i - 1].second > ranges[i].first) return true;
+// Whether any two of the tensors share memory.
+bool overlapping(const std::vector<std::pair<std::string, at::Tensor>>& targets) {
+  std::vector<detail::Extent> extents;
+  extents.reserve(targets.size());
+  for (const auto& target : targets)
+    if (auto e = detail::extent_of(target.second)) extents.push_back(*e);
+  std::sort(extents.begin(), extents.end(),
+            [](const auto& a, const auto& b) { return std::tie(a.device, a.begin) < std::tie(b.device, b.begin); });
+  for (std::size_t i = 1; i < extents.size(); ++i)
+    if (extents[i].device == extents[i - 1].device && extents[i - 1].end > extents[i].begin) return true;
   return false;
 }
 
@@ -235,13 +240,61 @@ void SafeOpen::read_into(const std::string& name, const at::Tensor& dst) const {
   read_into({{name, dst}});
 }
 
+namespace {
+
+// A checked destination of read_into.
+struct Into {
+  const at::Tensor* dst;
+  const TensorInfo* info;
+  TorchView view;
+};
+
+// Writes every destination; they do not overlap. CPU memory of the file's
+// dtype is read into directly; GPU memory through the staging ring (all such
+// tensors in one pass, so small ones share reads), converted on the device
+// when the dtype differs; anything else (other layouts and devices,
+// conversions on the CPU) takes a copy_.
+void write_into(const std::shared_ptr<const State>& state, const std::vector<Into>& into) {
+  const State& s = *state;
+  std::vector<detail::Upload> uploads;
+  std::vector<std::pair<at::Tensor, at::Tensor>> convert_after;  // (dst, uploaded)
+  std::vector<detail::Read> direct;                               // CPU destinations
+  for (const Into& i : into) {
+    const at::Tensor& dst = *i.dst;
+    const std::uint64_t offset = s.header.data_offset() + i.info->begin;
+    const bool plain = dst.layout() == c10::kStrided && !dst.is_conj() && !dst.is_neg();
+    const bool same = plain && dst.is_contiguous() && dst.scalar_type() == i.view.dtype;
+    if (same && dst.device().is_cpu() && !detail::stages_to(dst.device())) {
+      direct.push_back(detail::Read{offset, dst.data_ptr(), static_cast<std::size_t>(i.info->nbytes())});
+      dst.unsafeGetTensorImpl()->bump_version();  // as copy_ would: autograd sees the write
+    } else if (same && detail::stages_to(dst.device())) {
+      uploads.push_back(detail::Upload{offset, dst});
+    } else if (plain && detail::stages_to(dst.device())) {
+      at::Tensor raw = empty_for(i.view, dst.device());
+      uploads.push_back(detail::Upload{offset, raw});
+      convert_after.emplace_back(dst, raw);
+    } else {
+      dst.copy_(make_tensor(state, *i.info));
+    }
+  }
+  read_parallel(*s.source, direct);
+  if (uploads.empty()) return;
+  detail::upload(*s.source, uploads, s.options.staging());
+  for (const detail::Upload& u : uploads) u.dst.unsafeGetTensorImpl()->bump_version();
+  uploads.clear();
+  for (auto& [dst, raw] : convert_after) {
+    dst.copy_(raw);
+    raw = at::Tensor();
+  }
+}
+
+}  // namespace
+
 void SafeOpen::read_into(const std::vector<std::pair<std::string, at::Tensor>>& targets) const {
   const State& s = *state_;
-  // Every shape is checked before anything is written.
-  std::vector<const TensorInfo*> infos;
-  std::vector<TorchView> views;
-  infos.reserve(targets.size());
-  views.reserve(targets.size());
+  // Every destination is checked before anything is written.
+  std::vector<Into> into;
+  into.reserve(targets.size());
   for (const auto& [name, dst] : targets) {
     const TensorInfo& info = lookup(s, name);
     TorchView v = torch_view(s, info);
@@ -252,48 +305,18 @@ void SafeOpen::read_into(const std::vector<std::pair<std::string, at::Tensor>>& 
                   "cannot read a tensor of shape " + want + "] into " +
                       (dst.defined() ? "one of shape " + c10::str(dst.sizes()) : std::string("an undefined tensor")));
     }
-    infos.push_back(&info);
-    views.push_back(std::move(v));
+    if (dst.requires_grad() && at::GradMode::is_enabled())
+      throw Error(ErrorCode::InvalidArgument, s.source->path(), name,
+                  "cannot write in place into a tensor that requires grad while grad mode is on (torch's copy_ "
+                  "refuses it too); read under torch::NoGradGuard, as load_state_dict does");
+    into.push_back(Into{&dst, &info, std::move(v)});
   }
-  // CPU memory of the file's dtype is read into directly; GPU memory through
-  // the staging ring (all such tensors in one pass, so small ones share
-  // reads), converted on the device when the dtype differs; anything else
-  // (other layouts and devices, conversions on the CPU) takes a copy_.
-  std::vector<detail::Upload> uploads;
-  std::vector<std::pair<at::Tensor, at::Tensor>> convert_after;  // (dst, uploaded)
-  std::vector<detail::Read> direct;                               // CPU destinations
-  for (std::size_t i = 0; i < targets.size(); ++i) {
-    const at::Tensor& dst = targets[i].second;
-    const std::uint64_t offset = s.header.data_offset() + infos[i]->begin;
-    const bool plain = dst.layout() == c10::kStrided && !dst.is_conj() && !dst.is_neg();
-    const bool same = plain && dst.is_contiguous() && dst.scalar_type() == views[i].dtype;
-    if (same && dst.device().is_cpu() && !detail::stages_to(dst.device())) {
-      direct.push_back(detail::Read{offset, dst.data_ptr(), static_cast<std::size_t>(infos[i]->nbytes())});
-      dst.unsafeGetTensorImpl()->bump_version();  // as copy_ would: autograd sees the write
-    } else if (same && detail::stages_to(dst.device())) {
-      uploads.push_back(detail::Upload{offset, dst});
-    } else if (plain && detail::stages_to(dst.device())) {
-      at::Tensor raw = empty_for(views[i], dst.device());
-      uploads.push_back(detail::Upload{offset, raw});
-      convert_after.emplace_back(dst, raw);
-    } else {
-      dst.copy_(make_tensor(state_, *infos[i]));
-    }
-  }
-  // Destinations that overlap (a parameter tied under two names) are filled
-  // one after another, in order, as separate calls would.
-  if (overlapping(direct)) {
-    for (const detail::Read& r : direct) read_parallel(*s.source, {r});
+  // Destinations that overlap (a parameter tied under two names, a view of
+  // another) are written one after another, in order, as separate calls would.
+  if (overlapping(targets)) {
+    for (const Into& i : into) write_into(state_, {i});
   } else {
-    read_parallel(*s.source, direct);
-  }
-  if (uploads.empty()) return;
-  detail::upload(*s.source, uploads, s.options.staging());
-  for (const detail::Upload& u : uploads) u.dst.unsafeGetTensorImpl()->bump_version();
-  uploads.clear();
-  for (auto& [dst, raw] : convert_after) {
-    dst.copy_(raw);
-    raw = at::Tensor();
+    write_into(state_, into);
   }
 }
 

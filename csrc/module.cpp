@@ -6,14 +6,17 @@
 
 #include "module_internal.hpp"
 #include "save_internal.hpp"
+#include "tensor_extent.hpp"
 
 #include <torch/nn/module.h>
 #include <torch/utils.h>
 
 #include <algorithm>
+#include <map>
 #include <sstream>
 #include <tuple>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "safetensors/error.hpp"
 #include "safetensors/sharded.hpp"
@@ -106,10 +109,29 @@ Catalog Catalog::of(const ShardedOpen& checkpoint) {
   for (const SafeOpen& shard : checkpoint.shards())
     for (const TensorInfo& info : shard.header().tensors()) out.add(info);
   // `removed -> kept` entries a saver recorded in the metadata: a key that is
-  // no tensor of the checkpoint, naming one that is.
-  for (const SafeOpen& shard : checkpoint.shards())
-    for (const auto& [key, value] : shard.metadata())
-      if (checkpoint.contains(value) && !checkpoint.contains(key)) out.aliases.emplace_back(key, value);
+  // no tensor of the checkpoint, naming one that is. save_state_dict records
+  // them in every shard of a set, huggingface_hub in the index only: each
+  // counts once per set, and a name recorded for two tensors is ambiguous.
+  struct Recorded {
+    const std::string* kept;
+    const std::string* file;
+  };
+  std::unordered_map<std::string, Recorded> recorded;
+  auto collect = [&](const Metadata& metadata, const std::string& file) {
+    for (const auto& [key, value] : metadata) {
+      if (!checkpoint.contains(value) || checkpoint.contains(key)) continue;
+      const auto [it, fresh] = recorded.emplace(key, Recorded{&value, &file});
+      if (fresh) {
+        out.aliases.emplace_back(key, value);
+      } else if (*it->second.kept != value) {
+        throw Error(ErrorCode::InvalidIndex, checkpoint.path(), key,
+                    "recorded as an alias of '" + *it->second.kept + "' in " + *it->second.file + " and of '" +
+                        value + "' in " + file + ": which tensor it names is ambiguous");
+      }
+    }
+  };
+  if (const ShardIndex* index = checkpoint.index()) collect(index->metadata, checkpoint.path());
+  for (const SafeOpen& shard : checkpoint.shards()) collect(shard.metadata(), shard.path());
   return out;
 }
 
@@ -127,18 +149,29 @@ const TensorInfo& Catalog::info(const std::string& name) const {
 
 namespace {
 
-// The same memory seen the same way: entries tied in the module.
-bool same_view(const at::Tensor& a, const at::Tensor& b) {
-  return a.is_same(b) ||
-         (a.has_storage() && b.has_storage() && a.storage().is_alias_of(b.storage()) &&
-          a.storage_offset() == b.storage_offset() && a.sizes() == b.sizes() &&
-          a.strides() == b.strides() && a.scalar_type() == b.scalar_type());
+// What makes two entries the same memory seen the same way. A tensor without
+// data of its own (meta, empty) is only ever the same as itself.
+using ViewKey = std::tuple<int, std::uintptr_t, std::vector<std::int64_t>, std::vector<std::int64_t>, int>;
+
+ViewKey view_key(const at::Tensor& t) {
+  const auto extent = extent_of(t);
+  if (!extent) return {-1, reinterpret_cast<std::uintptr_t>(t.unsafeGetTensorImpl()), {}, {}, -1};
+  return {extent->device, extent->begin, t.sizes().vec(), t.strides().vec(), static_cast<int>(t.scalar_type())};
 }
 
 }  // namespace
 
+std::vector<std::size_t> tie_groups(const Entries& targets) {
+  std::map<ViewKey, std::size_t> first;
+  std::vector<std::size_t> groups(targets.size());
+  for (std::size_t i = 0; i < targets.size(); ++i)
+    groups[i] = first.emplace(view_key(targets[i].second), i).first->second;
+  return groups;
+}
+
 Matcher::Matcher(const Entries& targets, const Catalog& checkpoint, const StateDictLoadOptions& options)
-    : targets_(targets), checkpoint_(checkpoint), options_(options), claimed_(targets.size()) {
+    : targets_(targets), checkpoint_(checkpoint), options_(options), groups_(tie_groups(targets)),
+      claimed_(targets.size()) {
   for (std::size_t i = 0; i < targets.size(); ++i) index_.emplace(targets[i].first, i);
 }
 
@@ -188,18 +221,76 @@ void Matcher::consider(const std::string& name, const std::string& source, bool 
 }
 
 // An entry the file lacks but that the module ties to a filled one (an output
-// layer sharing the embedding's weight) gets the same tensor.
+// layer sharing the embedding's weight) gets the same tensor: that of the
+// group's first fill.
 void Matcher::fill_module_ties() {
-  const std::size_t loaded = fills_.size();
+  std::unordered_map<std::size_t, std::size_t> first_fill;  // group -> fill
+  for (std::size_t f = 0; f < fills_.size(); ++f) first_fill.emplace(groups_[fills_[f].target], f);
   for (std::size_t i = 0; i < targets_.size(); ++i) {
     if (claimed_[i]) continue;
-    for (std::size_t f = 0; f < loaded; ++f) {
-      if (!same_view(targets_[i].second, targets_[fills_[f].target].second)) continue;
-      claimed_[i] = true;
-      fills_.push_back({i, fills_[f].source, fills_[f].part});
-      break;
+    const auto it = first_fill.find(groups_[i]);
+    if (it == first_fill.end()) continue;
+    claimed_[i] = true;
+    Fill tie = fills_[it->second];
+    tie.target = i;
+    fills_.push_back(std::move(tie));
+  }
+}
+
+std::vector<Write> Matcher::writes() const {
+  std::unordered_map<std::size_t, std::size_t> write_of;  // group -> write
+  std::vector<Write> out;
+  for (const Fill& f : fills_) {
+    const auto [it, fresh] = write_of.emplace(groups_[f.target], out.size());
+    if (fresh) {
+      out.push_back({&f, {}, false});
+    } else if (f.target > out[it->second].fill->target) {
+      out[it->second].fill = &f;
     }
   }
+  for (std::size_t i = 0; i < targets_.size(); ++i) {
+    const auto it = write_of.find(groups_[i]);
+    if (it != write_of.end()) out[it->second].members.push_back(i);
+  }
+  // Groups whose memory overlaps another group's: one sweep over the extents
+  // of every group of the module, in address order.
+  std::vector<std::pair<Extent, std::size_t>> extents;  // (extent, group)
+  for (std::size_t i = 0; i < targets_.size(); ++i)
+    if (groups_[i] == i)
+      if (const auto e = extent_of(targets_[i].second)) extents.emplace_back(*e, i);
+  std::sort(extents.begin(), extents.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.first.device, a.first.begin) < std::tie(b.first.device, b.first.begin);
+  });
+  std::unordered_set<std::size_t> linked;
+  // `reach`: of the extents before k on k's device, the one that ends last.
+  // Any earlier extent that overlaps k overlaps it too, so was marked with it.
+  for (std::size_t k = 1, reach = 0; k < extents.size(); ++k) {
+    const Extent& here = extents[k].first;
+    const Extent& far = extents[reach].first;
+    const bool same_device = far.device == here.device;
+    if (same_device && far.end > here.begin) {
+      linked.insert(extents[reach].second);
+      linked.insert(extents[k].second);
+    }
+    if (!same_device || here.end > far.end) reach = k;
+  }
+  for (Write& w : out) w.linked = linked.count(groups_[w.fill->target]) != 0;
+  std::sort(out.begin(), out.end(), [](const Write& a, const Write& b) { return a.fill->target < b.fill->target; });
+  return out;
+}
+
+at::Tensor Handout::own(at::Tensor t) {
+  const auto extent = extent_of(t);
+  if (!extent) return t;
+  // The ranges are disjoint: only the last one that begins before `t` ends can overlap it.
+  const auto next = ranges_.lower_bound(extent->end);
+  if (next != ranges_.begin() && std::prev(next)->second > extent->begin) {
+    t = t.clone(at::MemoryFormat::Contiguous);  // fresh memory, which nothing else holds
+    ranges_.emplace(extent_of(t)->begin, extent_of(t)->end);
+    return t;
+  }
+  ranges_.emplace(extent->begin, extent->end);
+  return t;
 }
 
 }  // namespace detail
@@ -208,37 +299,48 @@ using namespace detail;
 
 namespace {
 
-void fill(Entries& targets, const std::vector<Fill>& fills, const ShardedOpen& checkpoint,
-          LoadMode mode) {
+// Each write once: a group of tied entries is one memory, filled from one
+// file tensor (or part of it).
+void fill(Entries& targets, const std::vector<Write>& writes, const ShardedOpen& checkpoint, LoadMode mode) {
   torch::NoGradGuard no_grad;
-  // Tied entries must end up sharing one tensor, so each view is made once.
-  std::unordered_map<std::string, at::Tensor> views;
+  Handout handout;
   std::vector<std::pair<const SafeOpen*, std::vector<std::pair<std::string, at::Tensor>>>> reads;
-  for (const Fill& f : fills) {
+  std::unordered_map<const SafeOpen*, std::size_t> read_of;  // shard -> reads
+  std::vector<const Write*> in_place;                         // linked writes, after the others
+  auto write_in_place = [&](const Fill& f) {
     at::Tensor& target = targets[f.target].second;
-    if (mode == LoadMode::ZeroCopy && target.device().is_cpu()) {
-      auto [it, fresh] = views.try_emplace(f.source);
-      if (fresh) {
-        at::Tensor view = checkpoint.get_tensor(f.source);
-        if (f.part) view = view.narrow(f.part->dim, f.part->range.start, f.part->range.length).contiguous();
-        it->second = view.to(target.scalar_type());
-      }
-      target.set_data(it->second);
+    if (f.part) {
+      target.copy_(checkpoint.get_slice(f.source)(part_index(f.part->dim, f.part->range)));  // only the part's bytes
+    } else {
+      checkpoint.shard_of(f.source).read_into(f.source, target);
+    }
+  };
+  for (const Write& w : writes) {
+    const Fill& f = *w.fill;
+    at::Tensor& target = targets[f.target].second;
+    if (w.linked) {
+      in_place.push_back(&w);
+    } else if (mode == LoadMode::ZeroCopy && target.device().is_cpu()) {
+      at::Tensor view = checkpoint.get_tensor(f.source);
+      if (f.part) view = view.narrow(f.part->dim, f.part->range.start, f.part->range.length).contiguous();
+      view = handout.own(view.to(target.scalar_type()));
+      for (std::size_t m : w.members) targets[m].second.set_data(view);
     } else if (f.part) {
-      // Only the part's bytes are read.
-      target.copy_(checkpoint.get_slice(f.source)(part_index(f.part->dim, f.part->range)));
+      write_in_place(f);
     } else {
       // Straight from the file into the parameter's memory (converting and
       // crossing devices on the way when it must): no second copy of the
       // tensor. Gathered per shard, so that parameters on a GPU share one pass
       // through the staging buffers.
       const SafeOpen* shard = &checkpoint.shard_of(f.source);
-      auto group = std::find_if(reads.begin(), reads.end(), [&](const auto& g) { return g.first == shard; });
-      if (group == reads.end()) group = reads.insert(reads.end(), {shard, {}});
-      group->second.emplace_back(f.source, target);
+      const auto [it, fresh] = read_of.emplace(shard, reads.size());
+      if (fresh) reads.emplace_back(shard, std::vector<std::pair<std::string, at::Tensor>>{});
+      reads[it->second].second.emplace_back(f.source, target);
     }
   }
   for (const auto& [shard, targets_of_shard] : reads) shard->read_into(targets_of_shard);
+  // In the module's order: the last write to shared memory wins.
+  for (const Write* w : in_place) write_in_place(*w->fill);
 }
 
 // Covers its whole storage, as the reference's `_is_complete` asks.
@@ -278,7 +380,7 @@ LoadReport load_state_dict(torch::nn::Module& module, const ShardedOpen& checkpo
   if (options.strict() && !report.ok())
     throw Error(ErrorCode::StateDictMismatch, checkpoint.path(), "",
                 "the module and the checkpoint disagree:\n" + report.describe());
-  fill(targets, matcher.fills(), checkpoint, options.mode());
+  fill(targets, matcher.writes(), checkpoint, options.mode());
   return std::move(report);
 }
 

@@ -3,6 +3,7 @@
 // and its distributed variants. Internal.
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -70,13 +71,32 @@ struct Fill {
   std::optional<Part> part;
 };
 
+/// The module's ties: entries that are the same memory seen the same way (one
+/// tensor under two names, or tensors at one address with the same sizes,
+/// strides and dtype). `result[i]` is the first entry of entry i's group.
+std::vector<std::size_t> tie_groups(const Entries& targets);
+
+/// One write of a load: a group of entries the module ties, written once.
+struct Write {
+  /// The fill of the group's member that comes last in the module's order:
+  /// the last copy wins, as in PyTorch's load_state_dict.
+  const Fill* fill;
+  /// Every entry of the group, filled or not, in module order.
+  std::vector<std::size_t> members;
+  /// The group's memory overlaps another entry's that is not the same view
+  /// (a transposed buffer over a parameter): it is filled in place in every
+  /// mode, so that the memory stays shared.
+  bool linked = false;
+};
+
 /// Matches the checkpoint's names to the module's and checks every pair.
 class Matcher {
  public:
   Matcher(const Entries& targets, const Catalog& checkpoint, const StateDictLoadOptions& options);
   void match();
   LoadReport& report() { return report_; }
-  const std::vector<Fill>& fills() const { return fills_; }
+  /// What to write, in the module's order of each write's fill.
+  std::vector<Write> writes() const;
 
  private:
   // `name` is the file's name for the entry; `source` the tensor that holds its
@@ -88,9 +108,22 @@ class Matcher {
   const Catalog& checkpoint_;
   const StateDictLoadOptions& options_;
   std::unordered_map<std::string, std::size_t> index_;
-  std::vector<bool> claimed_;  // matched by a name of the file (filled or mismatched)
+  std::vector<std::size_t> groups_;  // tie_groups(targets_)
+  std::vector<bool> claimed_;        // matched by a name of the file (filled or mismatched)
   std::vector<Fill> fills_;
   LoadReport report_;
+};
+
+/// The tensors a ZeroCopy load makes its entries: one whose memory an earlier
+/// write of the load already holds (a second alias of one file tensor, or a
+/// part inside a whole) is cloned, so that entries the module keeps apart do
+/// not share memory, as in Copy mode.
+class Handout {
+ public:
+  at::Tensor own(at::Tensor t);
+
+ private:
+  std::map<std::uintptr_t, std::uintptr_t> ranges_;  // begin -> end of the memory handed out
 };
 
 /// Deduplicated state of a module, with the aliases recorded in the metadata

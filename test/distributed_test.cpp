@@ -292,6 +292,60 @@ TEST(TensorParallelLoad, AWholeTensorInASplitPlaceIsAMismatchNamingTheRankAndPar
   for (const auto& p : module->parameters()) EXPECT_EQ(p.abs().sum().item<double>(), 0.0);
 }
 
+// A checkpoint saved from a model whose output layer shares the embedding's
+// weight: lm_head.weight (the first name in byte order), and wte.weight
+// recorded as its alias.
+void write_tied_model(const fs::path& file) {
+  torch::manual_seed(3);
+  auto model = std::make_shared<torch::nn::Module>();
+  const torch::Tensor wte = model->register_module("wte", std::make_shared<torch::nn::Module>())
+                                ->register_parameter("weight", torch::randn({10, 4}));
+  model->register_module("lm_head", std::make_shared<torch::nn::Module>())->register_parameter("weight", wte);
+  st::save_state_dict(*model, file.string(), std::nullopt, st::StateDictSaveOptions().fsync(false));
+}
+
+// A plan that splits the embedding and replicates the output layer, over the
+// file of a tied model: one file tensor fills two entries with different
+// parts, or in different dtypes, and each gets its own, in both modes.
+TEST(TensorParallelLoad, AnAliasTakesItsOwnPartAndDtype) {
+  TempDir dir;
+  const fs::path file = dir.path() / "tied.safetensors";
+  write_tied_model(file);
+  const torch::Tensor whole = st::SafeOpen(file.string()).get_tensor("lm_head.weight");
+  const st::TensorParallel tp{st::ShardingPlan().split("wte.weight", 0), 1, 2};
+  for (st::LoadMode mode : {st::LoadMode::Copy, st::LoadMode::ZeroCopy}) {
+    auto module = make_module({{"wte.weight", torch::zeros({5, 4})}, {"lm_head.weight", torch::zeros({10, 4})}});
+    const st::LoadReport report =
+        st::load_state_dict(*module, file.string(), st::StateDictLoadOptions().tensor_parallel(tp).mode(mode));
+    EXPECT_TRUE(report.ok()) << report.describe();
+    const auto params = module->named_parameters();
+    EXPECT_TRUE(bitwise_equal(params["wte.weight"], whole.narrow(0, 5, 5).contiguous()));
+    EXPECT_EQ(params["lm_head.weight"].sizes(), (std::vector<std::int64_t>{10, 4}));
+    EXPECT_TRUE(bitwise_equal(params["lm_head.weight"], whole));
+    EXPECT_NE(params["lm_head.weight"].data_ptr(), params["wte.weight"].data_ptr());
+  }
+  // Entries in two dtypes filled from one tensor through two aliases.
+  {
+    auto model = std::make_shared<torch::nn::Module>();
+    const torch::Tensor w = model->register_parameter("a", whole.clone());
+    model->register_parameter("b", w);
+    model->register_parameter("c", w);
+    st::save_state_dict(*model, file.string(), std::nullopt, st::StateDictSaveOptions().fsync(false));
+  }
+  for (st::LoadMode mode : {st::LoadMode::Copy, st::LoadMode::ZeroCopy}) {
+    auto module = make_module({{"a", torch::zeros({10, 4})}, {"b", torch::zeros({10, 4}, torch::kDouble)},
+                               {"c", torch::zeros({10, 4}, torch::kHalf)}});
+    const st::LoadReport report =
+        st::load_state_dict(*module, file.string(), st::StateDictLoadOptions().mode(mode).convert_dtype(true));
+    EXPECT_TRUE(report.ok()) << report.describe();
+    const auto params = module->named_parameters();
+    EXPECT_EQ(params["b"].scalar_type(), torch::kDouble);
+    EXPECT_EQ(params["c"].scalar_type(), torch::kHalf);
+    EXPECT_TRUE(torch::equal(params["b"], whole.to(torch::kDouble)));
+    EXPECT_TRUE(torch::equal(params["c"], whole.to(torch::kHalf)));
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Several processes
 
@@ -420,6 +474,26 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
     }
     return 0;
   }
+  if (scenario == "broadcast-alias") {
+    // The file of a tied model; the plan splits the embedding, and the
+    // output layer, untied here and held in F64, takes the whole tensor.
+    const st::TensorParallel split{st::ShardingPlan().split("wte.weight", 0), rank, world};
+    const torch::Tensor whole = st::SafeOpen((dir / "tied.safetensors").string()).get_tensor("lm_head.weight");
+    const st::ShardRange range = st::shard_range(whole.size(0), rank, world);
+    for (st::LoadMode mode : {st::LoadMode::Copy, st::LoadMode::ZeroCopy}) {
+      auto module = make_module({{"wte.weight", torch::zeros({range.length, 4})},
+                                 {"lm_head.weight", torch::zeros({10, 4}, torch::kDouble)}});
+      const std::string path = rank == 0 ? (dir / "tied.safetensors").string() : "/nonexistent/checkpoint";
+      const st::LoadReport report = st::load_state_dict_broadcast(
+          *module, path, *comm, st::StateDictLoadOptions().tensor_parallel(split).mode(mode).convert_dtype(true));
+      CHECK_WORKER(report.ok(), report.describe());
+      const auto params = module->named_parameters();
+      CHECK_WORKER(bitwise_equal(params["wte.weight"], whole.narrow(0, range.start, range.length)), "wte");
+      CHECK_WORKER(params["lm_head.weight"].scalar_type() == torch::kDouble, "lm_head's dtype");
+      CHECK_WORKER(torch::equal(params["lm_head.weight"], whole.to(torch::kDouble)), "lm_head");
+    }
+    return 0;
+  }
   if (scenario == "save") {
     // Parts in, one normal sharded checkpoint out (checked by the test).
     const st::TensorDict parts = st::load_shards(st::ShardedOpen(model), tp);
@@ -428,8 +502,12 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
                                                     st::DistributedSaveOptions().fsync(false));
     CHECK_WORKER(files.back() == "model.safetensors.index.json", files.back());
     // A module holding this rank's parts, saved the same way.
+    // A module holding this rank's parts, with an output layer tied to the
+    // embedding, saved the same way.
     auto module = make_module(local_parts(tp));
     st::load_state_dict(*module, model, st::StateDictLoadOptions().tensor_parallel(tp));
+    auto head = module->register_module("head", std::make_shared<torch::nn::Module>());
+    head->register_parameter("weight", module->named_parameters()["embed.weight"]);
     st::save_state_dict_distributed(*module, (dir / "module-out").string(), *comm, model_plan());
     return 0;
   }
@@ -511,6 +589,12 @@ TEST_P(Ranks, RankZeroReadsAndSendsEachRankItsParts) { run_on_model("broadcast",
 
 TEST_P(Ranks, AMismatchOnOneRankFailsEveryRankAndChangesNothing) { run_on_model("broadcast-mismatch", GetParam()); }
 
+TEST_P(Ranks, RankZeroSendsAnAliasItsOwnPartAndDtype) {
+  TempDir dir;
+  write_tied_model(dir.path() / "tied.safetensors");
+  run_ranks("broadcast-alias", GetParam(), dir.path());
+}
+
 TEST_P(Ranks, ADistributedSaveIsANormalShardedCheckpoint) {
   TempDir dir;
   write_model(dir.path());
@@ -536,6 +620,18 @@ TEST_P(Ranks, ADistributedSaveIsANormalShardedCheckpoint) {
     EXPECT_EQ(files, saved.shards().size() + 1) << folder << ": leftovers";
   }
   EXPECT_EQ(st::ShardedOpen((dir.path() / "out").string()).metadata().count("total_size"), 1u);
+  // The tied module's set loads, strictly, with the tie kept in both modes.
+  for (st::LoadMode mode : {st::LoadMode::Copy, st::LoadMode::ZeroCopy}) {
+    auto module = make_module(model_tensors());
+    auto head = module->register_module("head", std::make_shared<torch::nn::Module>());
+    head->register_parameter("weight", module->named_parameters()["embed.weight"]);
+    const st::LoadReport report =
+        st::load_state_dict(*module, (dir.path() / "module-out").string(), st::StateDictLoadOptions().mode(mode));
+    EXPECT_TRUE(report.ok()) << report.describe();
+    const auto params = module->named_parameters();
+    EXPECT_TRUE(bitwise_equal(params["head.weight"], model_tensors()[0].second));
+    EXPECT_EQ(params["head.weight"].data_ptr(), params["embed.weight"].data_ptr());
+  }
 }
 
 TEST_P(Ranks, ASaveThatOneRankCannotMakeFailsEveryRankAndKeepsThePreviousCheckpoint) {

@@ -12,6 +12,9 @@
 #include <thread>
 #include <type_traits>
 
+#include <ATen/core/grad_mode.h>
+
+#include "../csrc/upload.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/save.hpp"
 #include "safetensors/sharded.hpp"
@@ -456,6 +459,81 @@ TEST(ReadInto, FillsExistingMemoryOrConvertsButNeverBroadcasts) {
     EXPECT_EQ(error_code_of([&] { f.read_into("small", many); }), ErrorCode::InvalidArgument);
     EXPECT_EQ(many.abs().sum().item<std::int64_t>(), 0);
     EXPECT_EQ(error_code_of([&] { f.read_into("absent", row); }), ErrorCode::TensorNotFound);
+  }
+}
+
+// While alive, CPU loads take the path of GPU loads (the staging ring).
+class StageCpuLoads {
+ public:
+  StageCpuLoads() { detail::stage_cpu_loads_for_tests(true); }
+  ~StageCpuLoads() { detail::stage_cpu_loads_for_tests(false); }
+  StageCpuLoads(const StageCpuLoads&) = delete;
+  StageCpuLoads& operator=(const StageCpuLoads&) = delete;
+};
+
+// As with torch's in-place copy_, a destination that requires grad is written
+// only with grad mode off (load_state_dict reads under NoGradGuard), on every
+// path: straight from the file, through copy_, and through the staging ring.
+TEST(ReadInto, ADestinationThatRequiresGradIsWrittenOnlyWithGradModeOff) {
+  TempDir dir;
+  const at::Tensor w = at::randn({2, 3});
+  save_file({{"w", w}}, dir.file("w.safetensors"));
+  const SafeOpen f(dir.file("w.safetensors"));
+  for (bool staged : {false, true}) {
+    std::optional<StageCpuLoads> stage;
+    if (staged) stage.emplace();
+    const std::vector<std::pair<const char*, at::Tensor>> destinations = {
+        {"direct", at::zeros({2, 3})},                      // the file's dtype, contiguous
+        {"converted", at::zeros({2, 3}, at::kDouble)},      // another dtype
+        {"strided", at::zeros({3, 2}).t()}};                // not contiguous
+    for (const auto& [path, like] : destinations) {
+      at::Tensor leaf = like.detach().requires_grad_(true);
+      at::Tensor plain = at::zeros({2, 3});
+      EXPECT_EQ(error_code_of([&] { f.read_into({{"w", plain}, {"w", leaf}}); }), ErrorCode::InvalidArgument)
+          << path << (staged ? " staged" : "");
+      EXPECT_EQ(leaf.abs().sum().item<double>(), 0.0) << path;
+      EXPECT_EQ(plain.abs().sum().item<double>(), 0.0) << path << ": written before the refusal";
+      std::string message;
+      try {
+        f.read_into("w", leaf);
+      } catch (const Error& e) {
+        message = e.what();
+      }
+      EXPECT_NE(message.find("NoGradGuard"), std::string::npos) << message;
+      at::Tensor view = like.detach().requires_grad_(true) * 1;  // not a leaf, still tracked
+      EXPECT_EQ(error_code_of([&] { f.read_into("w", view); }), ErrorCode::InvalidArgument) << path;
+      {
+        at::NoGradGuard no_grad;
+        f.read_into("w", leaf);
+      }
+      EXPECT_TRUE(at::equal(leaf.detach(), w.to(leaf.scalar_type()))) << path << (staged ? " staged" : "");
+      EXPECT_TRUE(leaf.requires_grad());
+    }
+  }
+}
+
+// Destinations that overlap are written in the order given, as separate calls
+// would write them, whichever path each takes.
+TEST(ReadInto, OverlappingDestinationsAreWrittenInOrderOnEveryPath) {
+  TempDir dir;
+  const at::Tensor a = at::arange(4, at::kFloat).reshape({2, 2}), b = a + 10;
+  save_file({{"a", a}, {"b", b}}, dir.file("ab.safetensors"));
+  for (Backend backend : {Backend::Mmap, Backend::Pread}) {
+    const SafeOpen f(dir.file("ab.safetensors"), LoadOptions().backend(backend));
+    for (bool staged : {false, true}) {
+      std::optional<StageCpuLoads> stage;
+      if (staged) stage.emplace();
+      at::Tensor x = at::zeros({2, 2});
+      f.read_into({{"b", x}, {"a", x.t()}});  // straight, then through copy_
+      EXPECT_TRUE(at::equal(x, a.t())) << (staged ? "staged" : "plain");
+      f.read_into({{"a", x.t()}, {"b", x}});
+      EXPECT_TRUE(at::equal(x, b)) << (staged ? "staged" : "plain");
+      at::Tensor d = at::zeros({2, 2}, at::kDouble);
+      f.read_into({{"a", d.t()}, {"b", d}});  // converted: through copy_ (or after the ring) both
+      EXPECT_TRUE(at::equal(d, b.to(at::kDouble))) << (staged ? "staged" : "plain");
+      f.read_into({{"b", d}, {"a", d.t()}});
+      EXPECT_TRUE(at::equal(d, a.t().to(at::kDouble))) << (staged ? "staged" : "plain");
+    }
   }
 }
 

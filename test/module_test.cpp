@@ -2,6 +2,8 @@
 // every report field, exact shapes, the dtype policy, copy and zero-copy
 // modes, renaming, and tied weights.
 
+#include <chrono>
+#include <cstdio>
 #include <fstream>
 
 #include <torch/torch.h>
@@ -352,6 +354,110 @@ TEST(StateDict, TiedWeightsAreSavedOnceAndTheTieIsRestored) {
   r = load_state_dict(*plain, path);
   EXPECT_EQ(r.loaded_keys, (std::vector<std::string>{"embed.weight", "head.weight"}));
   EXPECT_TRUE(torch::equal(plain->head->weight, torch::ones({4, 3})));
+}
+
+// The modes agree on memory: an alias fills an entry the module keeps apart
+// with its own memory, in ZeroCopy mode as in Copy mode, and in its own dtype.
+TEST(StateDict, EntriesTheModuleKeepsApartStayApartInBothModes) {
+  TempDir dir;
+  const std::string path = dir.file("tied.safetensors");
+  Tied saved;
+  save_state_dict(*saved, path);  // embed.weight, and head.weight as its alias
+  const torch::Tensor weight = saved->embed->weight.detach().clone();
+  for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
+    Untied untied;
+    LoadReport r = load_state_dict(*untied, path, StateDictLoadOptions().mode(mode));
+    EXPECT_TRUE(r.ok()) << r.describe();
+    EXPECT_TRUE(torch::equal(untied->head->weight, weight));
+    EXPECT_NE(untied->head->weight.data_ptr(), untied->embed->weight.data_ptr());
+    {
+      torch::NoGradGuard no_grad;
+      untied->embed->weight.add_(1);
+    }
+    EXPECT_TRUE(torch::equal(untied->head->weight, weight)) << "an untied entry changed with another";
+
+    // The alias in another dtype than the kept name's entry: each gets its own.
+    Untied mixed;
+    mixed->head->weight.set_data(torch::zeros({4, 3}, torch::kDouble));
+    r = load_state_dict(*mixed, path, StateDictLoadOptions().mode(mode).convert_dtype(true));
+    EXPECT_TRUE(r.ok()) << r.describe();
+    EXPECT_EQ(mixed->head->weight.scalar_type(), torch::kDouble);
+    EXPECT_EQ(mixed->embed->weight.scalar_type(), torch::kFloat);
+    EXPECT_TRUE(torch::equal(mixed->head->weight, weight.to(torch::kDouble)));
+    EXPECT_TRUE(torch::equal(mixed->embed->weight, weight));
+  }
+}
+
+// Entries the module ties are written once, from the file tensor of the one
+// that comes last in the module's order (the last copy wins, as in PyTorch's
+// load_state_dict), and stay one memory in both modes.
+TEST(StateDict, AModuleTieFilledFromTwoFileTensorsKeepsTheLastInModuleOrder) {
+  TempDir dir;
+  const std::string path = dir.file("two.safetensors");
+  save_file({{"embed.weight", torch::full({4, 3}, 1.0f)}, {"head.weight", torch::full({4, 3}, 2.0f)}}, path);
+  for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
+    Tied tied;
+    LoadReport r = load_state_dict(*tied, path, StateDictLoadOptions().mode(mode));
+    EXPECT_TRUE(r.ok()) << r.describe();
+    EXPECT_EQ(tied->head->weight.data_ptr(), tied->embed->weight.data_ptr());
+    EXPECT_TRUE(torch::equal(tied->embed->weight, torch::full({4, 3}, 2.0f)));
+  }
+}
+
+// An entry whose memory overlaps another's without being the same view (a
+// transposed buffer over a parameter) keeps sharing it in ZeroCopy mode: it
+// is filled in place, as in Copy mode.
+TEST(StateDict, EntriesOverlappingWithoutBeingTheSameViewStayLinkedInBothModes) {
+  TempDir dir;
+  const std::string path = dir.file("linked.safetensors");
+  const torch::Tensor w = torch::arange(6, torch::kFloat).reshape({2, 3});
+  save_file({{"w", w}}, path);
+  for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
+    auto m = std::make_shared<Module>();
+    torch::Tensor p = m->register_parameter("w", torch::zeros({2, 3}));
+    m->register_buffer("wt", p.detach().t());
+    LoadReport r = load_state_dict(*m, path, StateDictLoadOptions().mode(mode).strict(false));
+    EXPECT_EQ(r.loaded_keys, std::vector<std::string>{"w"});
+    EXPECT_TRUE(torch::equal(m->named_buffers()["wt"], w.t())) << "the transposed buffer no longer sees the parameter";
+  }
+}
+
+// Tie filling and the modes' writes hash the module's memory: a module of
+// many parameters, half of them tied to the other half under names the file
+// lacks, loads in time linear in its size.
+TEST(StateDict, ManyTiedParametersLoadInNearLinearTime) {
+  TempDir dir;
+  const std::string path = dir.file("many.safetensors");
+  constexpr int kPairs = 10'000;
+  auto make = [] {
+    auto m = std::make_shared<Module>();
+    for (int i = 0; i < kPairs; ++i) {
+      torch::Tensor p = m->register_parameter("p" + std::to_string(i), torch::zeros({2}));
+      m->register_parameter("tied" + std::to_string(i), p);  // the same tensor under a second name
+    }
+    return m;
+  };
+  {
+    NamedTensors file;
+    for (int i = 0; i < kPairs; ++i) file.add("p" + std::to_string(i), torch::full({2}, static_cast<float>(i)));
+    save_file(file, path);
+  }
+  for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
+    auto m = make();
+    const auto start = std::chrono::steady_clock::now();
+    LoadReport r = load_state_dict(*m, path, StateDictLoadOptions().mode(mode));
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("load_state_dict of %d parameters, %d of them tied (%s): %.3f s\n", 2 * kPairs, kPairs,
+                mode == LoadMode::Copy ? "Copy" : "ZeroCopy", seconds);
+    EXPECT_TRUE(r.ok()) << r.describe().substr(0, 1000);
+    EXPECT_EQ(r.loaded_keys.size(), static_cast<std::size_t>(2 * kPairs));
+    const auto params = m->named_parameters();
+    for (int i : {0, 1, kPairs / 2, kPairs - 1}) {
+      const torch::Tensor& tied = params["tied" + std::to_string(i)];
+      EXPECT_TRUE(torch::equal(tied, torch::full({2}, static_cast<float>(i)))) << i;
+      EXPECT_EQ(tied.data_ptr(), params["p" + std::to_string(i)].data_ptr()) << i;
+    }
+  }
 }
 
 TEST(StateDict, UserMetadataKeysAreNotOverwrittenByAliases) {

@@ -375,5 +375,123 @@ TEST(ShardedStateDict, RoundTripsAModuleThroughShards) {
   EXPECT_EQ(viewed->b->weight.data_ptr(), ckpt.get_tensor("b.weight").data_ptr());
 }
 
+// An embedding and an output layer sharing one weight, with a layer between
+// them so that a small shard size makes several shards.
+struct TiedHeadImpl : torch::nn::Module {
+  explicit TiedHeadImpl(const torch::Tensor& w) : weight(register_parameter("weight", w)) {}
+  torch::Tensor weight;
+};
+TORCH_MODULE(TiedHead);
+
+struct TiedImpl : torch::nn::Module {
+  explicit TiedImpl(bool tie = true)
+      : embed(register_module("embed", torch::nn::Embedding(16, 8))),
+        mid(register_module("mid", torch::nn::Linear(8, 8))),
+        head(register_module("head", TiedHead(tie ? embed->weight : torch::zeros({16, 8})))) {}
+  torch::nn::Embedding embed;
+  torch::nn::Linear mid;
+  TiedHead head;
+};
+TORCH_MODULE(Tied);
+
+// Every shard of a set records the aliases, and they count once per set:
+// strict and non-strict loads fill the tie, which stays one memory in both
+// modes, and a module without the tie gets the alias in its own memory.
+TEST(ShardedStateDict, TiedWeightsSavedAsShardsLoadInBothModesStrictOrNot) {
+  TempDir dir;
+  Tied saved;
+  save_state_dict(*saved, dir.path().string(), std::nullopt, StateDictSaveOptions().max_shard_size(300));
+  const ShardedOpen set(dir.path().string());
+  ASSERT_GE(set.shards().size(), 2u);
+  EXPECT_FALSE(set.contains("head.weight"));
+  for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
+    for (bool strict : {true, false}) {
+      Tied tied;
+      LoadReport r = load_state_dict(*tied, set, StateDictLoadOptions().mode(mode).strict(strict));
+      EXPECT_TRUE(r.ok()) << r.describe();
+      EXPECT_EQ(r.loaded_keys.size(), 4u);
+      EXPECT_TRUE(torch::equal(tied->head->weight, saved->embed->weight));
+      EXPECT_TRUE(torch::equal(tied->mid->weight, saved->mid->weight));
+      EXPECT_EQ(tied->head->weight.data_ptr(), tied->embed->weight.data_ptr()) << "the tie was broken";
+      if (mode == LoadMode::ZeroCopy) EXPECT_EQ(tied->head->weight.data_ptr(), set.get_tensor("embed.weight").data_ptr());
+
+      Tied untied(/*tie=*/false);
+      r = load_state_dict(*untied, dir.path().string(), StateDictLoadOptions().mode(mode).strict(strict));
+      EXPECT_TRUE(r.ok()) << r.describe();
+      EXPECT_TRUE(torch::equal(untied->head->weight, saved->embed->weight));
+      EXPECT_NE(untied->head->weight.data_ptr(), untied->embed->weight.data_ptr());
+    }
+  }
+}
+
+// Writes `tensors` as a set in the style of Hugging Face's tools: shards with
+// the metadata {"format": "pt"} only, and an index with `index_metadata`
+// beside total_size.
+void write_foreign_set(const TempDir& dir, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                       const nlohmann::json& index_metadata) {
+  nlohmann::json weight_map = nlohmann::json::object(), metadata = index_metadata;
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const std::string shard = "model-0000" + std::to_string(i + 1) + "-of-0000" + std::to_string(tensors.size()) +
+                              ".safetensors";
+    save_file({tensors[i]}, dir.file(shard), Metadata{{"format", "pt"}});
+    weight_map[tensors[i].first] = shard;
+    total += tensors[i].second.nbytes();
+  }
+  metadata["total_size"] = total;
+  write_bytes(dir.file(std::string(kIndexFileName)),
+              nlohmann::json{{"metadata", metadata}, {"weight_map", weight_map}}.dump());
+}
+
+// transformers records no alias (the tie is the module's); huggingface_hub's
+// save_torch_state_dict records them in the index's metadata only.
+TEST(ShardedStateDict, SetsOfOtherWritersLoadWithTheirTies) {
+  Tied saved;
+  const std::vector<std::pair<std::string, torch::Tensor>> tensors = {
+      {"embed.weight", saved->embed->weight.detach()},
+      {"mid.bias", saved->mid->bias.detach()},
+      {"mid.weight", saved->mid->weight.detach()}};
+  for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
+    TempDir transformers;
+    write_foreign_set(transformers, tensors, nlohmann::json::object());
+    Tied tied;
+    LoadReport r = load_state_dict(*tied, transformers.path().string(), StateDictLoadOptions().mode(mode));
+    EXPECT_TRUE(r.ok()) << r.describe();
+    EXPECT_TRUE(torch::equal(tied->head->weight, saved->embed->weight));
+    EXPECT_EQ(tied->head->weight.data_ptr(), tied->embed->weight.data_ptr());
+
+    TempDir hub;
+    write_foreign_set(hub, tensors, {{"head.weight", "embed.weight"}});
+    Tied untied(/*tie=*/false);
+    r = load_state_dict(*untied, hub.path().string(), StateDictLoadOptions().mode(mode));
+    EXPECT_TRUE(r.ok()) << r.describe();
+    EXPECT_TRUE(torch::equal(untied->head->weight, saved->embed->weight));
+  }
+}
+
+// One name recorded as the alias of two different tensors is ambiguous.
+TEST(ShardedStateDict, AnAliasRecordedForTwoTensorsIsRefused) {
+  TempDir dir;
+  Tied saved;
+  write_foreign_set(dir, {{"embed.weight", saved->embed->weight.detach()},
+                          {"mid.bias", saved->mid->bias.detach()},
+                          {"mid.weight", saved->mid->weight.detach()}},
+                    {{"head.weight", "embed.weight"}});
+  save_file({{"mid.weight", saved->mid->weight.detach()}}, dir.file("model-00003-of-00003.safetensors"),
+            Metadata{{"format", "pt"}, {"head.weight", "mid.weight"}});
+  Tied untied(/*tie=*/false);
+  try {
+    load_state_dict(*untied, dir.path().string(), StateDictLoadOptions().strict(false));
+    FAIL() << "an ambiguous alias was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidIndex);
+    EXPECT_EQ(e.tensor(), "head.weight");
+    const std::string what = e.what();
+    EXPECT_NE(what.find("'embed.weight'"), std::string::npos) << what;
+    EXPECT_NE(what.find("'mid.weight'"), std::string::npos) << what;
+    EXPECT_NE(what.find("model-00003-of-00003.safetensors"), std::string::npos) << what;
+  }
+}
+
 }  // namespace
 }  // namespace safetensors

@@ -106,7 +106,8 @@ TensorDict load_shards(const ShardedOpen& checkpoint, const TensorParallel& tp);
 /// (ignored on the other ranks), every rank matches the checkpoint's tensors
 /// to its module, and rank 0 reads each rank's part (the
 /// options' tensor_parallel, whose rank and world size must be the
-/// communicator's) and sends it. A problem on any rank (a strict mismatch, a
+/// communicator's) and sends it; an alias of a tensor gets the part its own
+/// name's placement asks for. A problem on any rank (a strict mismatch, a
 /// file rank 0 cannot read) makes every rank throw, and no module is changed.
 /// Collective: every rank calls it.
 LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::string& path,

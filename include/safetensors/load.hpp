@@ -120,14 +120,19 @@ class SafeOpen {
   /// chunks when large); a CUDA `dst` through pinned staging buffers (see
   /// LoadOptions::device), converted on the GPU when its dtype differs; any
   /// other `dst` (another layout or device, a CPU dtype conversion) gets
-  /// `dst.copy_(get_tensor(name))`. An I/O error part way through leaves
-  /// `dst` partly written.
+  /// `dst.copy_(get_tensor(name))`. As with torch's in-place copy_, a `dst`
+  /// that requires grad (a parameter, or a tensor computed from one) is
+  /// written only with grad mode off (torch::NoGradGuard, as load_state_dict
+  /// reads): with it on, InvalidArgument and nothing written, whatever the
+  /// path. The write is never recorded by autograd. An I/O error part way
+  /// through leaves `dst` partly written.
   void read_into(const std::string& name, const at::Tensor& dst) const;
-  /// Several read_into at once: every shape is checked before anything is
-  /// written, and GPU destinations share one pass through pinned staging
+  /// Several read_into at once: every destination is checked before anything
+  /// is written, and GPU destinations share one pass through pinned staging
   /// buffers (reads of the file overlapped with host-to-device copies; a
   /// dtype that differs is converted on the GPU), so many small tensors cost
-  /// a few large copies.
+  /// a few large copies. Destinations that share memory are written one after
+  /// another in the order given, as separate calls would, whatever their paths.
   void read_into(const std::vector<std::pair<std::string, at::Tensor>>& targets) const;
   /// A handle that reads parts of one tensor.
   TensorSlice get_slice(const std::string& name) const;

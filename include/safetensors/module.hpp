@@ -43,7 +43,12 @@ enum class LoadMode {
   /// CPU parameters and buffers become views of the privately mapped file: no
   /// copy, and processes serving the same model share one copy in the page
   /// cache. Writing to them stays private to the process. Parameters on other
-  /// devices, converted dtypes and unaligned data are still copied.
+  /// devices, converted dtypes and unaligned data are still copied. Memory is
+  /// shared exactly as in Copy mode: entries the module ties share one view,
+  /// an entry the module keeps apart from another filled from the same file
+  /// tensor (an alias) gets its own copy, and an entry whose memory overlaps
+  /// another's without being the same view (a transposed buffer over a
+  /// parameter) is filled in place.
   ZeroCopy,
 };
 
@@ -119,9 +124,15 @@ struct LoadReport {
 /// a sharded checkpoint's `model.safetensors.index.json`, or the folder holding
 /// either. Shapes must match exactly (no broadcasting); see StateDictLoadOptions
 /// for dtypes and renaming. Names the saver recorded as aliases of a kept tensor
-/// (`{"lm_head.weight": "wte.weight"}` in the metadata, see save_state_dict),
-/// and parameters tied in the module to a loaded one, are filled from it and not
-/// reported missing. Throws StateDictMismatch when strict and anything is off.
+/// (`{"lm_head.weight": "wte.weight"}` in the metadata, see save_state_dict; of
+/// a sharded set, in its shards or its index, where huggingface_hub records
+/// them), and parameters tied in the module to a loaded one, are filled from it
+/// and not reported missing; each alias takes its own part (tensor_parallel)
+/// and dtype. A name recorded as the alias of two different tensors is refused
+/// (InvalidIndex). Entries the module ties (the same memory seen the same way)
+/// are written once: when the file holds several of them, the one last in the
+/// module's order wins, as the last copy does in PyTorch's load_state_dict.
+/// Throws StateDictMismatch when strict and anything is off.
 LoadReport load_state_dict(torch::nn::Module& module, const std::string& path,
                            const StateDictLoadOptions& options = {});
 LoadReport load_state_dict(torch::nn::Module& module, const SafeOpen& file,
@@ -154,7 +165,7 @@ Deduplicated deduplicate_shared(const NamedTensors& tensors);
 /// Saves `module`'s parameters and buffers (copied one at a time to CPU when
 /// elsewhere). Tied tensors are saved once (deduplicate_shared), each removed
 /// name recorded in the metadata as `removed -> kept` unless `metadata` already
-/// has that key. The metadata gets `{"format": "pt"}` unless it sets "format",
+/// has that key (in every shard of a sharded set, as the rest of the metadata). The metadata gets `{"format": "pt"}` unless it sets "format",
 /// so Python tools (transformers) accept the file.
 void save_state_dict(const torch::nn::Module& module, const std::string& path,
                      const std::optional<Metadata>& metadata = std::nullopt,

@@ -335,7 +335,7 @@ TensorDict load_shards(const ShardedOpen& checkpoint, const TensorParallel& tp) 
     if (dtype_bits(info.dtype) < 8)
       throw Error(ErrorCode::InvalidArgument, checkpoint.path(), name,
                   "a packed sub-byte dtype cannot be split across ranks");
-    const std::vector<std::int64_t> shape = detail::torch_shape(info);
+    const std::vector<std::int64_t> shape = detail::torch_shape(info, checkpoint.path());
     const ShardRange range = shard_range(shape[static_cast<std::size_t>(*p.split_dim)], tp.rank, tp.world_size);
     out.insert(name, checkpoint.get_slice(name)(part_index(*p.split_dim, range)));
   }
@@ -431,7 +431,7 @@ LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::strin
       const std::vector<Request>& of_rank = requests[static_cast<std::size_t>(rank)];
       for (std::size_t& k = next[static_cast<std::size_t>(rank)]; k < of_rank.size() && of_rank[k].tensor == i; ++k) {
         const Request& q = of_rank[k];
-        std::vector<std::int64_t> shape = detail::torch_shape(info);
+        std::vector<std::int64_t> shape = detail::torch_shape(info, catalog.path);
         if (q.part) shape[static_cast<std::size_t>(q.dim)] = q.length;
         at::Tensor data = at::empty(shape, at::TensorOptions().dtype(*to_torch_dtype(info.dtype)));
         recv_into(comm, data, 0, static_cast<int>(k));

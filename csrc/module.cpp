@@ -12,6 +12,7 @@
 #include <torch/utils.h>
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <tuple>
@@ -33,8 +34,16 @@ Entries module_state(const torch::nn::Module& module) {
   return out;
 }
 
-std::vector<std::int64_t> torch_shape(const TensorInfo& info) {
-  std::vector<std::int64_t> shape(info.shape.begin(), info.shape.end());
+std::vector<std::int64_t> torch_shape(const TensorInfo& info, const std::string& file) {
+  std::vector<std::int64_t> shape;
+  shape.reserve(info.shape.size());
+  for (std::uint64_t d : info.shape) {
+    // A header may declare such a dimension beside a zero one (no bytes at all).
+    if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      throw Error(ErrorCode::LimitExceeded, file, info.name,
+                  "dimension " + std::to_string(d) + " does not fit a torch size (int64)");
+    shape.push_back(static_cast<std::int64_t>(d));
+  }
   const unsigned bits = dtype_bits(info.dtype);
   if (bits < 8 && !shape.empty()) shape.back() /= 8 / bits;
   return shape;
@@ -67,7 +76,7 @@ std::string dtype_text(c10::ScalarType type) {
 
 // Why a file tensor cannot fill `target`, or nullopt when it can. `part` is
 // the rank's part of the tensor when the tensor is split across ranks.
-std::optional<std::string> misfit(const at::Tensor& target, const TensorInfo& info,
+std::optional<std::string> misfit(const at::Tensor& target, const TensorInfo& info, const std::string& file,
                                   const std::optional<TensorParallel>& tp,
                                   const std::optional<Part>& part, bool convert_dtype) {
   const auto type = to_torch_dtype(info.dtype);
@@ -75,14 +84,14 @@ std::optional<std::string> misfit(const at::Tensor& target, const TensorInfo& in
     return "the file's dtype has no torch dtype in LibTorch " + torch_version();
   if (part) {
     if (dtype_bits(info.dtype) < 8) return std::string("a packed sub-byte dtype cannot be split across ranks");
-    std::vector<std::int64_t> local = torch_shape(info);
+    std::vector<std::int64_t> local = torch_shape(info, file);
     local[static_cast<std::size_t>(part->dim)] = part->range.length;
     if (c10::IntArrayRef(local) != target.sizes())
       return "shape: rank " + std::to_string(tp->rank) + " of " + std::to_string(tp->world_size) +
              " holds " + shape_text(local) + " of it (dimension " + std::to_string(part->dim) +
              ", elements " + std::to_string(part->range.start) + ".." +
              std::to_string(part->range.start + part->range.length) + ")";
-  } else if (c10::IntArrayRef(torch_shape(info)) != target.sizes()) {
+  } else if (c10::IntArrayRef(torch_shape(info, file)) != target.sizes()) {
     return std::string("shape");
   }
   if (*type == target.scalar_type()) return std::nullopt;
@@ -205,14 +214,14 @@ void Matcher::consider(const std::string& name, const std::string& source, bool 
   const TensorInfo& info = checkpoint_.info(source);
   std::optional<Part> part;
   if (const auto& tp = options_.tensor_parallel()) {
-    const std::vector<std::int64_t> shape = torch_shape(info);
+    const std::vector<std::int64_t> shape = torch_shape(info, checkpoint_.path);
     const Placement placement = tp->placement(*mapped, shape.size());
     if (placement.split_dim) {
       const std::int64_t dim = *placement.split_dim;
       part = Part{dim, shard_range(shape[static_cast<std::size_t>(dim)], tp->rank, tp->world_size)};
     }
   }
-  if (auto reason = misfit(target, info, options_.tensor_parallel(), part, options_.convert_dtype())) {
+  if (auto reason = misfit(target, info, checkpoint_.path, options_.tensor_parallel(), part, options_.convert_dtype())) {
     report_.mismatched.push_back({name, *mapped, target.sizes().vec(), target.scalar_type(),
                                   info.shape, info.dtype, *reason});
     return;

@@ -35,8 +35,9 @@ inline Backend default_backend(const StateDictLoadOptions& options) {
 Entries module_state(const torch::nn::Module& module);
 
 /// The shape a file tensor has in torch: packed sub-byte dtypes (F4) hold
-/// several values per element.
-std::vector<std::int64_t> torch_shape(const TensorInfo& info);
+/// several values per element. A dimension above int64's range (which a
+/// header may declare beside a zero one) is LimitExceeded, naming `file`.
+std::vector<std::int64_t> torch_shape(const TensorInfo& info, const std::string& file);
 
 /// "[2, 3]".
 std::string shape_text(const std::vector<std::int64_t>& shape);

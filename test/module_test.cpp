@@ -135,6 +135,31 @@ TEST(StateDict, RoundTripKeepsEveryParameterAndBufferUnderPythonNames) {
   EXPECT_TRUE(same_state(*saved, *loaded));
 }
 
+// A header may declare a dimension above int64's range beside a zero one: a
+// valid file of no bytes, which no torch tensor can describe.
+TEST(StateDict, ADimensionBeyondInt64IsLimitExceededNamingTheFile) {
+  TempDir dir;
+  const std::string path = dir.file("wide.safetensors");
+  test::write_bytes(path, test::make_file(
+                              R"({"w":{"dtype":"F32","shape":[0,9223372036854775808],"data_offsets":[0,0]}})"));
+  torch::nn::Module module;
+  module.register_buffer("w", torch::zeros({0, 1}));
+  for (bool tp : {false, true})
+    for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
+      auto options = StateDictLoadOptions().strict(false).mode(mode);
+      if (tp) options.tensor_parallel(TensorParallel{ShardingPlan().split("w", 1), 0, 2});
+      try {
+        load_state_dict(module, path, options);
+        ADD_FAILURE() << "loaded";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::LimitExceeded) << e.what();
+        EXPECT_EQ(e.file(), path);
+        EXPECT_EQ(e.tensor(), "w");
+      }
+    }
+  EXPECT_EQ(module.named_buffers()["w"].sizes(), (std::vector<std::int64_t>{0, 1}));
+}
+
 TEST(StateDict, CopyModeFillsTheParametersOwnMemory) {
   TempDir dir;
   Small saved, loaded;

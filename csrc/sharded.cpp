@@ -22,6 +22,7 @@
 #include "safetensors/error.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/writer.hpp"
+#include "posix.hpp"
 #include "sharded_internal.hpp"
 
 namespace safetensors {
@@ -77,17 +78,6 @@ std::string new_set_id() {
   char id[33];
   std::snprintf(id, sizeof id, "%08x%08x%08x%08x", random(), random(), random(), random());
   return id;
-}
-
-// Renames are durable only once the folder itself is flushed.
-void fsync_folder(const std::string& folder) {
-  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0 || ::fsync(fd) != 0) {
-    const int err = errno;
-    if (fd >= 0) ::close(fd);
-    throw Error(ErrorCode::Io, folder, "", std::string("cannot flush the folder: ") + std::strerror(err));
-  }
-  ::close(fd);
 }
 
 constexpr std::string_view kStagedSuffix = ".partial";

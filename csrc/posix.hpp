@@ -63,8 +63,10 @@ enum class Leftover { Removed, InUse, Absent };
 
 /// Removes the regular file `name` in the folder `dirfd` if no writer holds a
 /// lock on it (see create_locked): its writer is gone. A file that cannot be
-/// opened or locked counts as in use.
-Leftover remove_if_unlocked(int dirfd, const char* name);
+/// opened or locked counts as in use. With `content`, a removed file's first
+/// `max_content` bytes are read into it first.
+Leftover remove_if_unlocked(int dirfd, const char* name, std::string* content = nullptr,
+                            std::size_t max_content = 0);
 /// Flushes a folder's entries (renames, links) to disk. 0 or the errno.
 int fsync_folder_errno(const std::string& folder);
 /// The same, throwing Error(Io) naming the folder.

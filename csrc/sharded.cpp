@@ -134,6 +134,19 @@ void collect_by_set(DIR* d, std::optional<std::string> (*set_of)(std::string_vie
     if (auto set = set_of(e->d_name)) by_set[*set].emplace_back(e->d_name);
 }
 
+// A writer's lock records the files its save may leave behind, should it die,
+// that are not its staged shards: see StagedShards::record.
+constexpr std::size_t kMaxRecord = std::size_t{4} << 20;
+
+std::vector<std::string> recorded_files(const std::string& record) {
+  std::vector<std::string> out;
+  const nlohmann::json files = nlohmann::json::parse(record, nullptr, false);
+  if (!files.is_array()) return out;
+  for (const nlohmann::json& file : files)
+    if (file.is_string() && !unsafe_shard_name(file.get<std::string>())) out.push_back(file.get<std::string>());
+  return out;
+}
+
 // Staged shards are never locked themselves: their writer's lock covers them.
 // A set is live while a lock of one of its writers is held, which no pid
 // decides, so writers on other hosts (NFS) or in other PID namespaces count.
@@ -145,24 +158,29 @@ void remove_dead_writers_shards(const std::string& folder) {
   std::map<std::string, std::vector<std::string>> staged, locks;
   collect_by_set(d, staged_set_of, staged);
   collect_by_set(d, lock_set_of, locks);
-  std::vector<std::string> dead;
+  std::map<std::string, std::vector<std::string>> dead;  // set -> its files to remove
   for (const auto& [set, names] : locks) {
     bool live = false;
-    for (const std::string& name : names) live |= remove_if_unlocked(::dirfd(d), name.c_str()) == Leftover::InUse;
-    if (!live) dead.push_back(set);
+    std::vector<std::string> files;
+    for (const std::string& name : names) {
+      std::string record;
+      const Leftover found = remove_if_unlocked(::dirfd(d), name.c_str(), &record, kMaxRecord);
+      live |= found == Leftover::InUse;
+      for (std::string& file : recorded_files(record)) files.push_back(std::move(file));
+    }
+    if (!live) dead[set] = std::move(files);
   }
-  for (const auto& [set, names] : staged)
-    if (!locks.count(set)) dead.push_back(set);
+  for (const auto& [set, names] : staged) {
+    if (locks.count(set) && !dead.count(set)) continue;
+    dead[set].insert(dead[set].end(), names.begin(), names.end());
+  }
   // Read after the locks: a writer that finished meanwhile switched its index
-  // before it let go of its lock. The shards of a dead save that the index
-  // names (it died between its two index writes) are the checkpoint.
+  // before it let go of its lock. The files of a dead save that the folder's
+  // checkpoint uses (it died after its switch, or before it) stay.
   const std::set<std::string> in_use = current_checkpoint_files(folder);
-  for (const std::string& set : dead) {
-    const auto found = staged.find(set);
-    if (found == staged.end()) continue;
-    for (const std::string& name : found->second)
-      if (!in_use.count(name)) ::unlinkat(::dirfd(d), name.c_str(), 0);
-  }
+  for (const auto& [set, files] : dead)
+    for (const std::string& file : files)
+      if (!in_use.count(file)) ::unlinkat(::dirfd(d), file.c_str(), 0);
   ::closedir(d);
 }
 
@@ -217,6 +235,13 @@ StagedShards::StagedShards(std::string folder, std::string set_id)
                     errno_text(errno));
 }
 
+void StagedShards::record(const std::set<std::string>& files) {
+  const std::string text = nlohmann::json(files).dump();
+  if (::ftruncate(lock_fd_, 0) != 0 ||
+      ::pwrite(lock_fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+    throw Error(ErrorCode::Io, lock_path_, "", "cannot write the save's lock: " + errno_text(errno));
+}
+
 StagedShards::~StagedShards() {
   for (std::size_t i = published_; i < files_.size(); ++i) ::unlink(files_[i].first.c_str());
   ::unlink(lock_path_.c_str());
@@ -238,6 +263,10 @@ void StagedShards::commit(bool fsync, const std::set<std::string>& previous) {
       if (!previous.count(files_[i].second)) ::unlink((fs::path(folder_) / files_[i].second).c_str());
     published_ = 0;
   };
+  std::set<std::string> may_stay = previous;
+  for (const auto& [staged, name] : files_)
+    if (!previous.count(name)) may_stay.insert(name);
+  record(may_stay);
   for (; published_ < files_.size(); ++published_) {
     const auto& [staged, name] = files_[published_];
     if (previous.count(name)) continue;  // the previous checkpoint's file: see published_name
@@ -532,6 +561,8 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
 
   const SaveOptions file_options = SaveOptions().fsync(options.fsync());
   if (shards.size() <= 1) {
+    StagedShards lock(folder, new_set_id());  // stages nothing: the record of what to remove
+    lock.record(previous);
     save_file(shards.empty() ? NamedTensors{} : shards.front(), (fs::path(folder) / kSingleFileName).string(),
               meta, SaveOptions(file_options).progress(options.progress()));
     // An index left by an earlier sharded save would take precedence over the new file.

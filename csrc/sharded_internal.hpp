@@ -20,7 +20,8 @@ std::string shard_file_name(std::size_t i, std::size_t n);
 /// A random id naming one save (kShardSetKey).
 std::string new_set_id();
 /// Removes the staged shards of saves none of whose writers holds its lock any
-/// more (on any host), except those the folder's index names.
+/// more (on any host), and the files their locks record, except those the
+/// folder's checkpoint uses.
 void remove_dead_writers_shards(const std::string& folder);
 /// The files of the checkpoint the folder holds now, as a loader would pick it.
 std::set<std::string> current_checkpoint_files(const std::string& folder);
@@ -50,6 +51,11 @@ class StagedShards {
   StagedShards(const StagedShards&) = delete;
   StagedShards& operator=(const StagedShards&) = delete;
 
+  /// Records in the lock the files outside the folder's checkpoint this save
+  /// may leave if it dies (those of the previous checkpoint, shards it moves
+  /// into place before its index): a later save's sweep removes those the
+  /// checkpoint it finds does not use. commit() records them itself.
+  void record(const std::set<std::string>& files);
   /// Stages one shard; it takes the permissions of the file it replaces.
   void write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
              const SaveOptions& options);

@@ -220,7 +220,7 @@ int create_locked(const std::string& path, int flags, mode_t mode) {
   return fd;
 }
 
-Leftover remove_if_unlocked(int dirfd, const char* name) {
+Leftover remove_if_unlocked(int dirfd, const char* name, std::string* content, std::size_t max_content) {
   const int fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
   if (fd < 0) return errno == ENOENT ? Leftover::Absent : Leftover::InUse;
   FdGuard guard(fd);
@@ -230,6 +230,13 @@ Leftover remove_if_unlocked(int dirfd, const char* name) {
   if (::fstatat(dirfd, name, &named, AT_SYMLINK_NOFOLLOW) != 0 || named.st_dev != held.st_dev ||
       named.st_ino != held.st_ino)
     return Leftover::Absent;
+  if (content) {
+    content->assign(std::min<std::uint64_t>(static_cast<std::uint64_t>(held.st_size), max_content), '\0');
+    std::size_t got = 0;
+    for (ssize_t n; got < content->size(); got += static_cast<std::size_t>(n))
+      if ((n = ::pread(fd, content->data() + got, content->size() - got, static_cast<off_t>(got))) <= 0) break;
+    content->resize(got);
+  }
   if (::unlinkat(dirfd, name, 0) != 0) return errno == ENOENT ? Leftover::Absent : Leftover::InUse;
   return Leftover::Removed;
 }

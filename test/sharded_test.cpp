@@ -448,62 +448,59 @@ Loaded classify(const std::string& folder, int tensors, std::string& detail) {
   }
 }
 
-// A save over a Hub-style set with the same shard names (its index has no
-// shard_set, so a loader cannot tell old shards from new ones), killed at
-// random moments: the folder always loads as the old set or the new one,
-// never as a mix, and the next save leaves nothing behind.
+// A save over a Hub-style set (its index has no shard_set, so a loader cannot
+// tell old shards from new ones), killed at random moments, with the same shard
+// names and with another count: the folder always loads as the old set or the
+// new one, never as a mix, and the next save leaves nothing behind.
 TEST(ShardedSave, AKilledSaveOverAHubSetLoadsAsTheOldOrTheNewSet) {
-  TempDir dir;
-  const std::string folder = dir.path().string();
   constexpr int kShards = 12;
-  const NamedTensors next = filled_set(kShards, 1.0f);
-  const auto options = ShardedSaveOptions().max_shard_size(80).fsync(false);
-  // How long one save takes here, to spread the kills over it.
-  write_hub_style_set(folder, kShards, 0.0f);
-  const auto started = std::chrono::steady_clock::now();
-  for (int i = 0; i < 5; ++i) save_sharded(next, folder, std::nullopt, options);
-  const auto one_save = (std::chrono::steady_clock::now() - started) / 5;
-  const auto expected = dir.entries();
-  for (int i = 0; i < kShards; ++i)
-    EXPECT_TRUE(std::filesystem::is_regular_file(dir.file(test_shard_name(i, kShards)))) << "the Hub's names";
-  EXPECT_EQ(expected.size(), static_cast<std::size_t>(kShards + 1));
-  std::mt19937 rng(13);
-  int counts[4] = {0, 0, 0, 0}, between = 0;
-  for (int trial = 0; trial < 300; ++trial) {
-    for (const std::string& name : dir.entries()) std::filesystem::remove(dir.file(name));
+  for (const int new_shards : {kShards, kShards / 2}) {
+    TempDir dir;
+    const std::string folder = dir.path().string();
+    const NamedTensors next = filled_set(kShards, 1.0f);  // the same 24 tensors
+    const auto options = ShardedSaveOptions().max_shard_size(80 * kShards / new_shards).fsync(false);
+    // How long one save takes here, to spread the kills over it.
     write_hub_style_set(folder, kShards, 0.0f);
-    const auto delay = std::chrono::duration_cast<std::chrono::microseconds>(one_save * 2) *
-                       std::uniform_real_distribution<double>(0, 1)(rng);
-    const pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      try {
+    const auto started = std::chrono::steady_clock::now();
+    for (int i = 0; i < 5; ++i) save_sharded(next, folder, std::nullopt, options);
+    const auto one_save = (std::chrono::steady_clock::now() - started) / 5;
+    const auto expected = dir.entries();
+    ASSERT_EQ(expected.size(), static_cast<std::size_t>(new_shards + 1));
+    for (int i = 0; i < new_shards; ++i)
+      EXPECT_TRUE(std::filesystem::is_regular_file(dir.file(test_shard_name(i, new_shards)))) << "the Hub's names";
+    std::mt19937 rng(13);
+    int counts[4] = {0, 0, 0, 0}, between = 0;
+    for (int trial = 0; trial < 200; ++trial) {
+      for (const std::string& name : dir.entries()) std::filesystem::remove(dir.file(name));
+      write_hub_style_set(folder, kShards, 0.0f);
+      const auto delay = std::chrono::duration_cast<std::chrono::microseconds>(one_save) *
+                         std::uniform_real_distribution<double>(0, 1)(rng);
+      const pid_t pid = test::fork_child([&] {
         save_sharded(next, folder, std::nullopt, options);
-      } catch (...) {
-        ::_exit(1);
-      }
-      ::_exit(0);
+        return 0;
+      });
+      ASSERT_GE(pid, 0);
+      std::this_thread::sleep_for(delay);
+      ::kill(pid, SIGKILL);
+      test::wait_child(pid);
+      // Killed between the two index writes: the index names staged shards.
+      if (read_bytes(dir.file(std::string(kIndexFileName))).find("\".") != std::string::npos) ++between;
+      std::string detail;
+      const Loaded loaded = classify(folder, 2 * kShards, detail);
+      ++counts[static_cast<int>(loaded)];
+      EXPECT_NE(loaded, Loaded::Mixed) << new_shards << " shards, trial " << trial << ": a silent mix: " << detail;
+      EXPECT_NE(loaded, Loaded::Refused) << new_shards << " shards, trial " << trial << ": " << detail;
+      // Whatever the killed save left, the next one cleans up.
+      save_sharded(next, folder, std::nullopt, options);
+      EXPECT_EQ(dir.entries(), expected) << new_shards << " shards, trial " << trial;
     }
-    std::this_thread::sleep_for(delay);
-    ::kill(pid, SIGKILL);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    // Killed between the two index writes: the index names staged shards.
-    if (read_bytes(dir.file(std::string(kIndexFileName))).find("\"." ) != std::string::npos) ++between;
-    std::string detail;
-    const Loaded loaded = classify(folder, 2 * kShards, detail);
-    ++counts[static_cast<int>(loaded)];
-    EXPECT_NE(loaded, Loaded::Mixed) << "trial " << trial << ": a silent mix: " << detail;
-    EXPECT_NE(loaded, Loaded::Refused) << "trial " << trial << ": " << detail;
-    // Whatever the killed save left, the next one cleans up.
-    save_sharded(next, folder, std::nullopt, options);
-    EXPECT_EQ(dir.entries(), expected) << "trial " << trial;
+    std::printf("%d shards over %d: old %d, new %d (%d between the index writes), refused %d, mixed %d; "
+                "one save: %lld us\n",
+                new_shards, kShards, counts[0], counts[1], between, counts[2], counts[3],
+                static_cast<long long>(std::chrono::duration_cast<std::chrono::microseconds>(one_save).count()));
+    EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);
+    EXPECT_GT(counts[static_cast<int>(Loaded::New)], 0);
   }
-  std::printf("old %d, new %d (%d between the index writes), refused %d, mixed %d; one save: %lld us\n", counts[0],
-              counts[1], between, counts[2], counts[3],
-              static_cast<long long>(std::chrono::duration_cast<std::chrono::microseconds>(one_save).count()));
-  EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);
-  EXPECT_GT(counts[static_cast<int>(Loaded::New)], 0);
 }
 
 // Liveness is the writer's lock, not a pid: a save from another PID namespace
@@ -667,6 +664,27 @@ TEST(ShardedSave, TheSweepKeepsStagedShardsTheIndexNames) {
   EXPECT_TRUE(loaded_while_saving);
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{test_shard_name(0, 2), test_shard_name(1, 2),
                                                      std::string(kIndexFileName)}));
+}
+
+// A save killed after its index switch, while removing the previous set's
+// files, leaves some; its lock records them (and the shards it moved into
+// place), so the next save removes those the checkpoint does not use. A file
+// no lock records stays.
+TEST(ShardedSave, TheNextSaveFinishesTheCleanupOfADeadOne) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  save_sharded(filled_set(3, 0.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  const std::string left_a = test_shard_name(0, 5), left_b = test_shard_name(3, 5), stray = test_shard_name(1, 5);
+  for (const std::string& name : {left_a, left_b, stray}) write_bytes(dir.file(name), "an old shard");
+  write_bytes(dir.file(writer_lock_name("0123456789abcdef0123456789abcdef", "0123456789abcdef")),
+              nlohmann::json{left_a, left_b, test_shard_name(0, 3)}.dump());
+  std::vector<std::string> expected =
+      save_sharded(filled_set(3, 1.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  expected.push_back(stray);
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(dir.entries(), expected);
+  std::string detail;
+  EXPECT_EQ(classify(folder, 6, detail), Loaded::New) << detail;
 }
 
 }  // namespace

@@ -133,16 +133,18 @@ struct ShardedSaveOptions {
 /// means. Each shard and the index follow AtomicFile's rules for symlinks and
 /// permissions. Returns the names of the files the index lists, then the index.
 ///
-/// Cleanup: each writer holds a lock in the folder while its shards are staged;
-/// staged shards of saves none of whose writers holds its lock any more (on
-/// any host or PID namespace) are removed first, except those the index names;
-/// those of a running save are kept. Once the new checkpoint is in place, the
-/// files of the one it replaced that it does not reuse are removed: the shards
-/// the previous index listed, or a `model.safetensors` that a new set replaces
-/// when there was no index (one next to an index was not the checkpoint and
-/// stays). No other file is touched, and a previous index that cannot be read
-/// removes nothing. These removals are best effort: the save has succeeded
-/// when they run.
+/// Cleanup: each writer holds a lock in the folder for the whole save, which
+/// records the files it may leave should it die (the previous checkpoint's,
+/// the shards it moves into place). Of saves none of whose writers holds its
+/// lock any more (on any host or PID namespace), the staged shards and the
+/// recorded files are removed first, except those the folder's checkpoint
+/// uses; those of a running save are kept. Once the new checkpoint is in
+/// place, the files of the one it replaced that it does not reuse are removed:
+/// the shards the previous index listed, or a `model.safetensors` that a new
+/// set replaces when there was no index (one next to an index was not the
+/// checkpoint and stays). No other file is touched, and a previous index that
+/// cannot be read removes nothing. These removals are best effort: the save
+/// has succeeded when they run.
 std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::string& folder,
                                       const std::optional<Metadata>& metadata = std::nullopt,
                                       const ShardedSaveOptions& options = {});

@@ -687,5 +687,94 @@ TEST(ShardedSave, TheNextSaveFinishesTheCleanupOfADeadOne) {
   EXPECT_EQ(classify(folder, 6, detail), Loaded::New) << detail;
 }
 
+// The same over a set the Hugging Face tools wrote (the fluxml vectors: six
+// shards named as save_sharded names them, an index without shard_set, every
+// dtype): killed at random moments, a save of other bytes under the same names
+// leaves the folder loading, byte for byte, as the old set or the new one.
+TEST(ShardedSave, AKilledSaveOverAHubWrittenSetLoadsAsTheOldOrTheNewSet) {
+  const LoadOptions raw = LoadOptions().unsupported_as_bytes(true);
+  const auto bytes_of = [](const torch::Tensor& t) {
+    const torch::Tensor c = t.contiguous();
+    return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
+  };
+  ShardedOpen original(kFluxml, raw);
+  std::map<std::string, std::string> old_bytes, new_bytes;
+  NamedTensors next;
+  for (const std::string& name : original.keys()) {
+    const TensorInfo& info = original.info(name);
+    std::string bytes = bytes_of(original.get_tensor(name));
+    old_bytes[name] = bytes;
+    for (char& c : bytes) c ^= info.dtype == Dtype::BOOL ? 0x01 : 0x5A;
+    new_bytes[name] = bytes;
+    next.add_raw(name, info.dtype, info.shape,
+                 torch::from_blob(new_bytes[name].data(), {static_cast<std::int64_t>(bytes.size())}, torch::kUInt8));
+  }
+  // The limit that packs the tensors into six shards, as the Hub's set has.
+  TempDir scratch, dir;
+  std::uint64_t limit = 0;
+  for (std::uint64_t candidate = 500; candidate < 1500 && !limit; candidate += 10)
+    if (save_sharded(next, scratch.path().string(), std::nullopt,
+                     ShardedSaveOptions().max_shard_size(candidate).fsync(false))
+            .size() == 7)
+      limit = candidate;
+  ASSERT_NE(limit, 0u);
+  const auto options = ShardedSaveOptions().max_shard_size(limit).fsync(false);
+  const auto restore = [&] {
+    for (const std::string& name : dir.entries()) std::filesystem::remove(dir.file(name));
+    for (const auto& entry : std::filesystem::directory_iterator(kFluxml))
+      std::filesystem::copy(entry.path(), dir.path() / entry.path().filename());
+  };
+  const auto loads_as = [&](std::string& detail) {
+    try {
+      ShardedOpen ckpt(dir.path().string(), raw);
+      int old_count = 0, new_count = 0;
+      for (const auto& [name, bytes] : old_bytes) {
+        const std::string got = bytes_of(ckpt.get_tensor(name));
+        old_count += got == bytes;
+        new_count += got == new_bytes[name];
+      }
+      if (old_count == static_cast<int>(old_bytes.size()) && ckpt.size() == old_bytes.size()) return Loaded::Old;
+      if (new_count == static_cast<int>(old_bytes.size()) && ckpt.size() == old_bytes.size()) return Loaded::New;
+      detail = std::to_string(old_count) + " old and " + std::to_string(new_count) + " new tensors";
+      return Loaded::Mixed;
+    } catch (const Error& e) {
+      detail = e.what();
+      return Loaded::Refused;
+    }
+  };
+  restore();
+  const auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < 5; ++i) save_sharded(next, dir.path().string(), std::nullopt, options);
+  const auto one_save = (std::chrono::steady_clock::now() - started) / 5;
+  const std::vector<std::string> expected = test::entries_of(kFluxml);
+  EXPECT_EQ(dir.entries(), expected);  // the Hub's names
+  std::mt19937 rng(17);
+  int counts[4] = {0, 0, 0, 0};
+  for (int trial = 0; trial < 150; ++trial) {
+    restore();
+    const auto delay = std::chrono::duration_cast<std::chrono::microseconds>(one_save) *
+                       std::uniform_real_distribution<double>(0, 1)(rng);
+    const pid_t pid = test::fork_child([&] {
+      save_sharded(next, dir.path().string(), std::nullopt, options);
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    std::this_thread::sleep_for(delay);
+    ::kill(pid, SIGKILL);
+    test::wait_child(pid);
+    std::string detail;
+    const Loaded loaded = loads_as(detail);
+    ++counts[static_cast<int>(loaded)];
+    EXPECT_NE(loaded, Loaded::Mixed) << "trial " << trial << ": a silent mix: " << detail;
+    EXPECT_NE(loaded, Loaded::Refused) << "trial " << trial << ": " << detail;
+    save_sharded(next, dir.path().string(), std::nullopt, options);
+    EXPECT_EQ(dir.entries(), expected) << "trial " << trial;
+  }
+  std::printf("over the Hub-written set: old %d, new %d, refused %d, mixed %d\n", counts[0], counts[1], counts[2],
+              counts[3]);
+  EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);
+  EXPECT_GT(counts[static_cast<int>(Loaded::New)], 0);
+}
+
 }  // namespace
 }  // namespace safetensors

@@ -448,6 +448,19 @@ Loaded classify(const std::string& folder, int tensors, std::string& detail) {
   }
 }
 
+// How long a save takes in a forked child, from the fork to its exit: the span
+// over which the kill tests spread their kills (a child may be much slower than
+// this process, under a sanitizer).
+std::chrono::microseconds child_save_time(const std::function<void()>& save) {
+  const auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < 5; ++i)
+    test::wait_child(test::fork_child([&] {
+      save();
+      return 0;
+    }));
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started) / 5;
+}
+
 // A save over a Hub-style set (its index has no shard_set, so a loader cannot
 // tell old shards from new ones), killed at random moments, with the same shard
 // names and with another count: the folder always loads as the old set or the
@@ -459,11 +472,8 @@ TEST(ShardedSave, AKilledSaveOverAHubSetLoadsAsTheOldOrTheNewSet) {
     const std::string folder = dir.path().string();
     const NamedTensors next = filled_set(kShards, 1.0f);  // the same 24 tensors
     const auto options = ShardedSaveOptions().max_shard_size(80 * kShards / new_shards).fsync(false);
-    // How long one save takes here, to spread the kills over it.
     write_hub_style_set(folder, kShards, 0.0f);
-    const auto started = std::chrono::steady_clock::now();
-    for (int i = 0; i < 5; ++i) save_sharded(next, folder, std::nullopt, options);
-    const auto one_save = (std::chrono::steady_clock::now() - started) / 5;
+    const auto one_save = child_save_time([&] { save_sharded(next, folder, std::nullopt, options); });
     const auto expected = dir.entries();
     ASSERT_EQ(expected.size(), static_cast<std::size_t>(new_shards + 1));
     for (int i = 0; i < new_shards; ++i)
@@ -473,8 +483,7 @@ TEST(ShardedSave, AKilledSaveOverAHubSetLoadsAsTheOldOrTheNewSet) {
     for (int trial = 0; trial < 200; ++trial) {
       for (const std::string& name : dir.entries()) std::filesystem::remove(dir.file(name));
       write_hub_style_set(folder, kShards, 0.0f);
-      const auto delay = std::chrono::duration_cast<std::chrono::microseconds>(one_save) *
-                         std::uniform_real_distribution<double>(0, 1)(rng);
+      const auto delay = one_save * std::uniform_real_distribution<double>(0, 1)(rng);
       const pid_t pid = test::fork_child([&] {
         save_sharded(next, folder, std::nullopt, options);
         return 0;
@@ -497,7 +506,7 @@ TEST(ShardedSave, AKilledSaveOverAHubSetLoadsAsTheOldOrTheNewSet) {
     std::printf("%d shards over %d: old %d, new %d (%d between the index writes), refused %d, mixed %d; "
                 "one save: %lld us\n",
                 new_shards, kShards, counts[0], counts[1], between, counts[2], counts[3],
-                static_cast<long long>(std::chrono::duration_cast<std::chrono::microseconds>(one_save).count()));
+                static_cast<long long>(one_save.count()));
     EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);
     EXPECT_GT(counts[static_cast<int>(Loaded::New)], 0);
   }
@@ -743,17 +752,14 @@ TEST(ShardedSave, AKilledSaveOverAHubWrittenSetLoadsAsTheOldOrTheNewSet) {
     }
   };
   restore();
-  const auto started = std::chrono::steady_clock::now();
-  for (int i = 0; i < 5; ++i) save_sharded(next, dir.path().string(), std::nullopt, options);
-  const auto one_save = (std::chrono::steady_clock::now() - started) / 5;
+  const auto one_save = child_save_time([&] { save_sharded(next, dir.path().string(), std::nullopt, options); });
   const std::vector<std::string> expected = test::entries_of(kFluxml);
   EXPECT_EQ(dir.entries(), expected);  // the Hub's names
   std::mt19937 rng(17);
   int counts[4] = {0, 0, 0, 0};
   for (int trial = 0; trial < 150; ++trial) {
     restore();
-    const auto delay = std::chrono::duration_cast<std::chrono::microseconds>(one_save) *
-                       std::uniform_real_distribution<double>(0, 1)(rng);
+    const auto delay = one_save * std::uniform_real_distribution<double>(0, 1)(rng);
     const pid_t pid = test::fork_child([&] {
       save_sharded(next, dir.path().string(), std::nullopt, options);
       return 0;

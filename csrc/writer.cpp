@@ -307,9 +307,9 @@ void remove_stale_temps(const std::string& dir) {
 }
 
 // Whether an unnamed file can be given a name at commit: linkat() through
-// /proc/self/fd needs /proc (absent in some containers and chroots), and
-// AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH on kernels before 6.10, which cannot
-// be asked without linking.
+// /proc/self/fd needs /proc (absent in some containers and chroots). The other
+// way, AT_EMPTY_PATH, needs CAP_DAC_READ_SEARCH on older kernels and cannot be
+// tried without giving the file a name.
 bool can_name_unnamed(int fd) {
   char proc_path[64];
   std::snprintf(proc_path, sizeof proc_path, "/proc/self/fd/%d", fd);

@@ -470,13 +470,14 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
 
   // Before anyone stages a shard: leftovers of dead writers, and what the new
   // checkpoint replaces.
-  std::set<std::string> previous;
+  // Every rank reads the previous checkpoint (which no rank changes before the
+  // index is written), since it decides the names shards are published under.
   std::string set_id;
   if (rank == 0) {
     detail::remove_dead_writers_shards(folder);
-    previous = detail::current_checkpoint_files(folder);
     set_id = detail::new_set_id();
   }
+  const std::set<std::string> previous = detail::current_checkpoint_files(folder);
 
   // Every rank describes what it holds; all check the same things.
   std::vector<RankState> states;
@@ -570,7 +571,7 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
   }
   agree(comm, error, folder, "write its shard; the previous checkpoint is kept");
   try {
-    staged.commit(options.fsync());
+    staged.commit(options.fsync(), previous);
   } catch (const Error&) {
     error = std::current_exception();
   }
@@ -581,16 +582,12 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
       for (std::size_t i = 0; i < n; ++i)
         weight_map.emplace(tensors[i].name,
                            names[static_cast<std::size_t>(shard_of_rank[static_cast<std::size_t>(owner[i])])]);
-      const std::string json = detail::index_json(weight_map, total, set_id);
-      AtomicFile index(index_path, AtomicFile::Options{options.fsync()});
-      index.write(json.data(), json.size());
-      index.commit();
+      names = detail::commit_set(folder, names, weight_map, total, set_id, previous, options.fsync());
     } catch (const Error&) {
       error = std::current_exception();
     }
   }
   agree(comm, error, index_path, "write the index");
-  if (rank == 0) detail::remove_replaced_files(folder, previous, names);
   names.emplace_back(kIndexFileName);
   return names;
 }

@@ -1,10 +1,12 @@
 #pragma once
 // Small POSIX helpers shared by the file code.
 
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <string>
+#include <string_view>
 
 namespace safetensors {
 
@@ -33,5 +35,43 @@ class FdGuard {
  private:
   int fd_;
 };
+
+namespace detail {
+
+/// Sixteen hex digits that differ between calls, processes and hosts with
+/// overwhelming likelihood: part of temporary names, which are still created
+/// exclusively.
+std::string unique_token();
+
+/// Takes an open-file-description lock on the whole of `fd` (flock(2) where
+/// the system has none): exclusive needs `fd` open for writing, shared for
+/// reading. Such locks conflict between two opens of a file even within one
+/// process, are released when the last descriptor of the open goes, and work
+/// across hosts on NFS. False with errno when not taken.
+bool lock_file(int fd, bool exclusive, bool wait);
+
+/// Creates `path` exclusively (O_CREAT | O_EXCL | `flags`, `mode` before the
+/// umask) and locks it exclusively, for a file whose writer must be told
+/// apart from a dead one's leftovers. -1 with errno on failure; EEXIST also
+/// when a sweep removed the new name before the lock was taken, so callers
+/// retry under another name. On a filesystem without locks the file is made
+/// unlocked (and no sweep can lock, so none removes it).
+int create_locked(const std::string& path, int flags, mode_t mode);
+
+/// What a sweep found at a name in a folder.
+enum class Leftover { Removed, InUse, Absent };
+
+/// Removes the regular file `name` in the folder `dirfd` if no writer holds a
+/// lock on it (see create_locked): its writer is gone. A file that cannot be
+/// opened or locked counts as in use. With `content`, a removed file's first
+/// `max_content` bytes are read into it first.
+Leftover remove_if_unlocked(int dirfd, const char* name, std::string* content = nullptr,
+                            std::size_t max_content = 0);
+/// Flushes a folder's entries (renames, links) to disk. 0 or the errno.
+int fsync_folder_errno(const std::string& folder);
+/// The same, throwing Error(Io) naming the folder.
+void fsync_folder(const std::string& folder);
+
+}  // namespace detail
 
 }  // namespace safetensors

@@ -178,13 +178,18 @@ void write_planned(const NamedTensors& tensors, const WritePlan& plan, Sink& sin
 
 }  // namespace
 
-void save_file(const NamedTensors& tensors, const std::string& path,
-               const std::optional<Metadata>& metadata, const SaveOptions& options) {
+void detail::save_file_replacing(const NamedTensors& tensors, const std::string& path, const std::string& replaces,
+                                 const std::optional<Metadata>& metadata, const SaveOptions& options) {
   // Everything is checked before the filesystem is touched.
   WritePlan plan = prepare(tensors, metadata, path);
-  AtomicFile file(path, AtomicFile::Options{options.fsync()});
+  AtomicFile file(path, AtomicFile::Options{options.fsync(), replaces});
   write_planned(tensors, plan, file, path, options);
   file.commit();
+}
+
+void save_file(const NamedTensors& tensors, const std::string& path,
+               const std::optional<Metadata>& metadata, const SaveOptions& options) {
+  detail::save_file_replacing(tensors, path, "", metadata, options);
 }
 
 std::vector<std::uint8_t> save(const NamedTensors& tensors, const std::optional<Metadata>& metadata) {

@@ -19,4 +19,9 @@ EntrySpec describe_entry(const NamedTensors::Item& item, const std::string& file
 /// each in byte order. Items without data (undefined, meta, empty) are in none.
 std::vector<std::vector<const NamedTensors::Item*>> overlapping_groups(const NamedTensors& tensors);
 
+/// save_file into `path`, a temporary name, of a file that is to replace
+/// `replaces` later: it takes that file's permissions (AtomicFile::Options).
+void save_file_replacing(const NamedTensors& tensors, const std::string& path, const std::string& replaces,
+                         const std::optional<Metadata>& metadata, const SaveOptions& options);
+
 }  // namespace safetensors::detail

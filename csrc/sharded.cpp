@@ -4,8 +4,8 @@
 
 #include "safetensors/sharded.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -23,6 +23,8 @@
 #include "safetensors/error.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/writer.hpp"
+#include "posix.hpp"
+#include "save_internal.hpp"
 #include "sharded_internal.hpp"
 
 namespace safetensors {
@@ -82,59 +84,107 @@ std::string new_set_id() {
   return id;
 }
 
-// Renames are durable only once the folder itself is flushed.
-void fsync_folder(const std::string& folder) {
-  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0 || ::fsync(fd) != 0) {
-    const int err = errno;
-    if (fd >= 0) ::close(fd);
-    throw Error(ErrorCode::Io, folder, "", std::string("cannot flush the folder: ") + std::strerror(err));
-  }
-  ::close(fd);
-}
-
-constexpr std::string_view kStagedSuffix = ".partial";
-
-// The writer's pid is part of a staged shard's name so that a later save can
-// tell the leftovers of a killed writer from the files of one still running.
+// A shard of save `set_id` while it is staged: hidden, with the set's id, and
+// ending in .safetensors because an index may name it (see commit_set).
 std::string staged_name(const std::string& shard, const std::string& set_id) {
-  return "." + shard + "." + std::to_string(::getpid()) + "." + set_id + std::string(kStagedSuffix);
+  return "." + shard.substr(0, shard.size() - kShardExtension.size()) + "." + set_id +
+         std::string(kShardExtension);
 }
 
-bool only_chars(std::string_view s, int (*is_class)(int)) {
+// The lock each writer of a save holds in the folder while its shards are
+// staged or published, until the save is done: ".saving-<set id>-<token>.lock".
+constexpr std::string_view kLockPrefix = ".saving-";
+constexpr std::string_view kLockSuffix = ".lock";
+constexpr std::size_t kSetIdSize = 32;
+constexpr std::size_t kTokenSize = 16;
+
+bool is_hex(std::string_view s, std::size_t size) {
+  if (s.size() != size) return false;
   for (const char c : s)
-    if (!is_class(static_cast<unsigned char>(c))) return false;
-  return !s.empty();
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
 }
 
-// The writer's pid, when `entry` is exactly a name staged_name() makes: other
-// files in the folder are never taken for leftovers.
-std::optional<pid_t> staged_writer_pid(std::string_view entry) {
-  if (entry.empty() || entry.front() != '.' || !ends_with(entry, kStagedSuffix)) return std::nullopt;
-  std::string_view rest = entry.substr(1, entry.size() - 1 - kStagedSuffix.size());
-  const std::size_t id_dot = rest.rfind('.');
-  if (id_dot == std::string_view::npos || !only_chars(rest.substr(id_dot + 1), isxdigit)) return std::nullopt;
-  rest = rest.substr(0, id_dot);
-  const std::size_t pid_dot = rest.rfind('.');
-  if (pid_dot == std::string_view::npos) return std::nullopt;
-  const std::string_view pid = rest.substr(pid_dot + 1);
-  if (!only_chars(pid, isdigit) || pid.size() > 9 || !ends_with(rest.substr(0, pid_dot), kShardExtension))
+// The set id of a name staged_name() makes, or nothing: other files in the
+// folder are never taken for staged shards.
+std::optional<std::string> staged_set_of(std::string_view entry) {
+  if (entry.size() < 1 + 1 + 1 + kSetIdSize + kShardExtension.size() || entry.front() != '.' ||
+      !ends_with(entry, kShardExtension))
     return std::nullopt;
-  return static_cast<pid_t>(std::stol(std::string(pid)));
+  const std::string_view rest = entry.substr(1, entry.size() - 1 - kShardExtension.size());
+  const std::string_view id = rest.substr(rest.size() - kSetIdSize);
+  if (rest[rest.size() - kSetIdSize - 1] != '.' || !is_hex(id, kSetIdSize)) return std::nullopt;
+  return std::string(id);
 }
 
-// A save killed while writing leaves its staged shards behind. Only those of
-// writers that no longer run are removed: a concurrent save into the same
-// folder keeps its files. EPERM means the process exists, so only ESRCH counts.
+// The set id of a writer's lock, or nothing.
+std::optional<std::string> lock_set_of(std::string_view entry) {
+  if (entry.size() != kLockPrefix.size() + kSetIdSize + 1 + kTokenSize + kLockSuffix.size() ||
+      entry.substr(0, kLockPrefix.size()) != kLockPrefix || !ends_with(entry, kLockSuffix))
+    return std::nullopt;
+  const std::string_view id = entry.substr(kLockPrefix.size(), kSetIdSize);
+  if (!is_hex(id, kSetIdSize) || entry[kLockPrefix.size() + kSetIdSize] != '-' ||
+      !is_hex(entry.substr(kLockPrefix.size() + kSetIdSize + 1, kTokenSize), kTokenSize))
+    return std::nullopt;
+  return std::string(id);
+}
+
+// The folder's entries that `set_of` recognises, by set id.
+void collect_by_set(DIR* d, std::optional<std::string> (*set_of)(std::string_view),
+                    std::map<std::string, std::vector<std::string>>& by_set) {
+  ::rewinddir(d);
+  while (const dirent* e = ::readdir(d))
+    if (auto set = set_of(e->d_name)) by_set[*set].emplace_back(e->d_name);
+}
+
+// A writer's lock records the files its save may leave behind, should it die,
+// that are not its staged shards: see StagedShards::record.
+constexpr std::size_t kMaxRecord = std::size_t{4} << 20;
+
+std::vector<std::string> recorded_files(const std::string& record) {
+  std::vector<std::string> out;
+  const nlohmann::json files = nlohmann::json::parse(record, nullptr, false);
+  if (!files.is_array()) return out;
+  for (const nlohmann::json& file : files)
+    if (file.is_string() && !unsafe_shard_name(file.get<std::string>())) out.push_back(file.get<std::string>());
+  return out;
+}
+
+// Staged shards are never locked themselves: their writer's lock covers them.
+// A set is live while a lock of one of its writers is held, which no pid
+// decides, so writers on other hosts (NFS) or in other PID namespaces count.
 void remove_dead_writers_shards(const std::string& folder) {
-  std::error_code ec;
-  for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
-    const auto pid = staged_writer_pid(it->path().filename().string());
-    if (pid && ::kill(*pid, 0) != 0 && errno == ESRCH) {
-      std::error_code ignored;  // best effort: a leftover is harmless to the new save
-      fs::remove(it->path(), ignored);
+  DIR* d = ::opendir(folder.c_str());
+  if (!d) return;  // best effort: a leftover is harmless to the new save
+  // Shards first, then locks: a writer locks before it stages, so every lock
+  // of a staged shard seen in the first pass exists throughout the second.
+  std::map<std::string, std::vector<std::string>> staged, locks;
+  collect_by_set(d, staged_set_of, staged);
+  collect_by_set(d, lock_set_of, locks);
+  std::map<std::string, std::vector<std::string>> dead;  // set -> its files to remove
+  for (const auto& [set, names] : locks) {
+    bool live = false;
+    std::vector<std::string> files;
+    for (const std::string& name : names) {
+      std::string record;
+      const Leftover found = remove_if_unlocked(::dirfd(d), name.c_str(), &record, kMaxRecord);
+      live |= found == Leftover::InUse;
+      for (std::string& file : recorded_files(record)) files.push_back(std::move(file));
     }
+    if (!live) dead[set] = std::move(files);
   }
+  for (const auto& [set, names] : staged) {
+    if (locks.count(set) && !dead.count(set)) continue;
+    dead[set].insert(dead[set].end(), names.begin(), names.end());
+  }
+  // Read after the locks: a writer that finished meanwhile switched its index
+  // before it let go of its lock. The files of a dead save that the folder's
+  // checkpoint uses (it died after its switch, or before it) stay.
+  const std::set<std::string> in_use = current_checkpoint_files(folder);
+  for (const auto& [set, files] : dead)
+    for (const std::string& file : files)
+      if (!in_use.count(file)) ::unlinkat(::dirfd(d), file.c_str(), 0);
+  ::closedir(d);
 }
 
 // The files of the checkpoint the folder holds now, as a loader would pick it:
@@ -168,29 +218,142 @@ void remove_replaced_files(const std::string& folder, const std::set<std::string
   }
 }
 
+std::string published_name(const std::string& shard, const std::string& set_id,
+                           const std::set<std::string>& previous) {
+  return previous.count(shard) ? staged_name(shard, set_id) : shard;
+}
+
+StagedShards::StagedShards(std::string folder, std::string set_id)
+    : folder_(std::move(folder)), set_id_(std::move(set_id)) {
+  for (int attempt = 0; attempt < 100 && lock_fd_ < 0; ++attempt) {
+    lock_path_ = (fs::path(folder_) / (std::string(kLockPrefix) + set_id_ + "-" + unique_token() +
+                                       std::string(kLockSuffix)))
+                     .string();
+    lock_fd_ = create_locked(lock_path_, O_RDWR, 0666);
+    if (lock_fd_ < 0 && errno != EEXIST) break;
+  }
+  if (lock_fd_ < 0)
+    throw Error(ErrorCode::Io, folder_, "",
+                "cannot create the save's lock " + fs::path(lock_path_).filename().string() + ": " +
+                    errno_text(errno));
+}
+
+void StagedShards::record(const std::set<std::string>& files) {
+  const std::string text = nlohmann::json(files).dump();
+  if (::ftruncate(lock_fd_, 0) != 0 ||
+      ::pwrite(lock_fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+    throw Error(ErrorCode::Io, lock_path_, "", "cannot write the save's lock: " + errno_text(errno));
+}
+
 StagedShards::~StagedShards() {
-  std::error_code ignored;
-  for (std::size_t i = committed_; i < files_.size(); ++i) fs::remove(files_[i].first, ignored);
+  for (std::size_t i = published_; i < files_.size(); ++i) ::unlink(files_[i].first.c_str());
+  ::unlink(lock_path_.c_str());
+  ::close(lock_fd_);
 }
 
 void StagedShards::write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
                          const SaveOptions& options) {
   std::string staged = (fs::path(folder_) / staged_name(name, set_id_)).string();
-  save_file(tensors, staged, metadata, options);  // leaves nothing if it fails
+  // Leaves nothing if it fails; takes the permissions of the shard it replaces.
+  save_file_replacing(tensors, staged, (fs::path(folder_) / name).string(), metadata, options);
   files_.emplace_back(std::move(staged), name);
 }
 
-void StagedShards::commit(bool fsync) {
-  for (; committed_ < files_.size(); ++committed_) {
-    const auto& [staged, name] = files_[committed_];
+void StagedShards::commit(bool fsync, const std::set<std::string>& previous) {
+  // Undoes this commit: the previous checkpoint stays the folder's only one.
+  auto unpublish = [&] {
+    for (std::size_t i = 0; i < published_; ++i)
+      if (!previous.count(files_[i].second)) ::unlink((fs::path(folder_) / files_[i].second).c_str());
+    published_ = 0;
+  };
+  std::set<std::string> may_stay = previous;
+  for (const auto& [staged, name] : files_)
+    if (!previous.count(name)) may_stay.insert(name);
+  record(may_stay);
+  for (; published_ < files_.size(); ++published_) {
+    const auto& [staged, name] = files_[published_];
+    if (previous.count(name)) continue;  // the previous checkpoint's file: see published_name
     const std::string target = (fs::path(folder_) / name).string();
     if (std::rename(staged.c_str(), target.c_str()) != 0) {
       const int err = errno;
-      throw Error(ErrorCode::Io, target, "",
-                  std::string("cannot rename the shard into place: ") + std::strerror(err));
+      unpublish();
+      throw Error(ErrorCode::Io, target, "", "cannot rename the shard into place: " + errno_text(err));
     }
   }
-  if (fsync) fsync_folder(folder_);
+  if (fsync) {
+    try {
+      fsync_folder(folder_);
+    } catch (const Error&) {
+      unpublish();
+      throw;
+    }
+  }
+}
+
+std::vector<std::string> commit_set(const std::string& folder, const std::vector<std::string>& names,
+                                    const std::map<std::string, std::string>& weight_map, std::uint64_t total_size,
+                                    const std::string& set_id, const std::set<std::string>& previous, bool fsync) {
+  const std::string index_path = (fs::path(folder) / kIndexFileName).string();
+  const auto path_of = [&](const std::string& name) { return (fs::path(folder) / name).string(); };
+  std::map<std::string, std::size_t> shard_index;
+  for (std::size_t i = 0; i < names.size(); ++i) shard_index.emplace(names[i], i);
+  // The index's text when the shards have the names `as`.
+  const auto index_text = [&](const std::vector<std::string>& as) {
+    std::map<std::string, std::string> renamed;
+    for (const auto& [tensor, file] : weight_map) renamed.emplace(tensor, as[shard_index.at(file)]);
+    return index_json(renamed, total_size, set_id);
+  };
+  std::vector<std::string> listed;
+  for (const std::string& name : names) listed.push_back(published_name(name, set_id, previous));
+
+  // The switch: until the index is renamed into place the previous checkpoint
+  // loads, untouched; from then on this one does.
+  {
+    const std::string json = index_text(listed);
+    AtomicFile index(index_path, AtomicFile::Options{fsync});
+    try {
+      index.write(json.data(), json.size());
+      index.commit();
+    } catch (const Error&) {
+      if (!index.committed())
+        for (const std::string& name : listed) ::unlink(path_of(name).c_str());
+      throw;
+    }
+  }
+  remove_replaced_files(folder, previous, listed);
+
+  // Shards published under their staged names take their final names, whose
+  // files of the previous checkpoint are gone now: a second name each, the
+  // index naming those, then the staged names go. Any moment of it loads.
+  std::vector<std::size_t> moved, linked;
+  for (std::size_t i = 0; i < names.size(); ++i)
+    if (listed[i] != names[i]) moved.push_back(i);
+  if (moved.empty()) return names;
+  for (const std::size_t i : moved) {
+    if (::linkat(AT_FDCWD, path_of(listed[i]).c_str(), AT_FDCWD, path_of(names[i]).c_str(), 0) != 0) break;
+    linked.push_back(i);
+  }
+  bool renamed = linked.size() == moved.size();
+  if (renamed) {
+    if (fsync) fsync_folder(folder);
+    const std::string json = index_text(names);
+    AtomicFile index(index_path, AtomicFile::Options{fsync});
+    try {
+      index.write(json.data(), json.size());
+      index.commit();
+    } catch (const Error&) {
+      if (index.committed()) throw;
+      renamed = false;
+    }
+  }
+  if (!renamed) {
+    // No hard links on this filesystem (FAT, some FUSE ones), or no room for
+    // the second index: the shards keep the names the index gives them.
+    for (const std::size_t i : linked) ::unlink(path_of(names[i]).c_str());
+    return listed;
+  }
+  for (const std::size_t i : moved) ::unlink(path_of(listed[i]).c_str());
+  return names;
 }
 
 std::uint64_t data_bytes(const NamedTensors::Item& item) {
@@ -401,6 +564,8 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
 
   const SaveOptions file_options = SaveOptions().fsync(options.fsync());
   if (shards.size() <= 1) {
+    StagedShards lock(folder, new_set_id());  // stages nothing: the record of what to remove
+    lock.record(previous);
     save_file(shards.empty() ? NamedTensors{} : shards.front(), (fs::path(folder) / kSingleFileName).string(),
               meta, SaveOptions(file_options).progress(options.progress()));
     // An index left by an earlier sharded save would take precedence over the new file.
@@ -427,15 +592,11 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
     staged.write(shards[i], names[i], meta, shard_options);
     for (const auto& item : shards[i].items()) written += data_bytes(item);
   }
-  staged.commit(options.fsync());
+  staged.commit(options.fsync(), previous);
   std::map<std::string, std::string> weight_map;
   for (std::size_t i = 0; i < shards.size(); ++i)
     for (const auto& item : shards[i].items()) weight_map.emplace(item.name, names[i]);
-  const std::string json = index_json(weight_map, total, set_id);
-  AtomicFile index(index_path, AtomicFile::Options{options.fsync()});
-  index.write(json.data(), json.size());
-  index.commit();
-  remove_replaced_files(folder, previous, names);
+  names = commit_set(folder, names, weight_map, total, set_id, previous, options.fsync());
   names.emplace_back(kIndexFileName);
   return names;
 }

@@ -19,9 +19,9 @@ namespace safetensors::detail {
 std::string shard_file_name(std::size_t i, std::size_t n);
 /// A random id naming one save (kShardSetKey).
 std::string new_set_id();
-/// Renames are durable only once the folder itself is flushed.
-void fsync_folder(const std::string& folder);
-/// Removes the staged shards of writers that no longer run (on this host).
+/// Removes the staged shards of saves none of whose writers holds its lock any
+/// more (on any host), and the files their locks record, except those the
+/// folder's checkpoint uses.
 void remove_dead_writers_shards(const std::string& folder);
 /// The files of the checkpoint the folder holds now, as a loader would pick it.
 std::set<std::string> current_checkpoint_files(const std::string& folder);
@@ -32,26 +32,56 @@ void remove_replaced_files(const std::string& folder, const std::set<std::string
 std::string index_json(const std::map<std::string, std::string>& weight_map, std::uint64_t total_size,
                        const std::string& set_id);
 
-/// Shards written under temporary names; whatever was not moved into place is
-/// removed when this goes away, so a failed save leaves nothing behind.
+/// The name under which shard `shard` of save `set_id` is published before the
+/// index switches to it: its own where no file of the previous checkpoint has
+/// it, else its staged name, so that the previous checkpoint stays whole until
+/// the switch.
+std::string published_name(const std::string& shard, const std::string& set_id,
+                           const std::set<std::string>& previous);
+
+/// Shards written under temporary (staged) names. The writer holds a lock in
+/// the folder from construction to destruction, which tells every later save
+/// that the set's staged shards are not leftovers: keep this alive until the
+/// index is written. Whatever was not published is removed when this goes
+/// away, so a failed save leaves nothing behind.
 class StagedShards {
  public:
-  StagedShards(std::string folder, std::string set_id)
-      : folder_(std::move(folder)), set_id_(std::move(set_id)) {}
+  StagedShards(std::string folder, std::string set_id);
   ~StagedShards();
   StagedShards(const StagedShards&) = delete;
   StagedShards& operator=(const StagedShards&) = delete;
 
+  /// Records in the lock the files outside the folder's checkpoint this save
+  /// may leave if it dies (those of the previous checkpoint, shards it moves
+  /// into place before its index): a later save's sweep removes those the
+  /// checkpoint it finds does not use. commit() records them itself.
+  void record(const std::set<std::string>& files);
+  /// Stages one shard; it takes the permissions of the file it replaces.
   void write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
              const SaveOptions& options);
-  /// Moves every shard to its final name.
-  void commit(bool fsync);
+  /// Publishes every staged shard under published_name(), and flushes the
+  /// folder. On failure nothing stays published.
+  void commit(bool fsync, const std::set<std::string>& previous);
 
  private:
   std::string folder_;
   std::string set_id_;
+  std::string lock_path_;
+  int lock_fd_ = -1;
   std::vector<std::pair<std::string, std::string>> files_;  // staged path, final name
-  std::size_t committed_ = 0;                                // files_ moved into place
+  std::size_t published_ = 0;                                // files_ published
 };
+
+/// Makes a published set (`names`, the final shard names in order; `weight_map`
+/// names them too) the folder's checkpoint: writes the index over the
+/// published names (the switch), removes the files of `previous`, then gives
+/// shards published under staged names their final names (hard links, the
+/// index again, the staged names removed). At every moment the folder loads as
+/// the previous checkpoint or the new one. Returns the shard names the index
+/// lists: `names`, or the published ones where the filesystem has no hard
+/// links. If the switch fails, the published shards are removed.
+std::vector<std::string> commit_set(const std::string& folder, const std::vector<std::string>& names,
+                                    const std::map<std::string, std::string>& weight_map, std::uint64_t total_size,
+                                    const std::string& set_id, const std::set<std::string>& previous, bool fsync);
 
 }  // namespace safetensors::detail

@@ -5,7 +5,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,11 +13,8 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <climits>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <fstream>
 
 #include "safetensors/error.hpp"
 #include "checked.hpp"
@@ -173,6 +170,94 @@ void BufferSink::write(const void* data, std::size_t n) {
 }
 
 // ---------------------------------------------------------------------------
+// Locks, sweeps and folders
+
+namespace detail {
+
+std::string unique_token() {
+  static std::atomic<std::uint64_t> counter{0};
+  // splitmix64 over what tells this call apart: the time, the process, the count.
+  std::uint64_t x = static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) ^
+                    (static_cast<std::uint64_t>(::getpid()) << 40) ^
+                    (counter.fetch_add(1) * 0x9E3779B97F4A7C15ull);
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(x));
+  return text;
+}
+
+bool lock_file(int fd, bool exclusive, bool wait) {
+  for (;;) {
+#ifdef F_OFD_SETLK
+    struct flock lock {};
+    lock.l_type = exclusive ? F_WRLCK : F_RDLCK;
+    lock.l_whence = SEEK_SET;  // l_start = l_len = 0: the whole file
+    if (::fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &lock) == 0) return true;
+#else
+    if (::flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB)) == 0) return true;
+#endif
+    if (errno != EINTR) return false;
+  }
+}
+
+int create_locked(const std::string& path, int flags, mode_t mode) {
+  const int fd = ::open(path.c_str(), O_CREAT | O_EXCL | O_CLOEXEC | flags, mode);
+  if (fd < 0) return -1;
+  // A filesystem without locks (ENOLCK, EOPNOTSUPP...) leaves the file
+  // unlocked; a sweep cannot lock it either and keeps it.
+  lock_file(fd, true, true);
+  // A sweep may have opened, locked and removed the name between the open and
+  // the lock: then the path is no longer this file.
+  struct stat mine, named;
+  if (::fstat(fd, &mine) != 0 || ::stat(path.c_str(), &named) != 0 || mine.st_dev != named.st_dev ||
+      mine.st_ino != named.st_ino) {
+    ::close(fd);
+    errno = EEXIST;
+    return -1;
+  }
+  return fd;
+}
+
+Leftover remove_if_unlocked(int dirfd, const char* name, std::string* content, std::size_t max_content) {
+  const int fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? Leftover::Absent : Leftover::InUse;
+  FdGuard guard(fd);
+  struct stat held, named;
+  if (::fstat(fd, &held) != 0 || !S_ISREG(held.st_mode) || !lock_file(fd, false, false)) return Leftover::InUse;
+  // Still the file opened (not one created since under the same name)?
+  if (::fstatat(dirfd, name, &named, AT_SYMLINK_NOFOLLOW) != 0 || named.st_dev != held.st_dev ||
+      named.st_ino != held.st_ino)
+    return Leftover::Absent;
+  if (content) {
+    content->assign(std::min<std::uint64_t>(static_cast<std::uint64_t>(held.st_size), max_content), '\0');
+    std::size_t got = 0;
+    for (ssize_t n; got < content->size(); got += static_cast<std::size_t>(n))
+      if ((n = ::pread(fd, content->data() + got, content->size() - got, static_cast<off_t>(got))) <= 0) break;
+    content->resize(got);
+  }
+  if (::unlinkat(dirfd, name, 0) != 0) return errno == ENOENT ? Leftover::Absent : Leftover::InUse;
+  return Leftover::Removed;
+}
+
+int fsync_folder_errno(const std::string& folder) {
+  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  const int err = ::fsync(fd) == 0 ? 0 : errno;
+  ::close(fd);
+  return err;
+}
+
+void fsync_folder(const std::string& folder) {
+  if (const int err = fsync_folder_errno(folder))
+    throw Error(ErrorCode::Io, folder, "",
+                "cannot flush the folder to disk: " + errno_text(err) + "; its files may not survive a crash");
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------
 // AtomicFile
 
 namespace {
@@ -189,73 +274,80 @@ std::string base_name(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-// A hidden name next to the target, unique within this process and likely
-// across processes.
+constexpr std::string_view kTempMarker = ".tmp-";
+constexpr std::size_t kTokenSize = 16;
+
+// A hidden name next to the target: ".<name>.tmp-<token>".
 std::string temp_name_for(const std::string& path) {
-  static std::atomic<unsigned> counter{0};
-  auto now = std::chrono::steady_clock::now().time_since_epoch().count();
-  char suffix[64];
-  std::snprintf(suffix, sizeof suffix, ".tmp-%d-%u-%llx", static_cast<int>(::getpid()),
-                counter.fetch_add(1), static_cast<unsigned long long>(now));
   std::string dir = parent_dir(path);
   return (dir == "." && path.find('/') == std::string::npos ? std::string() : dir + "/") + "." +
-         base_name(path) + suffix;
+         base_name(path) + std::string(kTempMarker) + detail::unique_token();
 }
 
-// Removes hidden temporary files of earlier saves to `path` whose process is
-// gone (killed between naming its temporary file and renaming it).
-void remove_stale_temps(const std::string& path) {
-  const std::string dir = parent_dir(path);
-  const std::string prefix = "." + base_name(path) + ".tmp-";
+// Exactly the names temp_name_for makes: no other file is taken for one.
+bool is_temp_name(std::string_view name) {
+  const std::size_t tail = kTempMarker.size() + kTokenSize;
+  if (name.size() <= 1 + tail || name.front() != '.') return false;
+  if (name.substr(name.size() - tail, kTempMarker.size()) != kTempMarker) return false;
+  for (const char c : name.substr(name.size() - kTokenSize))
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
+// Removes the temporary files in `dir` of saves whose writer is gone (killed
+// between naming its temporary file and renaming it): those no writer holds
+// locked. Liveness is never judged from a pid, which means nothing on another
+// host or in another PID namespace.
+void remove_stale_temps(const std::string& dir) {
   DIR* d = ::opendir(dir.c_str());
-  if (!d) return;
-  while (const dirent* e = ::readdir(d)) {
-    std::string_view name(e->d_name);
-    if (name.compare(0, prefix.size(), prefix) != 0) continue;
-    const long pid = std::strtol(e->d_name + prefix.size(), nullptr, 10);
-    if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH))
-      ::unlinkat(::dirfd(d), e->d_name, 0);
-  }
+  if (!d) return;  // best effort: a leftover is harmless to this save
+  while (const dirent* e = ::readdir(d))
+    if (is_temp_name(e->d_name)) detail::remove_if_unlocked(::dirfd(d), e->d_name);
   ::closedir(d);
 }
 
-mode_t current_umask() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line))
-    if (line.rfind("Umask:", 0) == 0) return static_cast<mode_t>(std::strtoul(line.c_str() + 6, nullptr, 8));
-  return 022;
+// Whether an unnamed file can be given a name at commit: linkat() through
+// /proc/self/fd needs /proc (absent in some containers and chroots). The other
+// way, AT_EMPTY_PATH, needs CAP_DAC_READ_SEARCH on older kernels and cannot be
+// tried without giving the file a name.
+bool can_name_unnamed(int fd) {
+  char proc_path[64];
+  std::snprintf(proc_path, sizeof proc_path, "/proc/self/fd/%d", fd);
+  struct stat via_proc, direct;
+  return ::stat(proc_path, &via_proc) == 0 && ::fstat(fd, &direct) == 0 && via_proc.st_dev == direct.st_dev &&
+         via_proc.st_ino == direct.st_ino;
 }
 
 }  // namespace
 
 AtomicFile::AtomicFile(std::string path, Options options)
-    : path_(std::move(path)), options_(options) {
-  // Write through a symlink to its target rather than replacing the link.
-  struct stat lst;
-  if (::lstat(path_.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) {
-    char* real = ::realpath(path_.c_str(), nullptr);
-    if (real) {
-      path_ = real;
-      std::free(real);
-    }
-  }
+    : path_(std::move(path)), options_(std::move(options)) {
+  // stat() follows a symlink: a link to a folder is refused like the folder,
+  // and a replaced link's permissions are its target's.
   struct stat st;
-  bool exists = ::stat(path_.c_str(), &st) == 0;
-  if (exists && S_ISDIR(st.st_mode))
+  if (::stat(path_.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
     throw Error(ErrorCode::Io, path_, "", "cannot save: the path is a directory");
-  mode_t mode = exists ? (st.st_mode & 07777) : (0666 & ~current_umask());
-  remove_stale_temps(path_);
+  const std::string& replaced = options_.replaces.empty() ? path_ : options_.replaces;
+  const bool replaces = ::stat(replaced.c_str(), &st) == 0 && !S_ISDIR(st.st_mode);
+  const mode_t kept_mode = replaces ? st.st_mode & 0777 : 0;
 
   std::string dir = parent_dir(path_);
+  remove_stale_temps(dir);
+  // Created with 0666, so that the kernel applies the umask or the folder's
+  // default ACL to a new file.
 #ifdef O_TMPFILE
-  fd_ = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+  fd_ = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0666);
+  if (fd_ >= 0 && !can_name_unnamed(fd_)) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+  if (fd_ >= 0) detail::lock_file(fd_, true, true);  // for the moment it has a name, in commit()
 #endif
   if (fd_ < 0) {
-    // No unnamed files here (some filesystems): a hidden named one instead.
+    // No unnamed file here (some filesystems, no /proc): a hidden named one.
     for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
       temp_path_ = temp_name_for(path_);
-      fd_ = ::open(temp_path_.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+      fd_ = detail::create_locked(temp_path_, O_WRONLY, 0666);
       if (fd_ < 0 && errno != EEXIST) break;
     }
     if (fd_ < 0) {
@@ -265,7 +357,7 @@ AtomicFile::AtomicFile(std::string path, Options options)
                   "cannot create a temporary file in " + dir + ": " + errno_text(err));
     }
   }
-  if (::fchmod(fd_, mode) != 0) {
+  if (replaces && ::fchmod(fd_, kept_mode) != 0) {
     int err = errno;
     discard();
     throw Error(ErrorCode::Io, path_, "", "cannot set permissions: " + errno_text(err));
@@ -348,6 +440,9 @@ void AtomicFile::commit() {
     }
     if (temp_path_.empty()) fail("cannot name the temporary file");
   }
+  // Closing reports late write errors (NFS); a duplicate of the descriptor
+  // keeps the lock, so no sweep takes the named file before the rename.
+  FdGuard lock(::fcntl(fd_, F_DUPFD_CLOEXEC, 0));
   if (::close(fd_) != 0) {
     fd_ = -1;
     fail("cannot close the temporary file");
@@ -356,14 +451,12 @@ void AtomicFile::commit() {
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) fail("cannot rename over the target");
   temp_path_.clear();
   committed_ = true;
-  if (options_.fsync) {
-    // Make the rename itself durable.
-    int dfd = ::open(parent_dir(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
-  }
+  // Make the rename itself durable.
+  if (options_.fsync)
+    if (const int err = detail::fsync_folder_errno(parent_dir(path_)))
+      throw Error(ErrorCode::Io, path_, "",
+                  "saved, but its folder cannot be flushed to disk: " + errno_text(err) +
+                      "; the new file may not survive a crash");
 }
 
 }  // namespace safetensors

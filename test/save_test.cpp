@@ -276,26 +276,55 @@ TEST(SaveFile, NewFilesFollowTheUmaskAndExistingFilesKeepTheirMode) {
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
 
-TEST(SaveFile, SavingThroughASymlinkReplacesItsTarget) {
+// A Hugging Face cache: snapshots hold symlinks into blobs/, several snapshots
+// may share a blob. Saving at a snapshot's path replaces the link; the blob
+// and the other snapshot keep the old bytes. A dangling link becomes a regular
+// file (its target is not created); a link to a folder is refused.
+TEST(SaveFile, ASymlinkIsReplacedNeverWrittenThrough) {
   TempDir dir;
-  const std::string target = dir.file("real.safetensors");
-  const std::string link = dir.file("link.safetensors");
-  save_file({{"x", at::ones({1})}}, target);
-  std::filesystem::create_symlink(target, link);
-  save_file({{"x", at::full({1}, 5.0)}}, link);
-  EXPECT_TRUE(std::filesystem::is_symlink(link));
-  EXPECT_EQ(load_file(target)["x"].item<float>(), 5.0f);
+  namespace fs = std::filesystem;
+  fs::create_directories(dir.path() / "blobs");
+  fs::create_directories(dir.path() / "snapshots/r1");
+  fs::create_directories(dir.path() / "snapshots/r2");
+  const std::string blob = dir.file("blobs/5f0c3a");
+  save_file({{"x", at::ones({4})}}, blob);
+  const std::string old_bytes = read_bytes(blob);
+  for (const char* snapshot : {"snapshots/r1/model.safetensors", "snapshots/r2/model.safetensors"})
+    fs::create_symlink("../../blobs/5f0c3a", dir.path() / snapshot);
+  const std::string link = dir.file("snapshots/r1/model.safetensors");
+  save_file({{"x", at::full({4}, 5.0f)}}, link);
+  EXPECT_FALSE(fs::is_symlink(link));
+  EXPECT_TRUE(fs::is_regular_file(link));
+  EXPECT_EQ(load_file(link)["x"][0].item<float>(), 5.0f);
+  EXPECT_EQ(read_bytes(blob), old_bytes);
+  EXPECT_EQ(load_file(dir.file("snapshots/r2/model.safetensors"))["x"][0].item<float>(), 1.0f);
+
+  const std::string dangling = dir.file("dangling.safetensors");
+  fs::create_symlink("nowhere/missing.safetensors", dangling);
+  save_file({{"x", at::ones({1})}}, dangling);
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(dangling)));
+  EXPECT_FALSE(fs::exists(dir.path() / "nowhere"));
+
+  const std::string to_folder = dir.file("folder.safetensors");
+  fs::create_symlink("blobs", to_folder);
+  EXPECT_EQ(error_code_of([&] { save_file({{"x", at::ones({1})}}, to_folder); }), ErrorCode::Io);
+  EXPECT_TRUE(fs::is_symlink(to_folder));
 }
 
+// A save removes the temporary files in its folder that no writer holds
+// locked, whichever file they were for, and keeps those a writer holds and
+// files it did not make.
 TEST(SaveFile, StaleTemporaryFilesOfDeadWritersAreRemoved) {
   TempDir dir;
   const std::string path = dir.file("m.safetensors");
-  // A pid that cannot be running (above pid_max) and one that is (ours).
-  test::write_bytes(dir.file(".m.safetensors.tmp-99999999-0-1"), "stale");
-  const std::string live = ".m.safetensors.tmp-" + std::to_string(::getpid()) + "-0-1";
-  test::write_bytes(dir.file(live), "in progress");
+  const std::string stale = ".m.safetensors.tmp-0123456789abcdef";
+  const std::string stale_other = ".other.safetensors.tmp-fedcba9876543210";
+  const std::string live = ".m.safetensors.tmp-00000000000000aa";
+  const std::string foreign = ".m.safetensors.tmp-notes";
+  for (const std::string& name : {stale, stale_other, live, foreign}) test::write_bytes(dir.file(name), "x");
+  test::HeldLock writer(dir.file(live));
   save_file({{"x", at::ones({1})}}, path);
-  EXPECT_EQ(dir.entries(), (std::vector<std::string>{live, "m.safetensors"}));
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{live, foreign, "m.safetensors"}));
 }
 
 // A writer killed at random moments (200 times): the target is always the old or the new
@@ -329,6 +358,152 @@ TEST(SaveFile, AKilledWriterLeavesTheOldOrTheNewFile) {
     EXPECT_EQ(dir.entries(), std::vector<std::string>{"m.safetensors"}) << "trial " << trial;
   }
   EXPECT_GT(saw_new, 0);
+}
+
+// ---------------------------------------------------------------- the writer's rules
+
+// A new file gets 0666 & ~umask; one that replaces another keeps its
+// permission bits (through a symlink, its target's), never setuid, setgid or
+// sticky.
+TEST(SaveFile, AReplacingFileKeepsThePermissionBitsButNotSetuidSetgidOrSticky) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  const mode_t old_umask = ::umask(027);
+  save_file({{"x", at::ones({1})}}, path);
+  ::umask(old_umask);
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  ASSERT_EQ(::chmod(path.c_str(), 07755), 0);
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  ASSERT_NE(st.st_mode & 04000, 0u) << "setuid did not stick";
+  save_file({{"x", at::ones({2})}}, path);
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0755u);
+
+  const std::string target = dir.file("target.safetensors"), link = dir.file("link.safetensors");
+  save_file({{"x", at::ones({1})}}, target);
+  ASSERT_EQ(::chmod(target.c_str(), 04604), 0);
+  std::filesystem::create_symlink("target.safetensors", link);
+  save_file({{"x", at::ones({3})}}, link);
+  ASSERT_EQ(::lstat(link.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0604u);
+  ASSERT_EQ(::stat(target.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 04604u);  // the target is not touched
+}
+
+// With fsync, a folder that cannot be flushed (here: it cannot be opened, having
+// no read permission) is an error, as for any other flush: the new file is in
+// place but may not be durable. Without fsync nothing is flushed.
+TEST(SaveFile, AFolderThatCannotBeFlushedIsAnIoError) {
+  TempDir dir;
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0711), 0);
+  const std::string folder = dir.file("write-only");
+  std::filesystem::create_directory(folder);
+  if (::geteuid() == 0) ASSERT_EQ(::chown(folder.c_str(), 65534, 65534), 0);
+  ASSERT_EQ(::chmod(folder.c_str(), 0300), 0);
+  const std::optional<std::string> skipped = test::without_privileges([&](test::SmallFilesystem& checks) {
+    const std::string path = folder + "/m.safetensors";
+    try {
+      save_file({{"x", at::ones({3})}}, path);
+      checks.expect(false, "a save whose folder cannot be flushed succeeded");
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      checks.expect(e.code() == ErrorCode::Io, "code is not Io: " + what);
+      checks.expect(what.find(path) != std::string::npos, "the error names no file: " + what);
+      checks.expect(what.find("may not survive a crash") != std::string::npos, "no consequence given: " + what);
+      checks.expect(what.find("Permission denied") != std::string::npos, "no reason given: " + what);
+    }
+    checks.expect(at::equal(load_file(path)["x"], at::ones({3})), "the file is not in place");
+    save_file({{"x", at::ones({4})}}, path, std::nullopt, SaveOptions().fsync(false));
+    checks.expect(at::equal(load_file(path)["x"], at::ones({4})), "the save without fsync failed");
+  });
+  ::chmod(folder.c_str(), 0700);
+  if (skipped) GTEST_SKIP() << *skipped;
+}
+
+// Without /proc (some containers and chroots) an unnamed file cannot be given a
+// name, so the writer uses a hidden named one from the start; it is locked, so
+// a writer killed at any moment leaves the old or the new file, and the next
+// save removes what it left.
+TEST(SaveFile, WithoutProcTheTemporaryFileIsANamedLockedOne) {
+  TempDir dir;
+  const std::optional<std::string> skipped =
+      test::with_small_filesystem(dir.path().string(), 64 << 20, [](test::SmallFilesystem& disk) {
+        if (const std::optional<std::string> why = test::hide_proc()) return disk.expect(false, *why);
+        const std::string path = disk.file("m.safetensors");
+        const at::Tensor a = at::zeros({1 << 20}), b = at::ones({1 << 20});
+        save_file({{"x", a}}, path);
+        std::vector<std::string> during;
+        save_file({{"x", b}}, path, std::nullopt,
+                  SaveOptions().progress([&](std::uint64_t, std::uint64_t) { during = disk.entries(); }));
+        disk.expect(during.size() == 2 && during[0].rfind(".m.safetensors.tmp-", 0) == 0,
+                    "no hidden temporary file while writing");
+        disk.expect(disk.entries() == std::vector<std::string>{"m.safetensors"}, "a temporary file was left");
+        disk.expect(at::equal(load_file(path)["x"], b), "the new file is not in place");
+        std::mt19937 rng(11);
+        int left = 0;
+        for (int trial = 0; trial < 60; ++trial) {
+          const pid_t pid = test::fork_child([&]() -> int {
+            for (;;) save_file({{"x", (trial % 2) ? a : b}}, path, std::nullopt, SaveOptions().fsync(false));
+          });
+          std::this_thread::sleep_for(std::chrono::microseconds(rng() % 20000));
+          ::kill(pid, SIGKILL);
+          test::wait_child(pid);
+          TensorDict t = load_file(path);
+          disk.expect(t.size() == 1 && (at::equal(t["x"], a) || at::equal(t["x"], b)),
+                      "trial " + std::to_string(trial) + ": neither the old nor the new file");
+          left += disk.entries().size() > 1;
+          save_file({{"x", a}}, path);
+          disk.expect(disk.entries() == std::vector<std::string>{"m.safetensors"},
+                      "trial " + std::to_string(trial) + ": a killed writer's temporary file stayed");
+        }
+        disk.expect(left > 0, "no kill left a temporary file: the sweep was not exercised");
+      });
+  if (skipped) GTEST_SKIP() << *skipped;
+}
+
+// Liveness is the writer's lock, not a pid: a save in another PID namespace
+// (where the writer's pid means nothing, as on another host sharing the
+// folder over NFS) keeps the temporary file of a writer still writing it.
+TEST(SaveFile, ASaveInAnotherPidNamespaceKeepsALiveWritersTemporaryFile) {
+  TempDir dir;
+  const std::optional<std::string> skipped =
+      test::with_small_filesystem(dir.path().string(), 64 << 20, [](test::SmallFilesystem& disk) {
+        if (const std::optional<std::string> why = test::hide_proc()) return disk.expect(false, *why);
+        const std::string path = disk.file("m.safetensors");
+        const at::Tensor mine = at::full({1000}, 1.0f), theirs = at::full({1000}, 2.0f);
+        test::Signal written, go;
+        const pid_t writer = test::fork_child([&] {
+          save_file({{"x", mine}}, path, std::nullopt, SaveOptions().progress([&](std::uint64_t, std::uint64_t) {
+            written.notify();
+            go.wait();
+          }));
+          return 0;
+        });
+        disk.expect(written.wait(), "the writer did not write");
+        const std::vector<std::string> during = disk.entries();
+        disk.expect(during.size() == 1 && during[0].rfind(".m.safetensors.tmp-", 0) == 0,
+                    "the writer has no hidden temporary file");
+        const pid_t sweeper = test::fork_in_new_pid_namespace([&] {
+          save_file({{"x", theirs}}, path);
+          return 0;
+        });
+        if (sweeper < 0) {
+          disk.expect(false, std::string("no PID namespace: ") + std::strerror(errno));
+        } else {
+          disk.expect(test::wait_child(sweeper) == 0, "the save in the other PID namespace failed");
+          const std::vector<std::string> after = disk.entries();
+          disk.expect(!during.empty() && std::count(after.begin(), after.end(), during[0]) == 1,
+                      "the live writer's temporary file was removed");
+        }
+        go.notify();
+        disk.expect(test::wait_child(writer) == 0, "the live writer's save failed");
+        disk.expect(at::equal(load_file(path)["x"], mine), "the last save is not the writer's");
+        disk.expect(disk.entries() == std::vector<std::string>{"m.safetensors"}, "a temporary file was left");
+      });
+  if (skipped) GTEST_SKIP() << *skipped;
 }
 
 }  // namespace

@@ -2,8 +2,15 @@
 // inconsistency a loader must refuse, and crash-safety of a whole set.
 
 
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <torch/torch.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <random>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -296,24 +303,40 @@ TEST(ShardedSave, AFullDiskLeavesThePreviousSet) {
   if (skipped) GTEST_SKIP() << *skipped;
 }
 
-// The name a save gives a shard it is still writing: the writer's pid, then its set id.
-std::string staged_shard_name(const std::string& shard, long pid) {
-  return "." + shard + "." + std::to_string(pid) + ".0123456789abcdef0123456789abcdef.partial";
+// The name a save gives a shard it has staged: hidden, with the save's set id.
+std::string staged_shard_name(const std::string& shard, const std::string& set_id) {
+  return "." + shard.substr(0, shard.size() - std::string(".safetensors").size()) + "." + set_id + ".safetensors";
 }
 
-// A save killed while writing leaves staged shards; the next save removes
-// those of dead writers and keeps those of a writer that still runs.
+// The lock a writer of save `set_id` holds while it stages shards.
+std::string writer_lock_name(const std::string& set_id, const std::string& token) {
+  return ".saving-" + set_id + "-" + token + ".lock";
+}
+
+// A save killed while writing leaves staged shards and its lock; the next save
+// removes the staged shards of saves whose writers hold no lock (or have none),
+// and keeps those of a writer that holds its lock and every other file.
 TEST(ShardedSave, RemovesOnlyTheStagedShardsOfDeadWriters) {
   TempDir dir;
-  const std::string dead = staged_shard_name("model-00001-of-00002.safetensors", 99999999);  // no such pid
-  const std::string live = staged_shard_name("model-00002-of-00002.safetensors", ::getpid());
-  for (const std::string& name : {dead, live, std::string(".notes.partial")}) write_bytes(dir.file(name), "x");
+  const std::string dead_set = "0123456789abcdef0123456789abcdef", live_set = "fedcba9876543210fedcba9876543210";
+  const std::string dead = staged_shard_name("model-00001-of-00002.safetensors", dead_set);
+  const std::string dead_lock = writer_lock_name(dead_set, "0123456789abcdef");
+  const std::string orphan = staged_shard_name("model-00002-of-00002.safetensors", std::string(32, '0'));
+  const std::string live = staged_shard_name("model-00002-of-00002.safetensors", live_set);
+  const std::string live_lock = writer_lock_name(live_set, "00000000000000aa");
+  const std::string other = ".model-00001-of-00002.notes.safetensors";
+  for (const std::string& name : {dead, dead_lock, orphan, live, live_lock, other, std::string(".notes.partial")})
+    write_bytes(dir.file(name), "x");
+  test::HeldLock writer(dir.file(live_lock));
   save_sharded(ten_tensors(), dir.path().string(), std::nullopt, ShardedSaveOptions().max_shard_size(200));
-  const std::vector<std::string> expected = {live,
-                                             ".notes.partial",
-                                             "model-00001-of-00002.safetensors",
-                                             "model-00002-of-00002.safetensors",
-                                             std::string(kIndexFileName)};
+  std::vector<std::string> expected = {live,
+                                       live_lock,
+                                       other,
+                                       ".notes.partial",
+                                       "model-00001-of-00002.safetensors",
+                                       "model-00002-of-00002.safetensors",
+                                       std::string(kIndexFileName)};
+  std::sort(expected.begin(), expected.end());
   EXPECT_EQ(dir.entries(), expected);
 }
 
@@ -491,6 +514,403 @@ TEST(ShardedStateDict, AnAliasRecordedForTwoTensorsIsRefused) {
     EXPECT_NE(what.find("'mid.weight'"), std::string::npos) << what;
     EXPECT_NE(what.find("model-00003-of-00003.safetensors"), std::string::npos) << what;
   }
+}
+
+// ---------------------------------------------------------------- overwriting a set in place
+
+// A set as the Hugging Face tools write it: shards with {"format": "pt"}, and an
+// index whose metadata holds only total_size (no shard_set). Every tensor holds
+// `value`; two tensors of 10 floats per shard, named as save_sharded names them.
+std::string test_shard_name(int i, int shards) {
+  char name[64];
+  std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", i + 1, shards);
+  return name;
+}
+
+void write_hub_style_set(const std::string& folder, int shards, float value) {
+  nlohmann::json weight_map;
+  for (int s = 0; s < shards; ++s) {
+    const std::string name = test_shard_name(s, shards);
+    NamedTensors shard;
+    for (int k = 0; k < 2; ++k) {
+      const std::string tensor = "t" + std::to_string(2 * s + k);
+      shard.add(tensor, torch::full({10}, value));
+      weight_map[tensor] = name;
+    }
+    save_file(shard, folder + "/" + name, Metadata{{"format", "pt"}}, SaveOptions().fsync(false));
+  }
+  write_bytes(folder + "/" + std::string(kIndexFileName),
+              nlohmann::json{{"metadata", {{"total_size", shards * 80}}}, {"weight_map", weight_map}}.dump(2));
+}
+
+NamedTensors filled_set(int shards, float value) {
+  NamedTensors out;
+  for (int i = 0; i < 2 * shards; ++i) out.add("t" + std::to_string(i), torch::full({10}, value));
+  return out;
+}
+
+// What a folder loads as: every tensor old (0), every tensor new (1), a refusal, or a mix.
+enum class Loaded { Old, New, Refused, Mixed };
+Loaded classify(const std::string& folder, int tensors, std::string& detail) {
+  try {
+    ShardedOpen ckpt(folder);
+    if (ckpt.size() != static_cast<std::size_t>(tensors)) {
+      detail = std::to_string(ckpt.size()) + " tensors";
+      return Loaded::Mixed;
+    }
+    int old_values = 0, new_values = 0;
+    for (int i = 0; i < tensors; ++i) {
+      const torch::Tensor t = ckpt.get_tensor("t" + std::to_string(i));
+      if (torch::equal(t, torch::zeros({10}))) {
+        ++old_values;
+      } else if (torch::equal(t, torch::ones({10}))) {
+        ++new_values;
+      } else {
+        detail += " t" + std::to_string(i) + " is neither";
+      }
+    }
+    if (old_values == tensors) return Loaded::Old;
+    if (new_values == tensors) return Loaded::New;
+    detail += std::to_string(old_values) + " old and " + std::to_string(new_values) + " new tensors";
+    return Loaded::Mixed;
+  } catch (const Error& e) {
+    detail = e.what();
+    return Loaded::Refused;
+  }
+}
+
+// How long a save takes in a forked child, from the fork to its exit: the span
+// over which the kill tests spread their kills (a child may be much slower than
+// this process, under a sanitizer).
+std::chrono::microseconds child_save_time(const std::function<void()>& save) {
+  const auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < 5; ++i)
+    test::wait_child(test::fork_child([&] {
+      save();
+      return 0;
+    }));
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started) / 5;
+}
+
+// A save over a Hub-style set (its index has no shard_set, so a loader cannot
+// tell old shards from new ones), killed at random moments, with the same shard
+// names and with another count: the folder always loads as the old set or the
+// new one, never as a mix, and the next save leaves nothing behind.
+TEST(ShardedSave, AKilledSaveOverAHubSetLoadsAsTheOldOrTheNewSet) {
+  constexpr int kShards = 12;
+  for (const int new_shards : {kShards, kShards / 2}) {
+    TempDir dir;
+    const std::string folder = dir.path().string();
+    const NamedTensors next = filled_set(kShards, 1.0f);  // the same 24 tensors
+    const auto options = ShardedSaveOptions().max_shard_size(80 * kShards / new_shards).fsync(false);
+    write_hub_style_set(folder, kShards, 0.0f);
+    const auto one_save = child_save_time([&] { save_sharded(next, folder, std::nullopt, options); });
+    const auto expected = dir.entries();
+    ASSERT_EQ(expected.size(), static_cast<std::size_t>(new_shards + 1));
+    for (int i = 0; i < new_shards; ++i)
+      EXPECT_TRUE(std::filesystem::is_regular_file(dir.file(test_shard_name(i, new_shards)))) << "the Hub's names";
+    std::mt19937 rng(13);
+    int counts[4] = {0, 0, 0, 0}, between = 0;
+    for (int trial = 0; trial < 200; ++trial) {
+      for (const std::string& name : dir.entries()) std::filesystem::remove(dir.file(name));
+      write_hub_style_set(folder, kShards, 0.0f);
+      const auto delay = one_save * std::uniform_real_distribution<double>(0, 1)(rng);
+      const pid_t pid = test::fork_child([&] {
+        save_sharded(next, folder, std::nullopt, options);
+        return 0;
+      });
+      ASSERT_GE(pid, 0);
+      std::this_thread::sleep_for(delay);
+      ::kill(pid, SIGKILL);
+      test::wait_child(pid);
+      // Killed between the two index writes: the index names staged shards.
+      if (read_bytes(dir.file(std::string(kIndexFileName))).find("\".") != std::string::npos) ++between;
+      std::string detail;
+      const Loaded loaded = classify(folder, 2 * kShards, detail);
+      ++counts[static_cast<int>(loaded)];
+      EXPECT_NE(loaded, Loaded::Mixed) << new_shards << " shards, trial " << trial << ": a silent mix: " << detail;
+      EXPECT_NE(loaded, Loaded::Refused) << new_shards << " shards, trial " << trial << ": " << detail;
+      // Whatever the killed save left, the next one cleans up.
+      save_sharded(next, folder, std::nullopt, options);
+      EXPECT_EQ(dir.entries(), expected) << new_shards << " shards, trial " << trial;
+    }
+    std::printf("%d shards over %d: old %d, new %d (%d between the index writes), refused %d, mixed %d; "
+                "one save: %lld us\n",
+                new_shards, kShards, counts[0], counts[1], between, counts[2], counts[3],
+                static_cast<long long>(one_save.count()));
+    EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);
+    EXPECT_GT(counts[static_cast<int>(Loaded::New)], 0);
+  }
+}
+
+// Liveness is the writer's lock, not a pid: a save from another PID namespace
+// (where the writer's pid means nothing, as on another host sharing the folder)
+// keeps the staged shards of a save still writing, which then completes.
+TEST(ShardedSave, ASaveInAnotherPidNamespaceKeepsALiveSavesStagedShards) {
+  TempDir dir;
+  const std::optional<std::string> skipped =
+      test::with_small_filesystem(dir.path().string(), 64 << 20, [](test::SmallFilesystem& disk) {
+        const std::string folder = disk.folder();
+        test::Signal staged, go;
+        const pid_t writer = test::fork_child([&] {
+          int calls = 0;
+          save_sharded(ten_tensors(), folder, std::nullopt,
+                       ShardedSaveOptions().max_shard_size(100).fsync(false).progress(
+                           [&](std::uint64_t, std::uint64_t) {
+                             if (++calls == 3) {  // the first shard is staged, the second half written
+                               staged.notify();
+                               go.wait();
+                             }
+                           }));
+          return 0;
+        });
+        disk.expect(staged.wait(), "the writer did not stage a shard");
+        std::vector<std::string> during;
+        for (const std::string& name : disk.entries())
+          if (name.front() == '.') during.push_back(name);
+        disk.expect(during.size() >= 2, "no staged shard and lock while the save runs");
+        const pid_t sweeper = test::fork_in_new_pid_namespace([&] {
+          save_sharded(filled_set(5, 1.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(100));
+          return 0;
+        });
+        if (sweeper < 0) {
+          disk.expect(false, std::string("no PID namespace: ") + std::strerror(errno));
+        } else {
+          disk.expect(test::wait_child(sweeper) == 0, "the save in the other PID namespace failed");
+          const std::vector<std::string> after = disk.entries();
+          for (const std::string& name : during)
+            disk.expect(std::count(after.begin(), after.end(), name) == 1, "the live save's " + name + " was removed");
+        }
+        go.notify();
+        disk.expect(test::wait_child(writer) == 0, "the live save failed");
+        ShardedOpen ckpt(folder);
+        disk.expect(ckpt.size() == 10 && torch::equal(ckpt.get_tensor("t7"), torch::full({10}, 7.0f)),
+                    "the folder does not hold the last save");
+        for (const std::string& name : disk.entries()) disk.expect(name.front() != '.', name + " was left");
+      });
+  if (skipped) GTEST_SKIP() << *skipped;
+}
+
+// A Hugging Face cache snapshot: the index and shards are symlinks into blobs/,
+// shared with another snapshot. Saving into the snapshot replaces the links,
+// whether the new set reuses the names or not; the blobs and the other
+// snapshot are untouched. A dangling link at a new shard's name becomes a file.
+TEST(ShardedSave, ASymlinkedSetIsReplacedAndItsBlobsKept) {
+  TempDir dir;
+  namespace fs = std::filesystem;
+  const fs::path blobs = dir.path() / "blobs";
+  fs::create_directories(blobs);
+  write_hub_style_set(blobs.string(), 3, 0.0f);
+  std::map<std::string, std::string> blob_bytes;
+  for (const std::string& name : test::entries_of(blobs)) blob_bytes[name] = read_bytes((blobs / name).string());
+  for (const char* snapshot : {"r1", "r2", "r3"}) {
+    fs::create_directories(dir.path() / "snapshots" / snapshot);
+    for (const auto& [name, bytes] : blob_bytes)
+      fs::create_symlink("../../blobs/" + name, dir.path() / "snapshots" / snapshot / name);
+  }
+  const std::string r1 = (dir.path() / "snapshots/r1").string(), r3 = (dir.path() / "snapshots/r3").string();
+  fs::create_symlink("../../blobs/missing", dir.path() / "snapshots/r3" / test_shard_name(0, 2));
+  save_sharded(filled_set(3, 1.0f), r1, std::nullopt, ShardedSaveOptions().max_shard_size(80));  // same names
+  save_sharded(filled_set(2, 1.0f), r3, std::nullopt, ShardedSaveOptions().max_shard_size(80));  // 2 shards
+  for (const std::string& folder : {r1, r3}) {
+    for (const auto& entry : fs::directory_iterator(folder))
+      EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(entry.path()))) << entry.path();
+    ShardedOpen ckpt(folder);
+    EXPECT_TRUE(torch::equal(ckpt.get_tensor("t1"), torch::ones({10}))) << folder;
+  }
+  EXPECT_EQ(test::entries_of(r3), (std::vector<std::string>{test_shard_name(0, 2), test_shard_name(1, 2),
+                                                                     std::string(kIndexFileName)}));
+  EXPECT_FALSE(fs::exists(blobs / "missing"));
+  for (const auto& [name, bytes] : blob_bytes) EXPECT_EQ(read_bytes((blobs / name).string()), bytes) << name;
+  std::string detail;
+  EXPECT_EQ(classify((dir.path() / "snapshots/r2").string(), 6, detail), Loaded::Old) << detail;
+}
+
+// Each shard follows save_file's rule: a new file gets 0666 & ~umask; a shard
+// (or index) that replaces a file of the same name keeps that file's
+// permission bits, never setuid, setgid or sticky.
+TEST(ShardedSave, ShardsTakeThePermissionsOfTheFilesTheyReplace) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  const auto mode_of = [&](const std::string& name) {
+    struct stat st;
+    return ::stat(dir.file(name).c_str(), &st) == 0 ? st.st_mode & 07777 : 0u;
+  };
+  const mode_t old_umask = ::umask(027);
+  save_sharded(ten_tensors(), folder, std::nullopt, ShardedSaveOptions().max_shard_size(100));
+  for (const std::string& name : dir.entries()) EXPECT_EQ(mode_of(name), 0640u) << name;
+  ASSERT_EQ(::chmod(dir.file(test_shard_name(0, 5)).c_str(), 0604), 0);
+  ASSERT_EQ(::chmod(dir.file(test_shard_name(1, 5)).c_str(), 06744), 0);
+  ASSERT_EQ(::chmod(dir.file(std::string(kIndexFileName)).c_str(), 01600), 0);
+  save_sharded(ten_tensors(), folder, std::nullopt, ShardedSaveOptions().max_shard_size(100));
+  EXPECT_EQ(mode_of(test_shard_name(0, 5)), 0604u);
+  EXPECT_EQ(mode_of(test_shard_name(1, 5)), 0744u);
+  EXPECT_EQ(mode_of(test_shard_name(2, 5)), 0640u);
+  EXPECT_EQ(mode_of(std::string(kIndexFileName)), 0600u);
+  ::umask(old_umask);
+}
+
+// Where a shard cannot take its final name (here a folder the previous index
+// names is in the way; a filesystem without hard links is the same), the new
+// set keeps the staged names its index lists, and loads; the next save gives
+// the shards their own names again.
+TEST(ShardedSave, ShardsThatCannotTakeTheirNamesKeepTheirStagedOnes) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  save_sharded(filled_set(2, 0.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  const std::string blocked = dir.file(test_shard_name(0, 2));
+  std::filesystem::remove(blocked);
+  std::filesystem::create_directory(blocked);
+  write_bytes(blocked + "/keep", "x");
+  const std::vector<std::string> files =
+      save_sharded(filled_set(2, 1.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  ASSERT_EQ(files.size(), 3u);
+  EXPECT_EQ(files[0].front(), '.') << files[0];
+  std::string detail;
+  EXPECT_EQ(classify(folder, 4, detail), Loaded::New) << detail;
+  std::filesystem::remove_all(blocked);
+  const std::vector<std::string> renamed =
+      save_sharded(filled_set(2, 0.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  EXPECT_EQ(renamed, (std::vector<std::string>{test_shard_name(0, 2), test_shard_name(1, 2),
+                                               std::string(kIndexFileName)}));
+  EXPECT_EQ(dir.entries(), renamed);
+  EXPECT_EQ(classify(folder, 4, detail), Loaded::Old) << detail;
+}
+
+// A save that died between its two index writes left an index naming its
+// staged shards: that is the folder's checkpoint, and the next save's sweep
+// keeps it until the new set replaces it.
+TEST(ShardedSave, TheSweepKeepsStagedShardsTheIndexNames) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  const std::string set = "00112233445566778899aabbccddeeff";
+  nlohmann::json weight_map;
+  for (int s = 0; s < 2; ++s) {
+    const std::string name = staged_shard_name(test_shard_name(s, 2), set);
+    save_file({{"t" + std::to_string(s), torch::zeros({10})}}, dir.file(name),
+              Metadata{{"format", "pt"}, {std::string(kShardSetKey), set}});
+    weight_map["t" + std::to_string(s)] = name;
+  }
+  write_bytes(dir.file(std::string(kIndexFileName)),
+              nlohmann::json{{"metadata", {{"total_size", 80}, {std::string(kShardSetKey), set}}},
+                             {"weight_map", weight_map}}
+                  .dump());
+  EXPECT_EQ(ShardedOpen(folder).size(), 2u);
+  bool loaded_while_saving = false;
+  save_sharded(filled_set(1, 1.0f), folder, std::nullopt,
+               ShardedSaveOptions().max_shard_size(40).progress([&](std::uint64_t, std::uint64_t) {
+                 loaded_while_saving = ShardedOpen(folder).size() == 2;
+               }));
+  EXPECT_TRUE(loaded_while_saving);
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{test_shard_name(0, 2), test_shard_name(1, 2),
+                                                     std::string(kIndexFileName)}));
+}
+
+// A save killed after its index switch, while removing the previous set's
+// files, leaves some; its lock records them (and the shards it moved into
+// place), so the next save removes those the checkpoint does not use. A file
+// no lock records stays.
+TEST(ShardedSave, TheNextSaveFinishesTheCleanupOfADeadOne) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  save_sharded(filled_set(3, 0.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  const std::string left_a = test_shard_name(0, 5), left_b = test_shard_name(3, 5), stray = test_shard_name(1, 5);
+  for (const std::string& name : {left_a, left_b, stray}) write_bytes(dir.file(name), "an old shard");
+  write_bytes(dir.file(writer_lock_name("0123456789abcdef0123456789abcdef", "0123456789abcdef")),
+              nlohmann::json{left_a, left_b, test_shard_name(0, 3)}.dump());
+  std::vector<std::string> expected =
+      save_sharded(filled_set(3, 1.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  expected.push_back(stray);
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(dir.entries(), expected);
+  std::string detail;
+  EXPECT_EQ(classify(folder, 6, detail), Loaded::New) << detail;
+}
+
+// The same over a set the Hugging Face tools wrote (the fluxml vectors: six
+// shards named as save_sharded names them, an index without shard_set, every
+// dtype): killed at random moments, a save of other bytes under the same names
+// leaves the folder loading, byte for byte, as the old set or the new one.
+TEST(ShardedSave, AKilledSaveOverAHubWrittenSetLoadsAsTheOldOrTheNewSet) {
+  const LoadOptions raw = LoadOptions().unsupported_as_bytes(true);
+  const auto bytes_of = [](const torch::Tensor& t) {
+    const torch::Tensor c = t.contiguous();
+    return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
+  };
+  ShardedOpen original(kFluxml, raw);
+  std::map<std::string, std::string> old_bytes, new_bytes;
+  NamedTensors next;
+  for (const std::string& name : original.keys()) {
+    const TensorInfo& info = original.info(name);
+    std::string bytes = bytes_of(original.get_tensor(name));
+    old_bytes[name] = bytes;
+    for (char& c : bytes) c ^= info.dtype == Dtype::BOOL ? 0x01 : 0x5A;
+    new_bytes[name] = bytes;
+    next.add_raw(name, info.dtype, info.shape,
+                 torch::from_blob(new_bytes[name].data(), {static_cast<std::int64_t>(bytes.size())}, torch::kUInt8));
+  }
+  // The limit that packs the tensors into six shards, as the Hub's set has.
+  TempDir scratch, dir;
+  std::uint64_t limit = 0;
+  for (std::uint64_t candidate = 500; candidate < 1500 && !limit; candidate += 10)
+    if (save_sharded(next, scratch.path().string(), std::nullopt,
+                     ShardedSaveOptions().max_shard_size(candidate).fsync(false))
+            .size() == 7)
+      limit = candidate;
+  ASSERT_NE(limit, 0u);
+  const auto options = ShardedSaveOptions().max_shard_size(limit).fsync(false);
+  const auto restore = [&] {
+    for (const std::string& name : dir.entries()) std::filesystem::remove(dir.file(name));
+    for (const auto& entry : std::filesystem::directory_iterator(kFluxml))
+      std::filesystem::copy(entry.path(), dir.path() / entry.path().filename());
+  };
+  const auto loads_as = [&](std::string& detail) {
+    try {
+      ShardedOpen ckpt(dir.path().string(), raw);
+      int old_count = 0, new_count = 0;
+      for (const auto& [name, bytes] : old_bytes) {
+        const std::string got = bytes_of(ckpt.get_tensor(name));
+        old_count += got == bytes;
+        new_count += got == new_bytes[name];
+      }
+      if (old_count == static_cast<int>(old_bytes.size()) && ckpt.size() == old_bytes.size()) return Loaded::Old;
+      if (new_count == static_cast<int>(old_bytes.size()) && ckpt.size() == old_bytes.size()) return Loaded::New;
+      detail = std::to_string(old_count) + " old and " + std::to_string(new_count) + " new tensors";
+      return Loaded::Mixed;
+    } catch (const Error& e) {
+      detail = e.what();
+      return Loaded::Refused;
+    }
+  };
+  restore();
+  const auto one_save = child_save_time([&] { save_sharded(next, dir.path().string(), std::nullopt, options); });
+  const std::vector<std::string> expected = test::entries_of(kFluxml);
+  EXPECT_EQ(dir.entries(), expected);  // the Hub's names
+  std::mt19937 rng(17);
+  int counts[4] = {0, 0, 0, 0};
+  for (int trial = 0; trial < 150; ++trial) {
+    restore();
+    const auto delay = one_save * std::uniform_real_distribution<double>(0, 1)(rng);
+    const pid_t pid = test::fork_child([&] {
+      save_sharded(next, dir.path().string(), std::nullopt, options);
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    std::this_thread::sleep_for(delay);
+    ::kill(pid, SIGKILL);
+    test::wait_child(pid);
+    std::string detail;
+    const Loaded loaded = loads_as(detail);
+    ++counts[static_cast<int>(loaded)];
+    EXPECT_NE(loaded, Loaded::Mixed) << "trial " << trial << ": a silent mix: " << detail;
+    EXPECT_NE(loaded, Loaded::Refused) << "trial " << trial << ": " << detail;
+    save_sharded(next, dir.path().string(), std::nullopt, options);
+    EXPECT_EQ(dir.entries(), expected) << "trial " << trial;
+  }
+  std::printf("over the Hub-written set: old %d, new %d, refused %d, mixed %d\n", counts[0], counts[1], counts[2],
+              counts[3]);
+  EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);
+  EXPECT_GT(counts[static_cast<int>(Loaded::New)], 0);
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <grp.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -276,5 +278,154 @@ inline std::optional<std::string> with_small_filesystem(const std::string& folde
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child exit status " << status;
   return std::nullopt;
 }
+
+/// Names of the entries in a folder, sorted.
+inline std::vector<std::string> entries_of(const fs::path& folder) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(folder)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+/// In a child with mounts of its own (a with_small_filesystem body): covers
+/// /proc with an empty tmpfs, as in a container or chroot without /proc.
+/// Returns why it could not, or nothing.
+inline std::optional<std::string> hide_proc() {
+  if (::mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555") != 0)
+    return std::string("cannot cover /proc: ") + std::strerror(errno);
+  return std::nullopt;
+}
+
+/// Forks a child running `body` (its return value is the exit code; an
+/// exception is code 1, its message on stderr). Returns its pid, -1 on failure.
+inline pid_t fork_child(const std::function<int()>& body) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid != 0) return pid;
+  int code = 1;
+  try {
+    code = body();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "child %d threw: %s\n", static_cast<int>(::getpid()), e.what());
+  }
+  std::fflush(nullptr);
+  ::_exit(code);
+}
+
+/// The exit code of a child, or 128 + the signal that killed it.
+inline int wait_child(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/// In a child with namespaces of its own (a with_small_filesystem body): forks
+/// `body` into a new PID namespace, where it is pid 1 and no pid of this one
+/// means anything. Call it once per process. Returns the pid (as seen here),
+/// or -1 with errno.
+inline pid_t fork_in_new_pid_namespace(const std::function<int()>& body) {
+  if (::unshare(CLONE_NEWPID) != 0) return -1;
+  return fork_child(body);
+}
+
+/// A one-byte signal between processes: a pipe.
+class Signal {
+ public:
+  Signal() {
+    if (::pipe(fds_) != 0) throw std::runtime_error("pipe failed");
+  }
+  ~Signal() {
+    ::close(fds_[0]);
+    ::close(fds_[1]);
+  }
+  Signal(const Signal&) = delete;
+  Signal& operator=(const Signal&) = delete;
+  void notify() const {
+    const char byte = 1;
+    while (::write(fds_[1], &byte, 1) < 0 && errno == EINTR) {
+    }
+  }
+  /// False when nothing came within `seconds` (the other side died).
+  bool wait(int seconds = 60) const {
+    struct pollfd ready {fds_[0], POLLIN, 0};
+    int n;
+    while ((n = ::poll(&ready, 1, seconds * 1000)) < 0 && errno == EINTR) {
+    }
+    char byte;
+    return n == 1 && ::read(fds_[0], &byte, 1) == 1;
+  }
+
+ private:
+  int fds_[2];
+};
+
+/// Runs `body` in a child process that, where this one is root, gives up root
+/// for uid and gid 65534 first, so that file permissions apply to it; checks
+/// as in with_small_filesystem (SmallFilesystem::expect; its folder is unused).
+/// Returns why it could not, or nothing.
+inline std::optional<std::string> without_privileges(const std::function<void(SmallFilesystem&)>& body) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  const pid_t pid = fork_child([&]() -> int {
+    ::close(fds[0]);
+    std::string report;
+    int code = 0;
+    if (::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0)) {
+      report = std::string("cannot give up root: ") + std::strerror(errno);
+      code = 77;
+    } else {
+      SmallFilesystem checks("");
+      try {
+        body(checks);
+      } catch (const std::exception& e) {
+        checks.expect(false, std::string("threw: ") + e.what());
+      }
+      for (const std::string& failure : checks.failures()) report += failure + '\n';
+    }
+    for (std::size_t done = 0; done < report.size();) {
+      const ssize_t n = ::write(fds[1], report.data() + done, report.size() - done);
+      if (n <= 0) break;
+      done += static_cast<std::size_t>(n);
+    }
+    return code;
+  });
+  if (pid < 0) throw std::runtime_error("fork failed");
+  ::close(fds[1]);
+  std::string report;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(fds[0], buffer, sizeof buffer)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    report.append(buffer, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  const int code = wait_child(pid);
+  if (code == 77) return report;
+  std::size_t start = 0;
+  for (std::size_t end; (end = report.find('\n', start)) != std::string::npos; start = end + 1)
+    ADD_FAILURE() << report.substr(start, end - start);
+  EXPECT_EQ(code, 0) << "the child's exit code";
+  return std::nullopt;
+}
+
+/// Holds an open-file-description write lock on a file, as a writer holds one
+/// on the temporary files it is still writing.
+class HeldLock {
+ public:
+  explicit HeldLock(const std::string& path) : fd_(::open(path.c_str(), O_RDWR | O_CLOEXEC)) {
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    if (fd_ < 0 || ::fcntl(fd_, F_OFD_SETLK, &lock) != 0)
+      throw std::runtime_error("cannot lock " + path + ": " + std::strerror(errno));
+  }
+  ~HeldLock() { ::close(fd_); }
+  HeldLock(const HeldLock&) = delete;
+  HeldLock& operator=(const HeldLock&) = delete;
+
+ private:
+  int fd_;
+};
 
 }  // namespace safetensors::test

@@ -69,7 +69,11 @@ struct SaveOptions {
 
 /// Writes a safetensors file crash-safely: into a temporary file in the same
 /// folder, flushed, then renamed over `path`. On any error the previous file is
-/// untouched and nothing is left behind. Non-contiguous tensors and tensors on
+/// untouched and nothing is left behind, except when only flushing the folder
+/// after the rename fails (Io: the new file may not be durable). A symlink at
+/// `path` is replaced, its target left as it was; permissions follow
+/// AtomicFile's rule (a replaced file's bits, never setuid, setgid or sticky;
+/// 0666 & ~umask for a new one). Non-contiguous tensors and tensors on
 /// other devices are copied one at a time while writing. Refuses undefined,
 /// sparse and quantized tensors, tensors that share memory, the name
 /// "__metadata__", and headers over kMaxHeaderSize (Error InvalidArgument /

@@ -122,22 +122,35 @@ struct ShardedSaveOptions {
 /// Every shard's metadata is `metadata` plus `{"format": "pt"}` unless it sets
 /// "format". Refuses tensors that share memory (deduplicate_shared them).
 ///
-/// Crash-safety: the shards are first written under hidden temporary names, so
-/// a failure while writing (a tensor that cannot be saved, a full disk) leaves
-/// the folder's previous checkpoint as it was. Then they are renamed into
-/// place and the index is written last. A crash between those renames could
-/// mix shards of two saves: every shard and the index record the save's
-/// kShardSetKey, and ShardedOpen refuses such a set. Returns the names of the
-/// files written (shards, then the index).
+/// Crash-safety: the previous checkpoint loads, untouched, until the new index
+/// is renamed into place, and the new one from then on; a process killed at any
+/// moment leaves one or the other, never a mix. The shards are first written
+/// under hidden staged names, so a failure while writing (a tensor that cannot
+/// be saved, a full disk) leaves the folder as it was. A shard whose name no
+/// file of the previous checkpoint has is renamed to it; one that would replace
+/// a file the previous index lists (the same names, as when a Hugging Face
+/// checkpoint, whose index has no kShardSetKey, is saved over) stays under its
+/// staged name. The index, naming the shards as they are, is written last;
+/// then the previous checkpoint's files are removed and the staged shards take
+/// their own names (hard links, the index once more, the staged names
+/// removed). On a filesystem without hard links they keep their staged names,
+/// which the index lists, until a later save. Every shard and the index also
+/// record the save's kShardSetKey, and ShardedOpen refuses a set mixed by other
+/// means. Each shard and the index follow AtomicFile's rules for symlinks and
+/// permissions. Returns the names of the files the index lists, then the index.
 ///
-/// Cleanup: staged shards left by a writer that died (its pid, part of their
-/// names, no longer runs) are removed first; those of a running save are kept.
-/// Once the new checkpoint is in place, the files of the one it replaced that
-/// it does not reuse are removed: the shards the previous index listed, or a
-/// `model.safetensors` that a new set replaces when there was no index (one
-/// next to an index was not the checkpoint and stays). No other file is
-/// touched, and a previous index that cannot be read removes nothing. These
-/// removals are best effort: the save has succeeded when they run.
+/// Cleanup: each writer holds a lock in the folder for the whole save, which
+/// records the files it may leave should it die (the previous checkpoint's,
+/// the shards it moves into place). Of saves none of whose writers holds its
+/// lock any more (on any host or PID namespace), the staged shards and the
+/// recorded files are removed first, except those the folder's checkpoint
+/// uses; those of a running save are kept. Once the new checkpoint is in
+/// place, the files of the one it replaced that it does not reuse are removed:
+/// the shards the previous index listed, or a `model.safetensors` that a new
+/// set replaces when there was no index (one next to an index was not the
+/// checkpoint and stays). No other file is touched, and a previous index that
+/// cannot be read removes nothing. These removals are best effort: the save
+/// has succeeded when they run.
 std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::string& folder,
                                       const std::optional<Metadata>& metadata = std::nullopt,
                                       const ShardedSaveOptions& options = {});

@@ -12,6 +12,7 @@ The huge cases (a million nesting levels, a million tensors, keys of many
 megabytes) are made by test/hostile_test.cpp at run time instead of stored.
 
     tools/make_hostile_corpus.py [OUT_DIR]
+    tools/make_hostile_corpus.py --fuzz-seeds DIR    (smaller hostile checkpoints, for fuzzing)
 """
 import io
 import json
@@ -286,8 +287,6 @@ def torch_save(pickle, storages=()):
                      [("data/" + key, data, False) for key, data in storages] + [("version", b"3\n", False)])
 
 
-ONE_MIB_KEY = binunicode("k" * (1 << 20))
-
 # A TorchScript module whose __setstate__ loops forever, as torch.jit.save
 # writes it (torch 1.13): torch.jit.load compiles code/__torch__.py and runs
 # __setstate__ with the state BUILD gives; a reader that does hangs.
@@ -325,23 +324,6 @@ checkpoint("torchscript_setstate_loop", "accepted",
                ("code/__torch__.py", LOOP_CODE, True),
                ("constants.pkl", b"\x80\x02).", False),
                ("version", b"3\n", False)]))
-checkpoint("repeated_key_1mib", "LimitExceeded",
-           "a dict whose 1 MiB key is repeated 300,000 times through the memo (1.9 MB)",
-           torch_save(b"\x80\x02}(" + ONE_MIB_KEY + b"q\x00N" + b"h\x00N" * 299_999 + b"u."))
-checkpoint("nested_key_1mib", "LimitExceeded",
-           "200 dicts nested under one 1 MiB key: names of up to 200 MiB",
-           torch_save(b"\x80\x02}" + ONE_MIB_KEY + b"q\x00" + b"}h\x00" * 199 + b"N" + b"s" * 200 + b"."))
-checkpoint("expand_2p40", "LimitExceeded",
-           "torch.zeros(1, dtype=torch.uint8).expand(1 << 20, 1 << 20): 2^40 bytes from a byte",
-           torch_save(b"\x80\x02" + rebuild_tensor("Byte", "0", 1, 0, [1 << 20, 1 << 20], [0, 0]) + b".",
-                      [("0", b"\0")]))
-checkpoint("overlapping_views", "LimitExceeded",
-           "64 views of one 1 MiB storage, each at another offset: 64 MiB to write",
-           torch_save(b"\x80\x02](" + b"".join(rebuild_tensor("Byte", "0", 1 << 20, i, [(1 << 20) - 64], [1])
-                                               for i in range(64)) + b"e.",
-                      [("0", bytes(1 << 20))]))
-
-
 def nested_entries(kernel, count):
     """`count` stored entries data/0 .. data/count-1, each one's data holding
     the next entry's local header and data: one stretch of the file backs all."""
@@ -353,9 +335,9 @@ def nested_entries(kernel, count):
     return names, tail
 
 
-def overlapping_entries():
-    count, kernel = 4, bytes(64 << 10)
-    pickle = (b"\x80\x02](" + b"".join(rebuild_tensor("Byte", str(i), 1 << 16, 0, [1 << 16], [1])
+def overlapping_entries(kernel_bytes):
+    count, kernel = 4, bytes(kernel_bytes)
+    pickle = (b"\x80\x02](" + b"".join(rebuild_tensor("Byte", str(i), kernel_bytes, 0, [kernel_bytes], [1])
                                       for i in range(count)) + b"e.")
     body = io.BytesIO()
     local, central = [], []
@@ -376,13 +358,54 @@ def overlapping_entries():
     return body.getvalue() + directory + end
 
 
-checkpoint("overlapping_entries", "InvalidCheckpoint",
-           "4 zip entries each holding the next: one 64 KiB stretch backs 4 storages",
-           overlapping_entries())
+def mib(n):
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+def amplifying(key_bytes, repeats, depth, storage_bytes, views):
+    """The checkpoints that multiply a small file (name, code, why, bytes),
+    at the scale of the corpus or, smaller, of fuzzing seeds."""
+    key = binunicode("k" * key_bytes)
+    expanded = 1 << 20 if storage_bytes >= 1 << 20 else 1 << 12
+    return [
+        ("repeated_key", "LimitExceeded",
+         f"a dict whose {mib(key_bytes)} key is repeated {repeats:,} times through the memo",
+         torch_save(b"\x80\x02}(" + key + b"q\x00N" + b"h\x00N" * (repeats - 1) + b"u.")),
+        ("nested_key", "LimitExceeded",
+         f"{depth} dicts nested under one {mib(key_bytes)} key: names of up to {depth} times its size",
+         torch_save(b"\x80\x02}" + key + b"q\x00" + b"}h\x00" * (depth - 1) + b"N" + b"s" * depth + b".")),
+        ("expand", "LimitExceeded",
+         f"torch.zeros(1, dtype=torch.uint8).expand({expanded}, {expanded}): {expanded ** 2:,} bytes from a byte",
+         torch_save(b"\x80\x02" + rebuild_tensor("Byte", "0", 1, 0, [expanded, expanded], [0, 0]) + b".",
+                    [("0", b"\0")])),
+        ("overlapping_views", "LimitExceeded",
+         f"{views} views of one {mib(storage_bytes)} storage, each at another offset",
+         torch_save(b"\x80\x02](" + b"".join(rebuild_tensor("Byte", "0", storage_bytes, i, [storage_bytes - views], [1])
+                                             for i in range(views)) + b"e.",
+                    [("0", bytes(storage_bytes))])),
+        ("overlapping_entries", "InvalidCheckpoint",
+         f"4 zip entries each holding the next: one {mib(storage_bytes // 16)} stretch backs 4 storages",
+         overlapping_entries(storage_bytes // 16)),
+    ]
+
+
+for name, code, why, content in amplifying(1 << 20, 300_000, 200, 1 << 20, 64):
+    checkpoint({"repeated_key": "repeated_key_1mib", "nested_key": "nested_key_1mib",
+                "expand": "expand_2p40"}.get(name, name), code, why, content)
+
+
+def write_fuzz_seeds(out):
+    """Smaller copies of the hostile checkpoints, within fuzz_checkpoint's -max_len."""
+    os.makedirs(out, exist_ok=True)
+    for name, _, _, content in amplifying(4 << 10, 4000, 16, 16 << 10, 16) + CHECKPOINTS[:1]:
+        with open(os.path.join(out, "hostile-" + name + ".pt"), "wb") as f:
+            f.write(content)
 
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if len(sys.argv) > 2 and sys.argv[1] == "--fuzz-seeds":
+        return write_fuzz_seeds(sys.argv[2])
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "test", "data", "hostile")
     os.makedirs(out, exist_ok=True)
     names = set()

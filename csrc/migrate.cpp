@@ -82,7 +82,8 @@ std::optional<Error> safetensors_refusal(const Source& source) {
 }
 
 // Refusals of the header-length check: the file does not claim to be a
-// safetensors file. After it, the parser's refusal is what the file is told.
+// safetensors file. One that passes it does, and is told why the parser
+// refuses the rest.
 bool refused_by_length(const Error& e) {
   return e.code() == ErrorCode::HeaderTooSmall || e.code() == ErrorCode::HeaderTooLarge ||
          e.code() == ErrorCode::InvalidHeaderLength;

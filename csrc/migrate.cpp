@@ -1,16 +1,16 @@
-// Reading torch.save files, torch::save archives and safetensors files into
-// named tensors, and converting and comparing them. The pickle is interpreted by
-// csrc/pickle (torch-free); this file turns its tensor descriptors into
-// at::Tensors over the memory-mapped archive entries.
+// Reading torch.save files, TorchScript archives and safetensors files into
+// named tensors, and converting and comparing them. Pickles are interpreted by
+// csrc/pickle (torch-free); this file turns their tensor descriptors into
+// at::Tensors over the archive's storages, in place in the mapping or read
+// with positional reads.
 
 #include "safetensors/migrate.hpp"
 
 #include <ATen/ATen.h>
-#include <c10/util/Exception.h>
-#include <torch/serialize/input-archive.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -41,12 +41,56 @@ constexpr unsigned char kLegacyMagic[] = {0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0x
 constexpr std::int64_t kLegacyProtocolVersion = 1001;
 // Name given to a checkpoint that is a single tensor (torch.save(t, f)).
 constexpr const char* kLoneTensorName = "tensor";
+// What flattening charges for each entry it makes besides the bytes of its
+// name and description: a tensor's handle and the name's place in the index,
+// or a reported entry's place in its list.
+constexpr std::uint64_t kTensorEntryCost = 128;
+constexpr std::uint64_t kOtherEntryCost = sizeof(NonTensorEntry);
+
+// A name as errors show it: names built from a hostile pickle can be huge.
+std::string shown(const std::string& name) {
+  constexpr std::size_t kShown = 64;
+  if (name.size() <= kShown) return name;
+  return name.substr(0, kShown) + "... (" + std::to_string(name.size()) + " bytes)";
+}
 
 // ---------------------------------------------------------------------------
 // Format detection
 
-// The archive folder torch.save used: the part before "/data.pkl" of the one
-// top-level data.pkl (any name: torch uses the file's stem).
+// Why the safetensors parser refuses the file, or nothing when it accepts it:
+// detection asks the parser itself, so that it accepts exactly what the
+// parser accepts.
+std::optional<Error> safetensors_refusal(const Source& source) {
+  try {
+    unsigned char prefix[kHeaderPrefixSize] = {};
+    source.read(0, prefix, static_cast<std::size_t>(std::min<std::uint64_t>(source.size(), sizeof prefix)));
+    const std::uint64_t n = parse_header_length(prefix, source.size(), source.path());
+    const std::uint64_t data_size = source.size() - kHeaderPrefixSize - n;
+    if (source.data()) {
+      const char* json = reinterpret_cast<const char*>(source.data()) + kHeaderPrefixSize;
+      parse_header(std::string_view(json, n), data_size, source.path());
+    } else {
+      std::string json(static_cast<std::size_t>(n), '\0');
+      source.read(kHeaderPrefixSize, json.data(), json.size());
+      parse_header(json, data_size, source.path());
+    }
+    return std::nullopt;
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::Io || e.code() == ErrorCode::FileChanged) throw;
+    return e;
+  }
+}
+
+// Refusals of the header-length check: the file does not claim to be a
+// safetensors file. One that passes it does, and is told why the parser
+// refuses the rest.
+bool refused_by_length(const Error& e) {
+  return e.code() == ErrorCode::HeaderTooSmall || e.code() == ErrorCode::HeaderTooLarge ||
+         e.code() == ErrorCode::InvalidHeaderLength;
+}
+
+// The archive folder: the part before "/data.pkl" of the one top-level
+// data.pkl (any name: torch uses the file's stem).
 std::string archive_prefix(const pickle::ZipArchive& zip) {
   std::string prefix;
   for (const pickle::ZipEntry& e : zip.entries()) {
@@ -63,22 +107,22 @@ std::string archive_prefix(const pickle::ZipArchive& zip) {
   return prefix;
 }
 
-// TorchScript archives (what torch::save writes from C++) hold code and
-// constants beside data.pkl; Python's torch.save archives never do.
-bool is_torchscript(const pickle::ZipArchive& zip, const std::string& prefix) {
-  for (const pickle::ZipEntry& e : zip.entries())
-    if (e.name == prefix + "constants.pkl" || e.name.compare(0, prefix.size() + 5, prefix + "code/") == 0)
-      return true;
-  return false;
-}
-
-bool is_safetensors(const Source& source) {
-  if (source.size() < kHeaderPrefixSize + 2) return false;
-  unsigned char prefix[kHeaderPrefixSize + 1];
-  source.read(0, prefix, sizeof prefix);
-  std::uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | prefix[i];
-  return n <= kMaxHeaderSize && n <= source.size() - kHeaderPrefixSize && prefix[8] == '{';
+// A TorchScript archive (torch::save from C++, torch.jit.save from Python)
+// pickles a TorchScript object: its data.pkl begins with PROTO, an optional
+// FRAME, then GLOBAL of a `__torch__` class. A torch.save pickle never does,
+// whatever other entries (code/, constants.pkl) its zip holds.
+bool is_torchscript(const pickle::ZipArchive& zip, const pickle::ZipEntry& data) {
+  constexpr std::string_view kClass = "c__torch__";
+  unsigned char head[2 + 9 + kClass.size() + 1] = {};
+  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(data.size, sizeof head));
+  zip.source()->read(data.offset, head, n);
+  const std::string_view bytes(reinterpret_cast<const char*>(head), n);
+  std::size_t at = 2;
+  if (n < at || head[0] != 0x80) return false;
+  if (n > at && head[at] == 0x95) at += 9;
+  if (bytes.substr(at, kClass.size()) != kClass) return false;
+  const char next = at + kClass.size() < n ? bytes[at + kClass.size()] : '\0';
+  return next == '.' || next == '\n';
 }
 
 // Where the magic number's pickle of a legacy file ends, or 0 when the file
@@ -94,20 +138,28 @@ std::size_t legacy_magic_end(const Source& source) {
   return at + sizeof kLegacyMagic;
 }
 
-bool is_legacy(const Source& source) { return legacy_magic_end(source) != 0; }
+struct Detected {
+  CheckpointFormat format = CheckpointFormat::Unknown;
+  std::optional<Error> safetensors_refusal;  ///< Unknown: why the safetensors parser refused it
+};
 
-CheckpointFormat detect(const std::shared_ptr<Source>& source) {
-  if (pickle::looks_like_zip(*source)) {
+Detected detect(const std::shared_ptr<Source>& source) {
+  Detected d;
+  d.safetensors_refusal = safetensors_refusal(*source);
+  if (!d.safetensors_refusal) {
+    d.format = CheckpointFormat::Safetensors;
+  } else if (pickle::looks_like_zip(*source)) {
     const pickle::ZipArchive zip(source);
-    return is_torchscript(zip, archive_prefix(zip)) ? CheckpointFormat::TorchArchive : CheckpointFormat::TorchZip;
+    const pickle::ZipEntry* data = zip.find(archive_prefix(zip) + "data.pkl");
+    d.format = is_torchscript(zip, *data) ? CheckpointFormat::TorchArchive : CheckpointFormat::TorchZip;
+  } else if (legacy_magic_end(*source) != 0) {
+    d.format = CheckpointFormat::TorchLegacy;
   }
-  if (is_legacy(*source)) return CheckpointFormat::TorchLegacy;
-  if (is_safetensors(*source)) return CheckpointFormat::Safetensors;
-  return CheckpointFormat::Unknown;
+  return d;
 }
 
 // ---------------------------------------------------------------------------
-// torch.save zip archives
+// Storages
 
 // Where a storage's bytes lie in the file.
 struct Span {
@@ -116,9 +168,10 @@ struct Span {
 };
 using LocateStorage = std::function<std::optional<Span>(const std::string& key)>;
 
-// Storages as flat tensors over the mapped file (an archive entry, or a
-// stretch of a legacy file), made once per key so that views of one storage
-// share it (and aliasing is visible to the saver).
+// Storages as flat tensors (an archive entry, or a stretch of a legacy file),
+// made once per key so that views of one storage share it (and aliasing is
+// visible to the saver): over the mapping, or read into memory of their own
+// when the source has none (the pread backend).
 class Storages {
  public:
   Storages(std::shared_ptr<Source> source, LocateStorage locate)
@@ -140,13 +193,13 @@ class Storages {
 
  private:
   [[noreturn]] void fail(const std::string& tensor, const std::string& detail) const {
-    throw Error(ErrorCode::TensorInvalidInfo, source_->path(), tensor, detail);
+    throw Error(ErrorCode::TensorInvalidInfo, source_->path(), shown(tensor), detail);
   }
 
   c10::ScalarType torch_dtype(const pickle::StorageRef& ref, const std::string& tensor) const {
     const auto type = to_torch_dtype(ref.dtype);
     if (!type)
-      throw Error(ErrorCode::UnsupportedDtype, source_->path(), tensor,
+      throw Error(ErrorCode::UnsupportedDtype, source_->path(), shown(tensor),
                   std::string(dtype_name(ref.dtype)) + " is not a dtype of this LibTorch");
     return *type;
   }
@@ -161,11 +214,12 @@ class Storages {
                        std::to_string(ref.numel) + " elements need " + std::to_string(needed));
     const auto options = at::TensorOptions().dtype(torch_dtype(ref, tensor));
     const std::shared_ptr<Source>& source = source_;
-    void* data = source->data() + entry->offset;
+    std::byte* data = source->data() ? source->data() + entry->offset : nullptr;
     // Hand-made archives need not align entries; torch.save aligns them to 64.
-    if (needed == 0 || reinterpret_cast<std::uintptr_t>(data) % element != 0) {
+    if (!data || needed == 0 || reinterpret_cast<std::uintptr_t>(data) % element != 0) {
       at::Tensor owned = at::empty({static_cast<std::int64_t>(ref.numel)}, options);
-      if (needed) std::memcpy(owned.data_ptr(), data, needed);
+      if (needed && data) std::memcpy(owned.data_ptr(), data, needed);
+      if (needed && !data) source->read(entry->offset, owned.data_ptr(), static_cast<std::size_t>(needed));
       return owned;
     }
     return at::from_blob(data, {static_cast<std::int64_t>(ref.numel)}, [source](void*) {}, options);
@@ -175,6 +229,9 @@ class Storages {
   LocateStorage locate_;
   std::unordered_map<std::string, at::Tensor> made_;
 };
+
+// ---------------------------------------------------------------------------
+// Flattening a pickle's values into named tensors
 
 std::string key_name(const Value& key) {
   if (key.kind == Value::Kind::String) return key.text;
@@ -186,71 +243,158 @@ std::string join(const std::string& prefix, const std::string& name) {
   return prefix.empty() ? name : prefix + "." + name;
 }
 
+bool is_container(const Value& v) {
+  return v.kind == Value::Kind::Dict || v.kind == Value::Kind::List || v.kind == Value::Kind::Tuple;
+}
+
+// The value a TorchScript object's attributes are read from: its state.
+const Value& contents(const Value& v) {
+  return v.kind == Value::Kind::Object && v.state ? *v.state : v;
+}
+
 // Walks the value tree into dotted names. The tree may share subtrees (or even
-// hold cycles) through the pickle's memo, so the walk bounds both its depth and
-// the number of visits (a legitimate pickle spends at least a byte per edge).
+// hold cycles) through the pickle's memo, so the walk bounds its depth, its
+// visits (a legitimate pickle spends at least a byte per edge) and the bytes
+// it produces: every name it builds and every entry it makes is charged, so
+// that a name repeated through the memo cannot multiply into memory. The
+// tensors' bytes once written out are bounded by the file's size.
+// A TorchScript object is walked as its state: a module's attributes by name,
+// the tuple its own __getstate__ returned by position.
 class Flattener {
  public:
-  Flattener(Storages& storages, const std::string& file, std::size_t max_visits, Checkpoint& out)
-      : storages_(storages), file_(file), visits_left_(max_visits), out_(out) {}
+  Flattener(Storages& storages, const Source& source, std::uint64_t pickle_size, Checkpoint& out)
+      : storages_(storages),
+        file_(source.path()),
+        visits_left_(pickle_size + 1),
+        budget_(kFlattenBytesFloor + kFlattenBytesPerPickleByte * pickle_size),
+        file_size_(source.size()),
+        out_(out) {}
 
   void walk(const Value& v, const std::string& name, std::size_t depth) {
     if (depth > kMaxCheckpointDepth)
-      throw Error(ErrorCode::LimitExceeded, file_, name,
+      throw Error(ErrorCode::LimitExceeded, file_, shown(name),
                   "nesting deeper than " + std::to_string(kMaxCheckpointDepth));
     if (visits_left_-- == 0)
-      throw Error(ErrorCode::LimitExceeded, file_, name, "the pickle refers to its values too many times");
+      throw Error(ErrorCode::LimitExceeded, file_, shown(name),
+                  "the pickle refers to its values too many times");
     switch (v.kind) {
-      case Value::Kind::Tensor: return add_tensor(*v.tensor, name.empty() ? kLoneTensorName : name);
-      case Value::Kind::Dict: return walk_container(v, name, depth, true);
+      case Value::Kind::Tensor: return add_tensor(v, name.empty() ? kLoneTensorName : name);
+      case Value::Kind::Dict:
       case Value::Kind::List:
-      case Value::Kind::Tuple: return walk_container(v, name, depth, false);
-      default: out_.non_tensors.push_back({name, pickle::describe(v)});
+      case Value::Kind::Tuple: return walk_container(v, v, name, depth);
+      case Value::Kind::Object:
+        if (v.state && is_container(*v.state)) return walk_container(v, *v.state, name, depth);
+        if (v.state && (v.state->kind == Value::Kind::Tensor || v.state->kind == Value::Kind::Object))
+          return walk(*v.state, name, depth + 1);
+        [[fallthrough]];
+      default: add_other(name, pickle::describe(v));
     }
   }
 
  private:
-  // A container without tensors is reported as one entry, not element by element.
-  void walk_container(const Value& v, const std::string& name, std::size_t depth, bool dict) {
+  void charge(std::uint64_t bytes, const std::string& name) {
+    if (bytes <= budget_ - used_) {
+      used_ += bytes;
+      return;
+    }
+    throw Error(ErrorCode::LimitExceeded, file_, shown(name),
+                "the dotted names and entries of the checkpoint need more than " + std::to_string(budget_) +
+                    " bytes (at most " + std::to_string(kFlattenBytesPerPickleByte) + " per byte of its pickle, plus " +
+                    std::to_string(kFlattenBytesFloor >> 20) + " MiB)");
+  }
+
+  // `name.key`, charged before it is built (a key is not copied on the way:
+  // it may be large, and every level of nesting would hold a copy).
+  std::string child(const std::string& name, const Value& key) {
+    const std::string other = key.kind == Value::Kind::String ? std::string() : key_name(key);
+    const std::string& text = key.kind == Value::Kind::String ? key.text : other;
+    return child(name, text);
+  }
+  std::string child(const std::string& name, const std::string& key) {
+    charge(name.size() + (name.empty() ? 0 : 1) + key.size(), name);
+    std::string joined;
+    joined.reserve(name.size() + 1 + key.size());
+    if (!name.empty()) joined.append(name).append(1, '.');
+    return joined.append(key);
+  }
+
+  // A container without tensors is reported as one entry, not element by
+  // element; `described` is what it is reported as (the object it belongs to).
+  void walk_container(const Value& described, const Value& v, const std::string& name, std::size_t depth) {
     const std::size_t tensors_before = out_.tensors.size(), reported_before = out_.non_tensors.size();
-    if (dict) {
-      for (const auto& [key, value] : v.entries) walk(*value, join(name, key_name(*key)), depth + 1);
+    if (v.kind == Value::Kind::Dict) {
+      for (const auto& [key, value] : v.entries) walk(*value, child(name, *key), depth + 1);
     } else {
-      for (std::size_t i = 0; i < v.items.size(); ++i) walk(*v.items[i], join(name, std::to_string(i)), depth + 1);
+      for (std::size_t i = 0; i < v.items.size(); ++i)
+        walk(*v.items[i], child(name, std::to_string(i)), depth + 1);
     }
     if (out_.tensors.size() == tensors_before && !name.empty()) {
       out_.non_tensors.resize(reported_before);
-      out_.non_tensors.push_back({name, pickle::describe(v)});
+      add_other(name, pickle::describe(described));
     }
   }
 
-  void add_tensor(const pickle::TensorRef& ref, const std::string& name) {
+  void add_other(const std::string& name, std::string description) {
+    charge(kOtherEntryCost + name.size() + description.size(), name);
+    out_.non_tensors.push_back({name, std::move(description)});
+  }
+
+  void add_tensor(const Value& v, const std::string& name) {
+    charge(kTensorEntryCost + 2 * name.size(), name);
     if (out_.tensors.contains(name))
-      throw Error(ErrorCode::DuplicateKey, file_, name, "two entries flatten to this name");
-    at::Tensor storage = storages_.get(ref.storage, name);
-    const std::vector<std::int64_t> size(ref.size.begin(), ref.size.end());
-    const std::vector<std::int64_t> stride(ref.stride.begin(), ref.stride.end());
-    out_.tensors.insert(name, storage.as_strided(size, stride, static_cast<std::int64_t>(ref.offset)));
+      throw Error(ErrorCode::DuplicateKey, file_, shown(name), "two entries flatten to this name");
+    const pickle::TensorRef& ref = *v.tensor;
+    auto made = views_.find(&v);
+    if (made == views_.end()) {
+      const at::Tensor storage = storages_.get(*ref.storage, name);
+      const std::vector<std::int64_t> size(ref.size.begin(), ref.size.end());
+      const std::vector<std::int64_t> stride(ref.stride.begin(), ref.stride.end());
+      made = views_.emplace(&v, storage.as_strided(size, stride, static_cast<std::int64_t>(ref.offset))).first;
+    }
+    const at::Tensor& t = made->second;
+    // numel and the element size were checked not to overflow by the unpickler.
+    const std::uint64_t bytes = static_cast<std::uint64_t>(t.numel()) * t.element_size();
+    const std::uint64_t limit = kViewBytesFloor + kMaxViewExpansion * file_size_;
+    if (bytes > limit - written_)
+      throw Error(ErrorCode::LimitExceeded, file_, shown(name),
+                  "its " + std::to_string(bytes) + " bytes (a view of storage '" + ref.storage->key + "' of " +
+                      std::to_string(ref.storage->numel) + " elements) would bring the tensors to more than " +
+                      std::to_string(kMaxViewExpansion) + " times the file's " + std::to_string(file_size_) +
+                      " bytes (plus " + std::to_string(kViewBytesFloor >> 20) +
+                      " MiB) once written out: views (stride 0, overlaps) may not expand a checkpoint further");
+    written_ += bytes;
+    out_.tensors.insert(name, t);
   }
 
   Storages& storages_;
   const std::string& file_;
-  std::size_t visits_left_;
+  std::uint64_t visits_left_;
+  std::uint64_t budget_;
+  std::uint64_t used_ = 0;
+  std::uint64_t file_size_;
+  std::uint64_t written_ = 0;
+  // One view per tensor of the pickle: a tensor it refers to twice is one
+  // tensor under two names, as torch.load makes it.
+  std::unordered_map<const Value*, at::Tensor> views_;
   Checkpoint& out_;
 };
 
-// The value at `key` (a path of dict keys), or an error listing what is there.
+// The value at `key` (a path of dict keys, or a TorchScript module's
+// attribute names), or an error listing what is there.
 const Value& select(const Value& root, const std::vector<std::string>& key, const std::string& file) {
   const Value* node = &root;
   std::string path;
   for (const std::string& part : key) {
-    if (node->kind != Value::Kind::Dict)
-      throw Error(ErrorCode::TensorNotFound, file, "", "'" + path + "' is a " + pickle::describe(*node) + ", not a dict");
+    const Value& dict = contents(*node);
+    if (dict.kind != Value::Kind::Dict)
+      throw Error(ErrorCode::TensorNotFound, file, "",
+                  "'" + path + "' is a " + pickle::describe(*node) + ", not a dict");
     const Value* next = nullptr;
     std::string keys;
-    for (const auto& [k, v] : node->entries) {
-      if (key_name(*k) == part) next = v;
-      if (keys.size() < 200) keys += (keys.empty() ? "" : ", ") + key_name(*k);
+    for (const auto& [k, v] : dict.entries) {
+      const std::string name = key_name(*k);
+      if (name == part) next = v;
+      if (keys.size() < 200) keys += (keys.empty() ? "" : ", ") + shown(name);
     }
     path = join(path, part);
     if (!next) throw Error(ErrorCode::TensorNotFound, file, "", "no key '" + path + "' (keys: " + keys + ")");
@@ -259,7 +403,14 @@ const Value& select(const Value& root, const std::vector<std::string>& key, cons
   return *node;
 }
 
-void read_torch_zip(const std::shared_ptr<Source>& source, const CheckpointOptions& options, Checkpoint& out) {
+// ---------------------------------------------------------------------------
+// Zip archives: Python torch.save (1.6 and later) and TorchScript archives
+// (torch::save from C++, torch.jit.save). Both store their storages as
+// `<prefix>/data/<key>` and their object as `<prefix>/data.pkl`; a TorchScript
+// archive's object is a module, read as data: its code is never compiled.
+
+void read_torch_zip(const std::shared_ptr<Source>& source, CheckpointFormat format,
+                    const CheckpointOptions& options, Checkpoint& out) {
   const pickle::ZipArchive zip(source);
   const std::string prefix = archive_prefix(zip);
   if (const pickle::ZipEntry* order = zip.find(prefix + "byteorder"); order && zip.read(*order) != "little")
@@ -272,8 +423,19 @@ void read_torch_zip(const std::shared_ptr<Source>& source, const CheckpointOptio
     if (!entry) return std::nullopt;
     return Span{entry->offset, entry->size};
   });
-  Flattener flattener(storages, source->path(), data.size() + 1, out);
+  Flattener flattener(storages, *source, data.size(), out);
   flattener.walk(select(*p.root, options.key(), source->path()), "", 0);
+
+  // The tensors TorchScript code uses as constants are not the module's state;
+  // they are reported, not read.
+  const pickle::ZipEntry* constants = zip.find(prefix + "constants.pkl");
+  if (format != CheckpointFormat::TorchArchive || !constants || !options.key().empty()) return;
+  const pickle::Pickle c = pickle::unpickle(zip.read(*constants), source->path());
+  const auto count = std::count_if(c.arena.begin(), c.arena.end(),
+                                   [](const Value& v) { return v.kind == Value::Kind::Tensor; });
+  if (count > 0)
+    out.non_tensors.push_back(
+        {"CONSTANTS", std::to_string(count) + " tensor constants of the TorchScript code (constants.pkl)"});
 }
 
 // ---------------------------------------------------------------------------
@@ -286,18 +448,17 @@ void read_torch_zip(const std::shared_ptr<Source>& source, const CheckpointOptio
 
 void read_torch_legacy(const std::shared_ptr<Source>& source, const CheckpointOptions& options, Checkpoint& out) {
   const std::string& file = source->path();
-  const std::string_view data(reinterpret_cast<const char*>(source->data()), static_cast<std::size_t>(source->size()));
   auto bad = [&](const std::string& what) -> void {
     throw Error(ErrorCode::InvalidCheckpoint, file, "", "legacy torch.save file: " + what);
   };
-  std::size_t offset = legacy_magic_end(*source);
-  const pickle::Pickle version = pickle::unpickle(data, offset, file);
+  std::uint64_t offset = legacy_magic_end(*source);
+  const pickle::Pickle version = pickle::unpickle(*source, offset);
   if (version.root->kind != Value::Kind::Int || version.root->integer != kLegacyProtocolVersion)
     bad("protocol version " +
         (version.root->kind == Value::Kind::Int ? std::to_string(version.root->integer)
                                                 : "given as a " + pickle::describe(*version.root)) +
         ", not " + std::to_string(kLegacyProtocolVersion));
-  const pickle::Pickle sys_info = pickle::unpickle(data, offset, file);
+  const pickle::Pickle sys_info = pickle::unpickle(*source, offset);
   bool little_endian = false;
   if (sys_info.root->kind == Value::Kind::Dict)
     for (const auto& [key, value] : sys_info.root->entries)
@@ -306,82 +467,45 @@ void read_torch_legacy(const std::shared_ptr<Source>& source, const CheckpointOp
   if (!little_endian)
     throw Error(ErrorCode::InvalidCheckpoint, file, "",
                 "a big-endian checkpoint (or one that does not say); re-save it on a little-endian machine");
-  const std::size_t object_start = offset;
-  const pickle::Pickle p = pickle::unpickle(data, offset, file);
-  const std::size_t object_size = offset - object_start;
-  const pickle::Pickle keys = pickle::unpickle(data, offset, file);
+  const std::uint64_t object_start = offset;
+  const pickle::Pickle p = pickle::unpickle(*source, offset);
+  const std::uint64_t object_size = offset - object_start;
+  const pickle::Pickle keys = pickle::unpickle(*source, offset);
   if (keys.root->kind != Value::Kind::List) bad("the storage key list is a " + pickle::describe(*keys.root));
 
   // Each storage's dtype and size, from its persistent ids (Storages checks
   // that they agree with each other).
   std::unordered_map<std::string, const pickle::StorageRef*> declared;
-  for (const auto& v : p.arena)
-    if (v->kind == Value::Kind::Storage) declared.emplace(v->storage->key, v->storage.get());
+  for (const Value& v : p.arena)
+    if (v.kind == Value::Kind::Storage) declared.emplace(v.storage->key, v.storage.get());
   std::unordered_map<std::string, Span> spans;
   for (const Value* key : keys.root->items) {
     if (key->kind != Value::Kind::String) bad("a storage key is a " + pickle::describe(*key));
     const auto found = declared.find(key->text);
     if (found == declared.end()) bad("storage '" + key->text + "' is listed but no tensor uses it");
     const pickle::StorageRef& ref = *found->second;
-    if (data.size() - offset < 8) bad("the file ends before storage '" + key->text + "'");
+    if (source->size() - offset < 8) bad("the file ends before storage '" + key->text + "'");
+    unsigned char le[8];
+    source->read(offset, le, sizeof le);
     std::uint64_t count = 0;
-    for (int i = 7; i >= 0; --i) count = (count << 8) | static_cast<unsigned char>(data[offset + i]);
+    for (int i = 7; i >= 0; --i) count = (count << 8) | le[i];
     offset += 8;
     if (count != ref.numel)
       bad("storage '" + key->text + "' holds " + std::to_string(count) + " elements, its tensors say " +
           std::to_string(ref.numel));
     const std::uint64_t bytes = ref.numel * (dtype_bits(ref.dtype) / 8);  // bounded by the unpickler
-    if (data.size() - offset < bytes)
+    if (source->size() - offset < bytes)
       bad("the file ends inside storage '" + key->text + "' (" + std::to_string(bytes) + " bytes)");
     if (!spans.emplace(key->text, Span{offset, bytes}).second) bad("storage '" + key->text + "' is listed twice");
-    offset += static_cast<std::size_t>(bytes);
+    offset += bytes;
   }
   Storages storages(source, [&](const std::string& key) -> std::optional<Span> {
     const auto it = spans.find(key);
     if (it == spans.end()) return std::nullopt;
     return it->second;
   });
-  Flattener flattener(storages, file, object_size + 1, out);
+  Flattener flattener(storages, *source, object_size, out);
   flattener.walk(select(*p.root, options.key(), file), "", 0);
-}
-
-// ---------------------------------------------------------------------------
-// torch::save archives (TorchScript modules): read with LibTorch
-
-void read_archive(torch::serialize::InputArchive& archive, const std::string& prefix, Checkpoint& out,
-                  std::size_t depth, const std::string& file) {
-  if (depth > kMaxCheckpointDepth)
-    throw Error(ErrorCode::LimitExceeded, file, prefix, "nesting deeper than " + std::to_string(kMaxCheckpointDepth));
-  for (const std::string& key : archive.keys()) {
-    const std::string name = join(prefix, key);
-    c10::IValue value;
-    torch::serialize::InputArchive child;
-    if (archive.try_read(key, value) && value.isTensor()) {
-      out.tensors.insert(name, value.toTensor());
-    } else if (archive.try_read(key, child)) {
-      read_archive(child, name, out, depth + 1, file);
-    } else {
-      out.non_tensors.push_back({name, value.tagKind()});
-    }
-  }
-}
-
-void read_torch_archive(const std::string& path, const CheckpointOptions& options, Checkpoint& out) {
-  torch::serialize::InputArchive archive;
-  try {
-    archive.load_from(path);
-    torch::serialize::InputArchive* node = &archive;
-    std::vector<torch::serialize::InputArchive> path_archives(options.key().size());
-    for (std::size_t i = 0; i < options.key().size(); ++i) {
-      if (!node->try_read(options.key()[i], path_archives[i]))
-        throw Error(ErrorCode::TensorNotFound, path, "", "no submodule '" + options.key()[i] + "'");
-      node = &path_archives[i];
-    }
-    read_archive(*node, "", out, 0, path);
-  } catch (const c10::Error& e) {
-    throw Error(ErrorCode::InvalidCheckpoint, path, "",
-                std::string("LibTorch cannot read this torch::save archive: ") + e.what_without_backtrace());
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -432,14 +556,12 @@ void find_shared(Checkpoint& ckpt) {
     if (overlapping.count(item.key())) ckpt.copied_views.push_back(item.key());
 }
 
-std::shared_ptr<Source> open_source(const std::string& path) { return open_file(path, Backend::Mmap); }
-
 // Safetensors inputs: dtypes this LibTorch lacks arrive as raw bytes; their
 // real dtypes are returned so that a conversion keeps them. Names that a
 // state-dict saver removed as tied weights (metadata `removed -> kept`) come
 // back as the kept tensor, so that every checkpoint lists every name.
-std::map<std::string, TensorInfo> read_safetensors(const std::string& path, Checkpoint& out) {
-  SafeOpen file(path, LoadOptions().unsupported_as_bytes(true));
+std::map<std::string, TensorInfo> read_safetensors(std::shared_ptr<Source> source, Checkpoint& out) {
+  SafeOpen file(std::move(source), LoadOptions().unsupported_as_bytes(true));
   std::map<std::string, TensorInfo> raw;
   for (const TensorInfo& info : file.header().tensors()) {
     out.tensors.insert(info.name, file.get_tensor(info.name));
@@ -453,23 +575,27 @@ std::map<std::string, TensorInfo> read_safetensors(const std::string& path, Chec
 
 Checkpoint read(const std::string& path, const CheckpointOptions& options,
                 std::map<std::string, TensorInfo>* raw) {
-  const std::shared_ptr<Source> source = open_source(path);
+  const std::shared_ptr<Source> source = open_file(path, options.backend());
   Checkpoint ckpt;
-  ckpt.format = detect(source);
+  Detected detected = detect(source);
+  ckpt.format = detected.format;
   switch (ckpt.format) {
-    case CheckpointFormat::TorchZip: read_torch_zip(source, options, ckpt); break;
-    case CheckpointFormat::TorchArchive: read_torch_archive(path, options, ckpt); break;
+    case CheckpointFormat::TorchZip:
+    case CheckpointFormat::TorchArchive: read_torch_zip(source, ckpt.format, options, ckpt); break;
     case CheckpointFormat::Safetensors: {
       if (!options.key().empty())
         throw Error(ErrorCode::InvalidArgument, path, "", "a safetensors file has no nested keys to select");
-      auto found = read_safetensors(path, ckpt);
+      auto found = read_safetensors(source, ckpt);
       if (raw) *raw = std::move(found);
       break;
     }
     case CheckpointFormat::TorchLegacy: read_torch_legacy(source, options, ckpt); break;
     case CheckpointFormat::Unknown:
+      // A file whose first 8 bytes are a plausible header length is told why
+      // the safetensors parser refuses it.
+      if (!refused_by_length(*detected.safetensors_refusal)) throw *detected.safetensors_refusal;
       throw Error(ErrorCode::InvalidCheckpoint, path, "",
-                  "not a safetensors file, torch.save file or torch::save archive");
+                  "not a safetensors file, torch.save file or TorchScript archive");
   }
   find_shared(ckpt);
   return ckpt;
@@ -486,21 +612,68 @@ std::string dtype_text(const at::Tensor& t) {
   return dtype ? std::string(dtype_name(*dtype)) : std::string(c10::toString(t.scalar_type()));
 }
 
+// Compares two tensors of one dtype and shape piece by piece, so that the
+// memory used stays bounded whatever their size or layout: a piece is made
+// contiguous (a copy, for a view) and widened to 64 bits only when it differs.
+class Comparison {
+ public:
+  void compare(const at::Tensor& a, const at::Tensor& b) {
+    if (a.dim() == 0 || a.numel() <= kDiffChunkElements) return compare_piece(a, b);
+    if (a.size(0) == 1) return compare(a.select(0, 0), b.select(0, 0));
+    const std::int64_t row = a.numel() / a.size(0);
+    const std::int64_t rows = std::max<std::int64_t>(1, kDiffChunkElements / row);
+    for (std::int64_t i = 0; i < a.size(0); i += rows) {
+      const std::int64_t n = std::min(rows, a.size(0) - i);
+      compare(a.narrow(0, i, n), b.narrow(0, i, n));
+    }
+  }
+
+  // "" when bitwise identical.
+  std::string detail() const {
+    if (equal_) return "";
+    if (!has_max_) return "values differ";
+    return "values differ: max abs difference " + (integral_ ? std::to_string(max_int_) : std::to_string(max_));
+  }
+
+ private:
+  void compare_piece(const at::Tensor& a, const at::Tensor& b) {
+    if (a.numel() == 0) return;
+    const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+    if (std::memcmp(ac.data_ptr(), bc.data_ptr(), ac.nbytes()) == 0) return;
+    equal_ = false;
+    if (a.is_complex()) {
+      update((ac.to(at::kComplexDouble) - bc.to(at::kComplexDouble)).abs().max().item<double>());
+    } else if (a.is_floating_point()) {
+      update((ac.to(at::kDouble) - bc.to(at::kDouble)).abs().max().item<double>());
+    } else if (a.scalar_type() != at::kBool) {
+      const auto max = (ac.to(at::kLong) - bc.to(at::kLong)).abs().max().item<std::int64_t>();
+      integral_ = true;
+      max_int_ = has_max_ ? std::max(max_int_, max) : max;
+      has_max_ = true;
+    }
+  }
+  // The largest difference of every piece; NaN once any piece has one, as
+  // max() over the whole tensor would give.
+  void update(double max) {
+    if (!has_max_ || std::isnan(max) || (!std::isnan(max_) && max > max_)) max_ = max;
+    has_max_ = true;
+  }
+
+  static constexpr std::int64_t kDiffChunkElements = 1 << 21;
+  bool equal_ = true;
+  bool has_max_ = false;
+  bool integral_ = false;
+  double max_ = 0;
+  std::int64_t max_int_ = 0;
+};
+
 // Why two tensors of one name differ, or "" when they are bitwise identical.
 std::string difference(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != b.scalar_type()) return "dtype " + dtype_text(a) + " vs " + dtype_text(b);
   if (a.sizes() != b.sizes()) return "shape " + shape_text(a.sizes()) + " vs " + shape_text(b.sizes());
-  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
-  if (std::memcmp(ac.data_ptr(), bc.data_ptr(), ac.nbytes()) == 0) return "";
-  if (a.is_floating_point() || a.is_complex()) {
-    const double max = (ac.to(at::kDouble) - bc.to(at::kDouble)).abs().max().item<double>();
-    return "values differ: max abs difference " + std::to_string(max);
-  }
-  if (a.scalar_type() != at::kBool) {
-    const auto max = (ac.to(at::kLong) - bc.to(at::kLong)).abs().max().item<std::int64_t>();
-    return "values differ: max abs difference " + std::to_string(max);
-  }
-  return "values differ";
+  Comparison comparison;
+  comparison.compare(a, b);
+  return comparison.detail();
 }
 
 }  // namespace
@@ -510,13 +683,15 @@ const char* to_string(CheckpointFormat format) noexcept {
     case CheckpointFormat::Safetensors: return "safetensors";
     case CheckpointFormat::TorchZip: return "torch.save (zip)";
     case CheckpointFormat::TorchLegacy: return "torch.save (legacy)";
-    case CheckpointFormat::TorchArchive: return "torch::save archive";
+    case CheckpointFormat::TorchArchive: return "TorchScript archive";
     case CheckpointFormat::Unknown: return "unknown";
   }
   return "unknown";
 }
 
-CheckpointFormat detect_format(const std::string& path) { return detect(open_source(path)); }
+CheckpointFormat detect_format(const std::string& path, Backend backend) {
+  return detect(open_file(path, backend)).format;
+}
 
 Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options) {
   return read(path, options, nullptr);
@@ -525,7 +700,7 @@ Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& opt
 ConvertSummary convert_checkpoint(const std::string& in, const std::string& out, const ConvertOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   std::map<std::string, TensorInfo> raw;
-  Checkpoint ckpt = read(in, CheckpointOptions().key(options.key()), &raw);
+  Checkpoint ckpt = read(in, CheckpointOptions().key(options.key()).backend(options.backend()), &raw);
   const std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
 
   ConvertSummary summary;

@@ -1,10 +1,11 @@
 // Fuzz target: the migration readers, bytes to tensors without executing
 // anything. The input goes to the pickle interpreter as it is (several pickles
 // back to back, as the legacy format stores them), then, as a file, through
-// read_checkpoint when it is a Python torch.save file: the zip reader, the
-// pickle, the storages and every tensor's view of them, each tensor read in
-// full. Only safetensors::Error may come out; C++ torch::save archives go to
-// LibTorch's own reader, which is not ours to fuzz.
+// read_checkpoint with both backends: the zip reader, the pickle (torch.save's
+// and TorchScript's), the storages and every tensor's view of them, each
+// tensor read in full. Only safetensors::Error may come out. tools/fuzz.sh
+// runs it with -rss_limit_mb and -malloc_limit_mb, so that an input whose
+// reading takes memory out of proportion to its size is a finding too.
 
 #include <cstddef>
 #include <cstdint>
@@ -56,11 +57,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
   }
   const MemFile file(data, size);
-  try {
-    const st::CheckpointFormat format = st::detect_format(file.path());
-    if (format == st::CheckpointFormat::TorchZip || format == st::CheckpointFormat::TorchLegacy)
-      read_all(st::read_checkpoint(file.path()));
-  } catch (const st::Error&) {
+  for (const st::Backend backend : {st::Backend::Mmap, st::Backend::Pread}) {
+    try {
+      if (st::detect_format(file.path(), backend) == st::CheckpointFormat::Unknown) break;
+      read_all(st::read_checkpoint(file.path(), st::CheckpointOptions().backend(backend)));
+    } catch (const st::Error&) {
+    }
   }
   return 0;
 }

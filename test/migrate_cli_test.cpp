@@ -3,7 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -74,6 +78,59 @@ TEST_F(MigrateCliTest, WritesShards) {
   EXPECT_TRUE(fs::exists(folder + "/model.safetensors.index.json"));
   st::ShardedOpen sharded(folder);
   EXPECT_EQ(sharded.size(), 6u);
+}
+
+// torch.jit.load would run this module's __setstate__, which never returns.
+// convert reads it as data and finishes at once; it runs under timeout(1) so
+// that a hang fails the test instead of stalling it.
+TEST_F(MigrateCliTest, ConvertsATorchScriptModuleWithoutRunningItsCode) {
+  const std::string out = dir_.file("loop.safetensors");
+  const std::string command = "timeout -s KILL 60 " + std::string(SAFETENSORS_CLI_PATH) + " convert " +
+                              kFixtures + "hostile_setstate.pt " + out + " >" + dir_.file("log") + " 2>&1";
+  const auto start = std::chrono::steady_clock::now();
+  const int status = std::system(command.c_str());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << st::test::read_bytes(dir_.file("log"));
+  EXPECT_LT(seconds, 30);
+  EXPECT_TRUE(contains(st::test::read_bytes(dir_.file("log")), "(TorchScript archive)"));
+  EXPECT_TRUE(st::load_file(out).contains("0"));
+
+  // A Python scripted module converts to its state_dict names.
+  const Result scripted = run({"convert", kFixtures + "scripted.pt", dir_.file("scripted.safetensors")});
+  ASSERT_EQ(scripted.code, 0) << scripted.err;
+  const Result same = run({"diff", kFixtures + "scripted.expected.safetensors", dir_.file("scripted.safetensors")});
+  EXPECT_EQ(same.code, 0) << same.out << same.err;
+}
+
+// A key that holds a dot is written with the dot escaped; an unescaped dot
+// separates keys, and a backslash before anything else is a usage error.
+TEST_F(MigrateCliTest, KeysThatHoldADot) {
+  const std::string out = dir_.file("v2.safetensors");
+  const Result r = run({"convert", kFixtures + "dotted_keys.pt", out, "--key", "model\\.v2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(st::load_file(out).keys(), std::vector<std::string>{"w"});
+  const Result diff = run({"diff", kFixtures + "dotted_keys.pt", out, "--key-a", "model\\.v2"});
+  EXPECT_EQ(diff.code, 0) << diff.out << diff.err;
+  const Result split = run({"convert", kFixtures + "dotted_keys.pt", dir_.file("x.safetensors"), "--key", "model.v2"});
+  EXPECT_EQ(split.code, 1);
+  EXPECT_TRUE(contains(split.err, "no key 'model' (keys: model.v2, epoch)")) << split.err;
+  const Result bad = run({"convert", kFixtures + "dotted_keys.pt", dir_.file("x.safetensors"), "--key", "a\\b"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_TRUE(contains(bad.err, "a backslash must be followed by '.' or '\\'")) << bad.err;
+}
+
+// --backend pread reads without mapping, with the same results.
+TEST_F(MigrateCliTest, ReadsWithPositionalReads) {
+  for (const std::string& in : {kFixtures + "training.pt", kFixtures + "legacy_views.pt", kFixtures + "scripted.pt",
+                                kFixtures + "state_dict.expected.safetensors"}) {
+    SCOPED_TRACE(in);
+    const std::string out = dir_.file("out.safetensors");
+    const Result r = run({"convert", in, out, "--backend", "pread"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    const Result same = run({"diff", in, out, "--backend", "pread"});
+    EXPECT_EQ(same.code, 0) << same.out << same.err;
+  }
+  EXPECT_EQ(run({"convert", kFixtures + "training.pt", dir_.file("y.safetensors"), "--backend", "mapped"}).code, 2);
 }
 
 TEST_F(MigrateCliTest, RefusesHostileAndMalformedFilesWithOneLine) {

@@ -1,7 +1,9 @@
-// Tests of reading torch.save files and torch::save archives, converting them
-// to safetensors and comparing checkpoints. Each torch.save fixture comes with
-// the tensors Python's torch.load returned for it (data/pickle/make_fixtures.py);
-// the same script is run again at test time when Debian's python3-torch is there.
+// Tests of reading torch.save files and TorchScript archives (torch::save,
+// torch.jit.save), converting them to safetensors and comparing checkpoints.
+// Each torch.save fixture comes with the tensors Python's torch.load returned
+// for it, each TorchScript fixture with its module's state_dict
+// (data/pickle/make_fixtures.py); the same script is run again at test time
+// when Debian's python3-torch is there.
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -11,6 +13,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -37,7 +41,10 @@ const std::vector<std::string> kFixtureNames = {
     "state_dict", "plain_dict", "training", "views", "strided", "dtypes",
     "protocol2", "protocol3", "protocol4", "protocol5", "lone_tensor",
     "legacy", "legacy_state_dict", "legacy_views", "legacy_dtypes",
-    "legacy_protocol3", "legacy_protocol4", "legacy_protocol5"};
+    "legacy_protocol3", "legacy_protocol4", "legacy_protocol5", "dotted_keys", "legacy_many"};
+
+// torch.jit.save of a scripted and of a traced module.
+const std::vector<std::string> kTorchScriptNames = {"scripted", "traced"};
 
 // The checkpoint holds exactly the tensors (bitwise) and non-tensor entries
 // that Python's torch.load gave for it.
@@ -58,8 +65,26 @@ void expect_matches_python(const std::string& dir, const std::string& name) {
   EXPECT_EQ(others, json["non_tensors"].get<std::vector<std::string>>());
 }
 
+// The archive reads as the module's state_dict: the same names in the same
+// order, bitwise the same tensors, with either backend.
+void expect_state_dict(const std::string& dir, const std::string& name) {
+  SCOPED_TRACE(name);
+  const st::TensorDict expected = st::load_file(dir + name + ".expected.safetensors");
+  for (st::Backend backend : {st::Backend::Mmap, st::Backend::Pread}) {
+    const st::Checkpoint ckpt = st::read_checkpoint(dir + name + ".pt", st::CheckpointOptions().backend(backend));
+    EXPECT_EQ(ckpt.format, CheckpointFormat::TorchArchive);
+    EXPECT_EQ(ckpt.tensors.keys(), expected.keys());
+    for (const auto& item : expected) {
+      const at::Tensor* got = ckpt.tensors.find(item.key());
+      ASSERT_NE(got, nullptr) << item.key();
+      EXPECT_TRUE(bitwise_equal(*got, item.value())) << item.key();
+    }
+  }
+}
+
 TEST(Migrate, CommittedFixturesMatchPython) {
   for (const std::string& name : kFixtureNames) expect_matches_python(kFixtures, name);
+  for (const std::string& name : kTorchScriptNames) expect_state_dict(kFixtures, name);
 }
 
 bool python_has_torch() {
@@ -74,8 +99,63 @@ TEST(Migrate, FreshPythonFilesMatchPython) {
   const std::string command = std::string(kPython) + " " + kFixtures + "make_fixtures.py " + dir.path().string();
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
   for (const std::string& name : kFixtureNames) expect_matches_python(dir.path().string() + "/", name);
+  for (const std::string& name : kTorchScriptNames) expect_state_dict(dir.path().string() + "/", name);
   EXPECT_THROW(st::read_checkpoint(dir.file("hostile_reduce.pt")), st::Error);
   EXPECT_FALSE(fs::exists(dir.file("hostile_reduce_ran")));
+  // torch.jit.load would hang in this module's __setstate__; it is read as data.
+  const st::Checkpoint loops = st::read_checkpoint(dir.file("hostile_setstate.pt"));
+  EXPECT_EQ(loops.tensors.keys(), std::vector<std::string>{"0"});
+}
+
+// TorchScript's modules are records of their attributes: a scripted module
+// whose __setstate__ never returns (written by torch.jit.save) is read and
+// converted without running it; its state is what its __getstate__ saved.
+TEST(Migrate, ReadsATorchScriptModuleWithoutRunningIt) {
+  TempDir dir;
+  const st::ConvertSummary summary = st::convert_checkpoint(kFixtures + "hostile_setstate.pt", dir.file("x.safetensors"));
+  EXPECT_EQ(summary.format, CheckpointFormat::TorchArchive);
+  EXPECT_TRUE(bitwise_equal(st::load_file(dir.file("x.safetensors"))["0"], at::ones({3})));
+  ASSERT_EQ(summary.non_tensors.size(), 1u);
+  EXPECT_EQ(summary.non_tensors[0].description, "bool True");
+}
+
+// Detection asks the safetensors parser: whatever it accepts is a safetensors
+// file (a header that starts with whitespace, or is padded after the object),
+// and a file that only looks like one by its length is told the parser's reason.
+TEST(Migrate, DetectionAcceptsWhatTheParserAccepts) {
+  TempDir dir;
+  const std::string data(8, '\0');
+  for (const std::string& json : {std::string(R"( {"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})"),
+                                  std::string("\n\t\r {\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}  "),
+                                  std::string(R"({"__metadata__":null,"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})")}) {
+    SCOPED_TRACE(json);
+    const std::string path = dir.file("w.safetensors");
+    st::test::write_bytes(path, st::test::make_file(json, data));
+    ASSERT_NO_THROW(st::parse_header(st::test::read_bytes(path).data(), fs::file_size(path)));
+    EXPECT_EQ(st::detect_format(path), CheckpointFormat::Safetensors);
+    EXPECT_EQ(st::read_checkpoint(path).tensors.keys(), std::vector<std::string>{"w"});
+    st::convert_checkpoint(path, dir.file("out.safetensors"));
+    EXPECT_TRUE(st::diff_checkpoints(path, dir.file("out.safetensors")).equal());
+  }
+  // Every test vector the parser accepts is detected as safetensors.
+  std::size_t accepted = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(kData + "/vectors")) {
+    if (entry.path().extension() != ".safetensors") continue;
+    const std::string bytes = st::test::read_bytes(entry.path().string());
+    try {
+      st::parse_header(bytes.data(), bytes.size());
+    } catch (const st::Error&) {
+      continue;
+    }
+    ++accepted;
+    EXPECT_EQ(st::detect_format(entry.path().string()), CheckpointFormat::Safetensors) << entry.path();
+  }
+  EXPECT_GT(accepted, 5u);
+  // A plausible length with a broken header: the parser's own error.
+  const std::string broken = dir.file("broken.bin");
+  st::test::write_bytes(broken, st::test::make_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", data));
+  EXPECT_EQ(st::detect_format(broken), CheckpointFormat::Unknown);
+  EXPECT_EQ(error_code_of([&] { st::read_checkpoint(broken); }), ErrorCode::TensorInvalidInfo);
 }
 
 TEST(Migrate, DetectsFormatsByContent) {
@@ -237,6 +317,113 @@ TEST(Migrate, ReadsTorchSaveArchivesFromCpp) {
   const std::string out = dir.file("net.safetensors");
   st::convert_checkpoint(path, out);
   EXPECT_TRUE(st::diff_checkpoints(path, out).equal());
+  for (const std::string& name : names) EXPECT_FALSE(ckpt.aliases.count(name)) << name;
+
+  // A submodule by its name, and the archive's non-tensor attributes.
+  const st::Checkpoint first = st::read_checkpoint(path, st::CheckpointOptions().key({"0"}));
+  EXPECT_EQ(first.tensors.keys(), (std::vector<std::string>{"weight", "bias"}));
+  EXPECT_EQ(error_code_of([&] { st::read_checkpoint(path, st::CheckpointOptions().key({"2"})); }),
+            ErrorCode::TensorNotFound);
+}
+
+// An archive written by torch::serialize::OutputArchive with values of every
+// kind: tensors, nested archives and other IValues, read with the names
+// LibTorch's InputArchive gives them.
+TEST(Migrate, ReadsOutputArchivesWithValuesOfEveryKind) {
+  TempDir dir;
+  torch::serialize::OutputArchive archive, nested;
+  nested.write("w", at::arange(6, at::kFloat).reshape({2, 3}));
+  nested.write("b", at::ones({2}, at::kDouble), /*is_buffer=*/true);
+  archive.write("lr", c10::IValue(0.5));
+  archive.write("step", c10::IValue(int64_t{7}));
+  archive.write("name", c10::IValue(std::string("adam")));
+  archive.write("sizes", c10::IValue(std::vector<int64_t>{1, 2}));
+  archive.write("layer", nested);
+  archive.write("t", at::arange(4, at::kInt));
+  const std::string path = dir.file("archive.pt");
+  archive.save_to(path);
+
+  torch::serialize::InputArchive input;
+  input.load_from(path);
+  std::vector<std::string> expected;
+  for (const std::string& key : input.keys()) {
+    torch::serialize::InputArchive child;
+    c10::IValue value;
+    if (input.try_read(key, value) && value.isTensor()) expected.push_back(key);
+    else if (input.try_read(key, child))
+      for (const std::string& inner : child.keys()) {
+        c10::IValue v;
+        if (child.try_read(inner, v) && v.isTensor()) expected.push_back(key + "." + inner);
+      }
+  }
+  for (st::Backend backend : {st::Backend::Mmap, st::Backend::Pread}) {
+    const st::Checkpoint ckpt = st::read_checkpoint(path, st::CheckpointOptions().backend(backend));
+    EXPECT_EQ(ckpt.format, CheckpointFormat::TorchArchive);
+    EXPECT_EQ(ckpt.tensors.keys(), expected);
+    EXPECT_TRUE(bitwise_equal(ckpt.tensors["layer.w"], at::arange(6, at::kFloat).reshape({2, 3})));
+    EXPECT_TRUE(bitwise_equal(ckpt.tensors["layer.b"], at::ones({2}, at::kDouble)));
+    EXPECT_TRUE(bitwise_equal(ckpt.tensors["t"], at::arange(4, at::kInt)));
+    std::map<std::string, std::string> others;
+    for (const auto& e : ckpt.non_tensors) others[e.name] = e.description;
+    EXPECT_EQ(others.at("lr"), "float 0.5");
+    EXPECT_EQ(others.at("step"), "int 7");
+    EXPECT_EQ(others.at("name"), "str 'adam'");
+    EXPECT_EQ(others.at("sizes"), "list of 2");
+  }
+}
+
+// With the pread backend nothing is mapped: tensors own their bytes, read
+// once, and keep them when the file is then overwritten in place (the mapping's
+// pages would follow the file). Every format, each the same as with mmap.
+TEST(Migrate, PreadTensorsOwnTheirBytes) {
+  TempDir dir;
+  for (const std::string& name : {std::string("views"), std::string("legacy_views"), std::string("legacy_many"),
+                                  std::string("scripted"), std::string("state_dict.expected")}) {
+    SCOPED_TRACE(name);
+    const std::string ext = name == "state_dict.expected" ? ".safetensors" : ".pt";
+    const std::string path = dir.file(name + ext);
+    fs::copy_file(kFixtures + name + ext, path);
+    const st::Checkpoint mapped = st::read_checkpoint(kFixtures + name + ext);
+    const st::Checkpoint read = st::read_checkpoint(path, st::CheckpointOptions().backend(st::Backend::Pread));
+    EXPECT_EQ(read.format, mapped.format);
+    ASSERT_EQ(read.tensors.keys(), mapped.tensors.keys());
+    EXPECT_EQ(read.aliases, mapped.aliases);
+    EXPECT_EQ(read.copied_views, mapped.copied_views);
+    {
+      std::fstream overwrite(path, std::ios::in | std::ios::out | std::ios::binary);
+      overwrite.write(std::string(fs::file_size(path), '\x55').data(), static_cast<std::streamsize>(fs::file_size(path)));
+    }
+    for (const auto& item : mapped.tensors) EXPECT_TRUE(bitwise_equal(read.tensors[item.key()], item.value())) << item.key();
+  }
+  // Converting and comparing read the same way.
+  const std::string out = dir.file("training.safetensors");
+  st::convert_checkpoint(kFixtures + "training.pt", out, st::ConvertOptions().backend(st::Backend::Pread));
+  const st::CheckpointOptions pread = st::CheckpointOptions().backend(st::Backend::Pread);
+  EXPECT_TRUE(st::diff_checkpoints(kFixtures + "training.pt", out, pread, pread).equal());
+  EXPECT_EQ(st::detect_format(kFixtures + "legacy.pt", st::Backend::Pread), CheckpointFormat::TorchLegacy);
+}
+
+// diff compares piece by piece: two files of 64 MiB tensors that differ cost
+// a few pieces of memory beyond their own mapped bytes, where widening them
+// whole to 64 bits would take 8 bytes per element, several times over.
+TEST(Migrate, DiffMemoryDoesNotGrowWithTheTensors) {
+  TempDir dir;
+  const std::int64_t n = 8192;
+  at::Tensor a = at::zeros({n, n}, at::kByte), b = a.clone();
+  b[5][7] = 3;
+  b[n - 1][n - 1] = 200;
+  st::save_file({{"x", a}, {"y", a.clone()}}, dir.file("a.safetensors"));
+  st::save_file({{"x", b}, {"y", a.clone()}}, dir.file("b.safetensors"));
+  a.reset();
+  b.reset();
+  st::DiffReport report;
+  const long grew_kb = st::test::peak_added_kb(
+      [&] { report = st::diff_checkpoints(dir.file("a.safetensors"), dir.file("b.safetensors")); });
+  ASSERT_EQ(report.different.size(), 1u);
+  EXPECT_EQ(report.different[0].detail, "values differ: max abs difference 200");
+  EXPECT_EQ(report.identical, 1u);
+  // The two mapped files (256 MiB), plus pieces.
+  EXPECT_LT(grew_kb, (256 + 128) * 1024) << "peak memory grew by " << grew_kb << " kB";
 }
 
 TEST(Migrate, ReadsThirdPartyPickles) {

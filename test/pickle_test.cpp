@@ -273,6 +273,121 @@ TEST_F(PickleTest, RefusesBadContainers) {
   EXPECT_EQ(refusal_of_file().code(), ErrorCode::InvalidCheckpoint);
 }
 
+// What TorchScript's pickler writes for a module (torch/csrc/jit/serialization/
+// pickler.cpp): NEWOBJ of its `__torch__` class, BUILD with its attributes,
+// typed containers through torch.jit._pickle, devices, complex numbers and
+// enums. All of it is data; none of it is called.
+TEST_F(PickleTest, ReadsTorchScriptObjectsAsData) {
+  Pickler p;
+  p.proto(2).global("__torch__", "Net").op(')').op('\x81').op('}').op('(');
+  p.str("training").op('\x88').str("_is_full_backward_hook").op('N');
+  p.str("sub").global("__torch__.torch.nn.modules.linear", "Linear").op(')').op('\x81').op('}').op('(');
+  p.str("weight").tensor("0", 6, 0, {2, 3}, {3, 1}).str("training").op('\x89').op('u').op('b');
+  p.str("sizes").global("torch.jit._pickle", "build_intlist").op('(').op(']').op('(').integer(1).integer(2);
+  p.op('e').op('t').op('R');
+  p.str("table").global("torch.jit._pickle", "restore_type_tag").op('}').op('(').str("k");
+  p.tensor("0", 6, 4, {2}, {1}).op('u').str("Dict[str, Tensor]").op('\x86').op('R');
+  p.str("device").global("torch", "device").str("cpu").op('\x85').op('R');
+  p.str("z").global("builtins", "complex").raw("G" + std::string(8, '\0') + "G" + std::string(8, '\0'));
+  p.op('\x86').op('R');
+  p.str("color").global("__torch__", "Color").integer(2).op('R');
+  p.op('u').op('b').stop();
+  const auto ckpt = read(p.bytes());
+  EXPECT_EQ(ckpt.format, safetensors::CheckpointFormat::TorchArchive);
+  EXPECT_EQ(ckpt.tensors.keys(), (std::vector<std::string>{"sub.weight", "table.k"}));
+  EXPECT_EQ(ckpt.tensors["sub.weight"][1][2].item<float>(), 5.0f);
+  EXPECT_EQ(ckpt.tensors["table.k"][1].item<float>(), 5.0f);
+  std::vector<std::string> others;
+  for (const auto& e : ckpt.non_tensors) others.push_back(e.name + " (" + e.description + ")");
+  EXPECT_EQ(others, (std::vector<std::string>{
+                        "training (bool True)", "_is_full_backward_hook (None)", "sub.training (bool False)",
+                        "sizes (list of 2)", "device (object torch.device)", "z (object builtins.complex)",
+                        "color (object __torch__.Color)"}));
+  // A submodule is selected by its attribute names.
+  const auto sub = safetensors::read_checkpoint(path_, safetensors::CheckpointOptions().key({"sub"}));
+  EXPECT_EQ(sub.tensors.keys(), std::vector<std::string>{"weight"});
+}
+
+TEST_F(PickleTest, RefusesWhatTorchScriptNeverWrites) {
+  // NEWOBJ of anything but a TorchScript class, a second BUILD, and the
+  // torch.jit._pickle helpers that build tensors from outside the archive.
+  const std::string newobj = Pickler().proto(2).global("collections", "OrderedDict").op(')').op('\x81').stop().bytes();
+  EXPECT_NE(std::string(refusal(newobj).what()).find("opcode NEWOBJ is not allowed"), std::string::npos);
+  const std::string twice =
+      Pickler().proto(2).global("__torch__", "M").op(')').op('\x81').op('}').op('b').op('}').op('b').stop().bytes();
+  EXPECT_NE(std::string(refusal(twice).what()).find("BUILD of object __torch__.M"), std::string::npos);
+  const std::string by_id =
+      Pickler().proto(2).global("torch.jit._pickle", "build_tensor_from_id").integer(0).op('\x85').op('R').stop().bytes();
+  EXPECT_NE(std::string(refusal(by_id).what()).find("'torch.jit._pickle.build_tensor_from_id' is not allowed"),
+            std::string::npos);
+  // Only `__torch__` itself and its submodules are TorchScript's.
+  const std::string lookalike =
+      Pickler().proto(2).global("__torch__evil", "M").op(')').op('\x81').stop().bytes();
+  EXPECT_NE(std::string(refusal(lookalike).what()).find("'__torch__evil.M' is not allowed"), std::string::npos);
+}
+
+// A torch.save archive that also holds a code/ folder and a constants.pkl (a
+// tool added them, or a file was repacked) is still a torch.save archive: its
+// pickle decides, and no entry sends it to a TorchScript loader.
+TEST_F(PickleTest, AStrayCodeEntryDoesNotMakeATorchScriptArchive) {
+  safetensors::test::write_bytes(path_, make_zip({{"archive/data.pkl", one_tensor_pickle(6, 0, {6}, {1})},
+                                                  {"archive/data/0", floats(6)},
+                                                  {"archive/code/__torch__.py", "class M(Module):\n  pass\n"},
+                                                  {"archive/constants.pkl", Pickler().proto(2).op(')').stop().bytes()},
+                                                  {"archive/version", "3\n"}}));
+  EXPECT_EQ(safetensors::detect_format(path_), safetensors::CheckpointFormat::TorchZip);
+  const auto ckpt = safetensors::read_checkpoint(path_);
+  EXPECT_EQ(ckpt.format, safetensors::CheckpointFormat::TorchZip);
+  EXPECT_EQ(ckpt.tensors.keys(), std::vector<std::string>{"w"});
+}
+
+// Entries whose bytes overlap would let one stretch of the file back several
+// storages (and count several times against the file's size): the first
+// entry's data here holds the second entry whole.
+TEST_F(PickleTest, RefusesZipEntriesThatShareBytes) {
+  const std::string inner_name = "archive/data/1", outer_name = "archive/data/0";
+  const std::string inner_data = floats(6);
+  const std::string inner = le(0x04034b50, 4) + le(20, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(0, 4) +
+                            le(inner_data.size(), 4) + le(inner_data.size(), 4) + le(inner_name.size(), 2) +
+                            le(0, 2) + inner_name + inner_data;
+  const std::string pickle = Pickler()
+                                 .proto(2)
+                                 .op('}')
+                                 .str("a").tensor("0", 6, 0, {6}, {1}).op('s')
+                                 .str("b").tensor("1", 6, 0, {6}, {1}).op('s')
+                                 .stop()
+                                 .bytes();
+  std::string zip = make_zip({{"archive/data.pkl", pickle}, {outer_name, inner}});
+  // Point a third central entry at the inner local header, inside data/0.
+  const std::size_t end = zip.size() - 22, central = static_cast<std::size_t>(zip.find("PK\x01\x02"));
+  const std::size_t inner_at = zip.find(inner);
+  const std::string extra = le(0x02014b50, 4) + le(20, 2) + le(20, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(0, 4) +
+                            le(inner_data.size(), 4) + le(inner_data.size(), 4) + le(inner_name.size(), 2) +
+                            le(0, 2) + le(0, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(inner_at, 4) + inner_name;
+  const std::string directory = zip.substr(central, end - central) + extra;
+  zip = zip.substr(0, central) + directory + le(0x06054b50, 4) + le(0, 2) + le(0, 2) + le(3, 2) + le(3, 2) +
+        le(directory.size(), 4) + le(central, 4) + le(0, 2);
+  safetensors::test::write_bytes(path_, zip);
+  const safetensors::Error e = refusal_of_file();
+  EXPECT_EQ(e.code(), ErrorCode::InvalidCheckpoint) << e.what();
+  EXPECT_NE(std::string(e.what()).find("entry 'archive/data/0' and entry 'archive/data/1' share bytes"),
+            std::string::npos)
+      << e.what();
+}
+
+// A view of stride 0 claims many elements from few bytes: the tensors of a
+// checkpoint may not hold more than 8 times the file once written out.
+TEST_F(PickleTest, RefusesViewsThatExpandTheFile) {
+  // 2^40 floats from one: refused, naming the rule.
+  const safetensors::Error e = refusal(one_tensor_pickle(6, 0, {1 << 20, 1 << 20}, {0, 0}));
+  EXPECT_EQ(e.code(), ErrorCode::LimitExceeded) << e.what();
+  EXPECT_EQ(e.tensor(), "w");
+  EXPECT_NE(std::string(e.what()).find("more than 8 times the file's"), std::string::npos) << e.what();
+  // A broadcast a little larger than the file is fine (torch saves expanded
+  // buffers such as position ids).
+  EXPECT_EQ(read(one_tensor_pickle(6, 0, {1000, 6}, {0, 1})).tensors["w"].sizes(), (at::IntArrayRef{1000, 6}));
+}
+
 TEST_F(PickleTest, SurvivesRandomCorruption) {
   // Every outcome of a flipped byte is a clean read or a safetensors::Error.
   const std::string original = safetensors::test::read_bytes(kFixtures + "training.pt");

@@ -3,15 +3,23 @@
 and several at once, each with the error code a reader must refuse it with
 (expected.tsv: file, code, what it breaks). Python standard library only.
 
+Also hostile checkpoints for the migration readers (checkpoints.tsv: file, the
+error code or "accepted", what it does): a TorchScript archive whose
+__setstate__ never returns, pickles that repeat a 1 MiB name through the memo,
+a stride-0 view of 2^40 bytes, and zip entries that share their bytes.
+
 The huge cases (a million nesting levels, a million tensors, keys of many
 megabytes) are made by test/hostile_test.cpp at run time instead of stored.
 
     tools/make_hostile_corpus.py [OUT_DIR]
+    tools/make_hostile_corpus.py --fuzz-seeds DIR    (smaller hostile checkpoints, for fuzzing)
 """
+import io
 import json
 import os
 import struct
 import sys
+import zipfile
 
 U64_MAX = 2**64 - 1
 
@@ -228,8 +236,176 @@ case("combo_every_offset_rule", "InvalidOffset", "gap, overlap and reversal",
                      c=entry("F32", [2], 100, 108)), b"\0" * 16))
 
 
+# --- hostile checkpoints (torch.save and TorchScript zip archives, made by hand)
+
+CHECKPOINTS = []
+
+
+def checkpoint(name, expected, why, content):
+    CHECKPOINTS.append((name, expected, why, content))
+
+
+def binunicode(s):
+    b = s.encode() if isinstance(s, str) else s
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def binint(v):
+    return b"J" + struct.pack("<i", v)
+
+
+def glob(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def storage_pid(dtype, key, numel):
+    """('storage', torch.<dtype>Storage, key, 'cpu', numel) BINPERSID, as torch writes it."""
+    return (b"(" + binunicode("storage") + glob("torch", dtype + "Storage") + binunicode(key) +
+            binunicode("cpu") + binint(numel) + b"tQ")
+
+
+def rebuild_tensor(dtype, key, numel, offset, size, stride, requires_grad=False):
+    """torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, OrderedDict())."""
+    return (glob("torch._utils", "_rebuild_tensor_v2") + b"(" + storage_pid(dtype, key, numel) + binint(offset) +
+            b"(" + b"".join(binint(v) for v in size) + b"t(" + b"".join(binint(v) for v in stride) + b"t" +
+            (b"\x88" if requires_grad else b"\x89") + glob("collections", "OrderedDict") + b")Rt" + b"R")
+
+
+def torch_zip(folder, entries):
+    """A zip as torch writes it: stored entries, fixed dates; (name, bytes, deflate)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name, data, deflate in entries:
+            info = zipfile.ZipInfo(folder + "/" + name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+            z.writestr(info, data)
+    return out.getvalue()
+
+
+def torch_save(pickle, storages=()):
+    return torch_zip("archive", [("data.pkl", pickle, False)] +
+                     [("data/" + key, data, False) for key, data in storages] + [("version", b"3\n", False)])
+
+
+# A TorchScript module whose __setstate__ loops forever, as torch.jit.save
+# writes it (torch 1.13): torch.jit.load compiles code/__torch__.py and runs
+# __setstate__ with the state BUILD gives; a reader that does hangs.
+LOOP_CODE = b"""class Loop(Module):
+  __parameters__ = ["w", ]
+  __buffers__ = []
+  w : Tensor
+  training : bool
+  _is_full_backward_hook : Optional[bool]
+  def forward(self: __torch__.Loop,
+    x: Tensor) -> Tensor:
+    w = self.w
+    return torch.mul(x, w)
+  def __getstate__(self: __torch__.Loop) -> Tuple[Tensor, bool]:
+    w = self.w
+    training = self.training
+    return (w, training)
+  def __setstate__(self: __torch__.Loop,
+    state: Tuple[Tensor, bool]) -> NoneType:
+    self.w = (state)[0]
+    self.training = (state)[1]
+    i = 0
+    _0 = True
+    while _0:
+      i0 = torch.add(i, 1)
+      _0, i = torch.ge(i0, 0), i0
+    return None
+"""
+checkpoint("torchscript_setstate_loop", "accepted",
+           "a TorchScript module whose __setstate__ never returns: read as data, never run",
+           torch_zip("loop", [
+               ("data/0", struct.pack("<3f", 1, 1, 1), False),
+               ("data.pkl", b"\x80\x02" + glob("__torch__", "Loop") + b")\x81" +
+                rebuild_tensor("Float", "0", 3, 0, [3], [1], requires_grad=True) + b"\x88\x86b.", False),
+               ("code/__torch__.py", LOOP_CODE, True),
+               ("constants.pkl", b"\x80\x02).", False),
+               ("version", b"3\n", False)]))
+def nested_entries(kernel, count):
+    """`count` stored entries data/0 .. data/count-1, each one's data holding
+    the next entry's local header and data: one stretch of the file backs all."""
+    names = [f"archive/data/{i}".encode() for i in range(count)]
+    tail = kernel
+    for name in reversed(names):
+        tail = (struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, 0, len(tail), len(tail),
+                            len(name), 0) + name + tail)
+    return names, tail
+
+
+def overlapping_entries(kernel_bytes):
+    count, kernel = 4, bytes(kernel_bytes)
+    pickle = (b"\x80\x02](" + b"".join(rebuild_tensor("Byte", str(i), kernel_bytes, 0, [kernel_bytes], [1])
+                                      for i in range(count)) + b"e.")
+    body = io.BytesIO()
+    local, central = [], []
+    for name, data in [(b"archive/data.pkl", pickle), (b"archive/version", b"3\n")]:
+        local.append((name, body.tell(), len(data)))
+        body.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, 0, len(data), len(data),
+                               len(name), 0) + name + data)
+    names, nested = nested_entries(kernel, count)
+    at, offset = body.tell(), 0
+    body.write(nested)
+    for name in names:
+        size = len(nested) - offset - 30 - len(name)
+        local.append((name, at + offset, size))
+        offset += 30 + len(name)
+    directory = b"".join(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0x21, 0, size, size,
+                                     len(name), 0, 0, 0, 0, 0, where) + name for name, where, size in local)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(local), len(local), len(directory), body.tell(), 0)
+    return body.getvalue() + directory + end
+
+
+def mib(n):
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+def amplifying(key_bytes, repeats, depth, storage_bytes, views):
+    """The checkpoints that multiply a small file (name, code, why, bytes),
+    at the scale of the corpus or, smaller, of fuzzing seeds."""
+    key = binunicode("k" * key_bytes)
+    expanded = 1 << 20 if storage_bytes >= 1 << 20 else 1 << 12
+    return [
+        ("repeated_key", "LimitExceeded",
+         f"a dict whose {mib(key_bytes)} key is repeated {repeats:,} times through the memo",
+         torch_save(b"\x80\x02}(" + key + b"q\x00N" + b"h\x00N" * (repeats - 1) + b"u.")),
+        ("nested_key", "LimitExceeded",
+         f"{depth} dicts nested under one {mib(key_bytes)} key: names of up to {depth} times its size",
+         torch_save(b"\x80\x02}" + key + b"q\x00" + b"}h\x00" * (depth - 1) + b"N" + b"s" * depth + b".")),
+        ("expand", "LimitExceeded",
+         f"torch.zeros(1, dtype=torch.uint8).expand({expanded}, {expanded}): {expanded ** 2:,} bytes from a byte",
+         torch_save(b"\x80\x02" + rebuild_tensor("Byte", "0", 1, 0, [expanded, expanded], [0, 0]) + b".",
+                    [("0", b"\0")])),
+        ("overlapping_views", "LimitExceeded",
+         f"{views} views of one {mib(storage_bytes)} storage, each at another offset",
+         torch_save(b"\x80\x02](" + b"".join(rebuild_tensor("Byte", "0", storage_bytes, i, [storage_bytes - views], [1])
+                                             for i in range(views)) + b"e.",
+                    [("0", bytes(storage_bytes))])),
+        ("overlapping_entries", "InvalidCheckpoint",
+         f"4 zip entries each holding the next: one {mib(storage_bytes // 16)} stretch backs 4 storages",
+         overlapping_entries(storage_bytes // 16)),
+    ]
+
+
+for name, code, why, content in amplifying(1 << 20, 300_000, 200, 1 << 20, 64):
+    checkpoint({"repeated_key": "repeated_key_1mib", "nested_key": "nested_key_1mib",
+                "expand": "expand_2p40"}.get(name, name), code, why, content)
+
+
+def write_fuzz_seeds(out):
+    """Smaller copies of the hostile checkpoints, within fuzz_checkpoint's -max_len."""
+    os.makedirs(out, exist_ok=True)
+    for name, _, _, content in amplifying(4 << 10, 4000, 16, 16 << 10, 16) + CHECKPOINTS[:1]:
+        with open(os.path.join(out, "hostile-" + name + ".pt"), "wb") as f:
+            f.write(content)
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if len(sys.argv) > 2 and sys.argv[1] == "--fuzz-seeds":
+        return write_fuzz_seeds(sys.argv[2])
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "test", "data", "hostile")
     os.makedirs(out, exist_ok=True)
     names = set()
@@ -242,7 +418,16 @@ def main():
         lines.append(f"{name}.safetensors\t{code}\t{why}")
     with open(os.path.join(out, "expected.tsv"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"{len(CASES)} files in {out}")
+    lines = ["# file\tcode or accepted\twhat it does (written by tools/make_hostile_corpus.py)"]
+    for name, expected, why, content in CHECKPOINTS:
+        assert name not in names, name
+        names.add(name)
+        with open(os.path.join(out, name + ".pt"), "wb") as f:
+            f.write(content)
+        lines.append(f"{name}.pt\t{expected}\t{why}")
+    with open(os.path.join(out, "checkpoints.tsv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"{len(CASES)} files and {len(CHECKPOINTS)} checkpoints in {out}")
 
 
 if __name__ == "__main__":

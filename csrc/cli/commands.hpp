@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "safetensors/header.hpp"
+#include "safetensors/source.hpp"
 
 namespace safetensors::cli {
 
@@ -30,6 +31,7 @@ int verify(const std::vector<std::string>& paths);
 struct ConvertArgs {
   std::vector<std::string> key;             ///< the sub-dict to convert ("model")
   std::optional<std::uint64_t> shard_size;  ///< write a sharded folder
+  Backend backend = Backend::Mmap;          ///< how IN is read
 };
 
 /// Rewrites `in` (safetensors, torch.save or torch::save, detected by content)
@@ -40,7 +42,7 @@ int convert(const std::string& in, const std::string& out, const Metadata& overr
 /// Compares two checkpoints tensor by tensor: kExitOk when equal,
 /// kExitDifferent when not, kExitTrouble when either cannot be compared.
 int diff(const std::string& a, const std::string& b, const std::vector<std::string>& key_a,
-         const std::vector<std::string>& key_b);
+         const std::vector<std::string>& key_b, Backend backend = Backend::Mmap);
 
 /// `s` with control characters escaped as \xNN: names and paths come from
 /// untrusted files and must not break the one-line-per-file output or reach

@@ -137,6 +137,7 @@ int migrate(const std::string& in, const std::string& out, const Metadata& overr
     summary = convert_checkpoint(in, out,
                                  ConvertOptions()
                                      .key(args.key)
+                                     .backend(args.backend)
                                      .metadata(overrides)
                                      .max_shard_size(args.shard_size)
                                      .progress(progress.callback()));
@@ -146,11 +147,11 @@ int migrate(const std::string& in, const std::string& out, const Metadata& overr
 }
 
 // A safetensors file rewritten through the library.
-int rewrite(const std::string& in, const std::string& out, const Metadata& overrides) {
-  // Streamed from the private mapping (no copy of the file in memory); OUT may
-  // even replace IN, since the new file is renamed over it and the mapping
-  // keeps the old one.
-  SafeOpen file(in, LoadOptions().unsupported_as_bytes(true));
+int rewrite(const std::string& in, const std::string& out, const Metadata& overrides, Backend backend) {
+  // Streamed from the private mapping (no copy of the file in memory), or
+  // read into memory with the pread backend; OUT may even replace IN, since
+  // the new file is renamed over it and the mapping keeps the old one.
+  SafeOpen file(in, LoadOptions().unsupported_as_bytes(true).backend(backend));
   std::size_t count = 0;
   {
     ProgressLine progress;  // ended before the summary is printed
@@ -167,9 +168,9 @@ int rewrite(const std::string& in, const std::string& out, const Metadata& overr
 
 int convert(const std::string& in, const std::string& out, const Metadata& overrides, const ConvertArgs& args) {
   try {
-    if (!args.key.empty() || args.shard_size || detect_format(in) != CheckpointFormat::Safetensors)
+    if (!args.key.empty() || args.shard_size || detect_format(in, args.backend) != CheckpointFormat::Safetensors)
       return migrate(in, out, overrides, args);
-    return rewrite(in, out, overrides);
+    return rewrite(in, out, overrides, args.backend);
   } catch (...) {
     std::cerr << error_line(in) << '\n';
     return kExitInvalid;

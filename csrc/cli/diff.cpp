@@ -10,10 +10,11 @@
 namespace safetensors::cli {
 
 int diff(const std::string& a, const std::string& b, const std::vector<std::string>& key_a,
-         const std::vector<std::string>& key_b) {
+         const std::vector<std::string>& key_b, Backend backend) {
   DiffReport report;
   try {
-    report = diff_checkpoints(a, b, CheckpointOptions().key(key_a), CheckpointOptions().key(key_b));
+    report = diff_checkpoints(a, b, CheckpointOptions().key(key_a).backend(backend),
+                              CheckpointOptions().key(key_b).backend(backend));
   } catch (...) {
     std::cerr << error_line(a) << '\n';
     return kExitTrouble;

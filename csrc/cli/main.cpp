@@ -34,15 +34,34 @@ safetensors::Metadata parse_metadata(const std::vector<std::string>& args) {
   return metadata;
 }
 
-// "model.encoder" -> {"model", "encoder"}; "" -> {}.
+// CLI11 check for --key: a backslash escapes a dot or a backslash only.
+std::string check_key_path(const std::string& key) {
+  for (std::size_t i = 0; i < key.size(); ++i)
+    if (key[i] == '\\' && (++i == key.size() || (key[i] != '.' && key[i] != '\\')))
+      return "in '" + key + "', a backslash must be followed by '.' or '\\'";
+  return "";
+}
+
+// "model.encoder" -> {"model", "encoder"}; "model\.v2.encoder" -> {"model.v2",
+// "encoder"} (a key that holds a dot); "" -> {}. Checked by check_key_path.
 std::vector<std::string> split_key(const std::string& key) {
   std::vector<std::string> parts;
   if (key.empty()) return parts;
-  std::size_t start = 0;
-  for (std::size_t dot; (dot = key.find('.', start)) != std::string::npos; start = dot + 1)
-    parts.push_back(key.substr(start, dot - start));
-  parts.push_back(key.substr(start));
+  parts.emplace_back();
+  for (std::size_t i = 0; i < key.size(); ++i) {
+    if (key[i] == '\\') {
+      parts.back() += key[++i];
+    } else if (key[i] == '.') {
+      parts.emplace_back();
+    } else {
+      parts.back() += key[i];
+    }
+  }
   return parts;
+}
+
+safetensors::Backend backend_named(const std::string& name) {
+  return name == "pread" ? safetensors::Backend::Pread : safetensors::Backend::Mmap;
 }
 
 // --help and --version succeed; every other parse error is a usage error. CLI11's
@@ -83,19 +102,30 @@ int main(int argc, char** argv) {
       ->check(check_key_value);
   std::string convert_key;
   std::optional<std::uint64_t> shard_size;
-  convert->add_option("--key", convert_key, "Convert only this sub-dict of a checkpoint (dotted path)")
-      ->type_name("PATH");
+  const std::string key_help = " (dotted path; write a dot inside a key as \\.)";
+  convert->add_option("--key", convert_key, "Convert only this sub-dict of a checkpoint" + key_help)
+      ->type_name("PATH")
+      ->check(check_key_path);
   convert->add_option("--shard-size", shard_size, "Write OUT as a folder of shards of at most BYTES each")
       ->type_name("BYTES")
       ->check(CLI::PositiveNumber);
+  std::string backend = "mmap";
+  const std::string backend_help =
+      "How inputs are read: mmap (zero-copy mapping) or pread (positional reads into memory, no mapping)";
+  convert->add_option("--backend", backend, backend_help)->check(CLI::IsMember({"mmap", "pread"}));
 
   std::string diff_a, diff_b, key_a, key_b;
   CLI::App* diff = app.add_subcommand(
       "diff", "Compare two checkpoints tensor by tensor (exit 0 equal, 1 different, 2 trouble)");
   diff->add_option("A", diff_a, "A checkpoint of any supported format")->required();
   diff->add_option("B", diff_b, "A checkpoint of any supported format")->required();
-  diff->add_option("--key-a", key_a, "Compare only this sub-dict of A (dotted path)")->type_name("PATH");
-  diff->add_option("--key-b", key_b, "Compare only this sub-dict of B (dotted path)")->type_name("PATH");
+  diff->add_option("--key-a", key_a, "Compare only this sub-dict of A" + key_help)
+      ->type_name("PATH")
+      ->check(check_key_path);
+  diff->add_option("--key-b", key_b, "Compare only this sub-dict of B" + key_help)
+      ->type_name("PATH")
+      ->check(check_key_path);
+  diff->add_option("--backend", backend, backend_help)->check(CLI::IsMember({"mmap", "pread"}));
 
   try {
     app.parse(argc, argv);
@@ -106,8 +136,9 @@ int main(int argc, char** argv) {
   try {
     if (*inspect) return cli::inspect(inspect_path, json);
     if (*verify) return cli::verify(verify_paths);
-    if (*diff) return cli::diff(diff_a, diff_b, split_key(key_a), split_key(key_b));
-    return cli::convert(in, out, parse_metadata(metadata_args), {split_key(convert_key), shard_size});
+    if (*diff) return cli::diff(diff_a, diff_b, split_key(key_a), split_key(key_b), backend_named(backend));
+    return cli::convert(in, out, parse_metadata(metadata_args),
+                        {split_key(convert_key), shard_size, backend_named(backend)});
   } catch (const std::exception& e) {
     // The commands report their own failures; this is a last resort.
     std::cerr << "safetensors-torch: error: " << cli::printable(e.what()) << '\n';

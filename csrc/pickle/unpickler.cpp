@@ -1,9 +1,9 @@
 #include "unpickler.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstring>
-#include <unordered_map>
 
 #include "../checked.hpp"
 #include "safetensors/error.hpp"
@@ -12,10 +12,16 @@
 namespace safetensors::pickle {
 namespace {
 
-/// Most values one pickle may create. A state dict needs about ten per tensor;
-/// the bound keeps a pickle of a billion one-byte EMPTY_LIST opcodes from
-/// turning into a billion heap objects.
-constexpr std::size_t kMaxValues = 20'000'000;
+// The first window read of a pickle from a source without a mapping; doubled
+// until the pickle fits.
+constexpr std::uint64_t kFirstWindow = 64 << 10;
+
+// A pickle that ended before its STOP: read from a window of a source, it may
+// fit a larger one.
+class Truncated : public Error {
+ public:
+  using Error::Error;
+};
 
 struct StorageType {
   const char* name;
@@ -35,7 +41,7 @@ constexpr StorageType kStorageTypes[] = {
 
 // Storage classes torch has but the safetensors format has no dtype for.
 constexpr const char* kStorageTypesWithoutDtype[] = {
-    "ComplexDoubleStorage", "QInt8Storage", "QUInt8Storage", "QInt32Storage",
+    "ComplexDoubleStorage", "ComplexHalfStorage", "QInt8Storage", "QUInt8Storage", "QInt32Storage",
     "QUInt4x2Storage", "QUInt2x4Storage",
 };
 
@@ -50,21 +56,60 @@ struct Opcode {
 
 class Machine {
  public:
-  Machine(std::string_view data, std::size_t offset, const std::string& file)
-      : data_(data), pos_(offset), file_(file) {}
+  // `data[offset]` starts the pickle; `base` is where `data` lies in the file
+  // (for messages); `available` is how many bytes of the file follow the
+  // pickle's start, on which the memory budget is based.
+  Machine(std::string_view data, std::size_t offset, const std::string& file, std::uint64_t available,
+          std::uint64_t base = 0)
+      : data_(data), pos_(offset), base_(base), file_(file),
+        budget_(kValueBytesFloor + kValueBytesPerPickleByte * available) {}
 
   Pickle run(std::size_t& offset);
 
  private:
   static const std::array<const Opcode*, 256>& dispatch_table();
 
+  std::string message(const std::string& detail) const {
+    return "pickle: " + detail + " (at byte " + std::to_string(base_ + op_pos_) + ")";
+  }
   [[noreturn]] void fail(const std::string& detail, ErrorCode code = ErrorCode::InvalidCheckpoint) const {
-    throw Error(code, file_, "", "pickle: " + detail + " (at byte " + std::to_string(op_pos_) + ")");
+    throw Error(code, file_, "", message(detail));
+  }
+  [[noreturn]] void truncated(const std::string& detail) const {
+    throw Truncated(ErrorCode::InvalidCheckpoint, file_, "", message("truncated: " + detail));
+  }
+
+  // --- memory: every value, string, container slot and memo slot is charged ---
+  void charge(std::uint64_t bytes) {
+    if (bytes > budget_ - used_)
+      fail("its values need more than " + std::to_string(budget_) + " bytes of memory (" +
+               std::to_string(kValueBytesPerPickleByte) + " per byte of input from the pickle on, plus " +
+               std::to_string(kValueBytesFloor >> 20) + " MiB)",
+           ErrorCode::LimitExceeded);
+    used_ += bytes;
+  }
+  // Appends to a vector, charging the memory its growth takes.
+  template <class T, class... Args>
+  void grow(std::vector<T>& v, Args&&... args) {
+    const std::size_t before = v.capacity();
+    if (v.size() == before) charge(sizeof(T) * std::max<std::size_t>(before, 1));
+    v.emplace_back(std::forward<Args>(args)...);
+  }
+  template <class T>
+  void grow_by(std::vector<T>& v, typename std::vector<T>::const_iterator first,
+               typename std::vector<T>::const_iterator last) {
+    const std::size_t n = static_cast<std::size_t>(last - first);
+    if (v.size() + n > v.capacity()) {
+      const std::size_t capacity = std::max(v.size() + n, 2 * v.capacity());
+      charge(sizeof(T) * (capacity - v.capacity()));
+      v.reserve(capacity);
+    }
+    v.insert(v.end(), first, last);
   }
 
   // --- reading the stream ---
   std::string_view take(std::uint64_t n) {
-    if (n > data_.size() - pos_) fail("truncated: needs " + std::to_string(n) + " more bytes");
+    if (n > data_.size() - pos_) truncated("needs " + std::to_string(n) + " more bytes");
     std::string_view out = data_.substr(pos_, n);
     pos_ += n;
     return out;
@@ -77,7 +122,7 @@ class Machine {
   }
   std::string_view read_line() {
     const std::size_t end = data_.find('\n', pos_);
-    if (end == std::string_view::npos) fail("truncated: unterminated line");
+    if (end == std::string_view::npos) truncated("unterminated line");
     std::string_view line = data_.substr(pos_, end - pos_);
     pos_ = end + 1;
     return line;
@@ -85,13 +130,18 @@ class Machine {
 
   // --- values and the stack ---
   Value* make(Value::Kind kind) {
-    if (pickle_.arena.size() >= kMaxValues)
-      fail("more than " + std::to_string(kMaxValues) + " values", ErrorCode::LimitExceeded);
-    pickle_.arena.push_back(std::make_unique<Value>());
-    pickle_.arena.back()->kind = kind;
-    return pickle_.arena.back().get();
+    charge(sizeof(Value));
+    Value& v = pickle_.arena.emplace_back();
+    v.kind = kind;
+    return &v;
   }
-  void push(Value* v) { stack_.push_back(v); }
+  // Immutable values a pickle repeats (None, booleans, small ints, the empty
+  // tuple) are made once.
+  Value* shared(Value*& slot, Value::Kind kind) {
+    if (!slot) slot = make(kind);
+    return slot;
+  }
+  void push(Value* v) { grow(stack_, v); }
   Value* pop() {
     if (stack_.size() <= stack_floor()) fail("stack underflow");
     Value* v = stack_.back();
@@ -105,8 +155,10 @@ class Machine {
   std::size_t stack_floor() const { return marks_.empty() ? 0 : marks_.back(); }
   std::vector<Value*> pop_mark() {
     if (marks_.empty()) fail("no MARK to pop to");
-    std::vector<Value*> items(stack_.begin() + static_cast<std::ptrdiff_t>(marks_.back()), stack_.end());
-    stack_.resize(marks_.back());
+    const auto first = stack_.begin() + static_cast<std::ptrdiff_t>(marks_.back());
+    std::vector<Value*> items;
+    grow_by(items, first, stack_.cend());
+    stack_.erase(first, stack_.end());
     marks_.pop_back();
     return items;
   }
@@ -120,38 +172,76 @@ class Machine {
     return static_cast<std::uint64_t>(v->integer);
   }
 
-  void push_int(std::int64_t v) { Value* x = make(Value::Kind::Int); x->integer = v; push(x); }
+  void push_int(std::int64_t v) {
+    if (v >= 0 && v < static_cast<std::int64_t>(small_ints_.size())) {
+      Value*& slot = small_ints_[static_cast<std::size_t>(v)];
+      if (!slot) shared(slot, Value::Kind::Int)->integer = v;
+      return push(slot);
+    }
+    Value* x = make(Value::Kind::Int);
+    x->integer = v;
+    push(x);
+  }
   void push_text(Value::Kind kind, std::string_view s);
   void push_tuple(std::vector<Value*> items) {
+    if (items.empty()) return push(shared(empty_tuple_, Value::Kind::Tuple));
     Value* t = make(Value::Kind::Tuple);
     t->items = std::move(items);
     push(t);
   }
-  void memo_put(std::uint64_t index) { memo_[index] = top(); }
+  // The memo is indexed densely, as every pickler numbers it; its slots are
+  // charged like values, so a hostile index cannot claim unbounded memory.
+  void memo_put(std::uint64_t index) {
+    Value* v = top();
+    if (index >= memo_.size()) {
+      if (index >= budget_ / sizeof(Value*))
+        fail("memo index " + std::to_string(index) + " is out of reach", ErrorCode::LimitExceeded);
+      const std::size_t size = static_cast<std::size_t>(index) + 1;
+      if (size > memo_.capacity()) {
+        const std::size_t capacity = std::max(size, 2 * memo_.capacity());
+        charge(sizeof(Value*) * (capacity - memo_.capacity()));
+        memo_.reserve(capacity);
+      }
+      memo_.resize(size, nullptr);
+    }
+    Value*& slot = memo_[static_cast<std::size_t>(index)];
+    if (!slot) ++memo_count_;
+    slot = v;
+  }
   void memo_get(std::uint64_t index) {
-    auto it = memo_.find(index);
-    if (it == memo_.end()) fail("memo index " + std::to_string(index) + " was never stored");
-    push(it->second);
+    if (index >= memo_.size() || !memo_[static_cast<std::size_t>(index)])
+      fail("memo index " + std::to_string(index) + " was never stored");
+    push(memo_[static_cast<std::size_t>(index)]);
   }
 
   Value* resolve_global(std::string_view module, std::string_view name);
   Value* call(Value* callable, Value* args);
+  Value* object(const std::string& type, const Value* state) {
+    charge(type.size());
+    Value* o = make(Value::Kind::Object);
+    o->text = type;
+    o->state = state;
+    return o;
+  }
   Value* rebuild_tensor(const std::vector<Value*>& args);
   Value* persistent_load(Value* pid);
 
   // --- opcode handlers, in the order of the table ---
   void op_proto();
   void op_frame() {  // a size hint only; the opcodes inside are read as usual
-    if (read_uint(8) > data_.size() - pos_) fail("truncated: a frame runs past the end");
+    if (read_uint(8) > data_.size() - pos_) truncated("a frame runs past the end");
   }
   void op_stop() { stopped_ = true; }
-  void op_mark() { marks_.push_back(stack_.size()); }
+  void op_mark() { grow(marks_, stack_.size()); }
   void op_pop() { (void)pop(); }
   void op_pop_mark() { (void)pop_mark(); }
   void op_dup() { push(top()); }
-  void op_none() { push(make(Value::Kind::None)); }
-  void op_true() { Value* v = make(Value::Kind::Bool); v->boolean = true; push(v); }
-  void op_false() { push(make(Value::Kind::Bool)); }
+  void op_none() { push(shared(none_, Value::Kind::None)); }
+  void op_true() {
+    if (!true_) shared(true_, Value::Kind::Bool)->boolean = true;
+    push(true_);
+  }
+  void op_false() { push(shared(false_, Value::Kind::Bool)); }
   void op_binint() { push_int(static_cast<std::int32_t>(read_uint(4))); }
   void op_binint1() { push_int(static_cast<std::int64_t>(read_uint(1))); }
   void op_binint2() { push_int(static_cast<std::int64_t>(read_uint(2))); }
@@ -166,7 +256,7 @@ class Machine {
   void op_short_binbytes() { push_text(Value::Kind::Bytes, take(read_uint(1))); }
   void op_binbytes8() { push_text(Value::Kind::Bytes, take(read_uint(8))); }
   void op_empty_list() { push(make(Value::Kind::List)); }
-  void op_empty_tuple() { push_tuple({}); }
+  void op_empty_tuple() { push(shared(empty_tuple_, Value::Kind::Tuple)); }
   void op_empty_dict() { push(make(Value::Kind::Dict)); }
   void op_tuple() { push_tuple(pop_mark()); }
   void op_tuple1() { Value* a = pop(); push_tuple({a}); }
@@ -178,12 +268,13 @@ class Machine {
   void op_setitems();
   void op_binput() { memo_put(read_uint(1)); }
   void op_long_binput() { memo_put(read_uint(4)); }
-  void op_memoize() { memo_put(memo_.size()); }
+  void op_memoize() { memo_put(memo_count_); }
   void op_binget() { memo_get(read_uint(1)); }
   void op_long_binget() { memo_get(read_uint(4)); }
   void op_global();
   void op_stack_global();
   void op_reduce();
+  void op_newobj();
   void op_build();
   void op_binpersid() { Value* pid = pop(); push(persistent_load(pid)); }
 
@@ -192,17 +283,27 @@ class Machine {
   std::string_view data_;
   std::size_t pos_;
   std::size_t op_pos_ = 0;
+  std::uint64_t base_;
   const std::string& file_;
+  std::uint64_t budget_;
+  std::uint64_t used_ = 0;
   Pickle pickle_;
   std::vector<Value*> stack_;
   std::vector<std::size_t> marks_;
-  std::unordered_map<std::uint64_t, Value*> memo_;
+  std::vector<Value*> memo_;
+  std::uint64_t memo_count_ = 0;  // MEMOIZE numbers entries as Python does: by count
+  Value* none_ = nullptr;
+  Value* true_ = nullptr;
+  Value* false_ = nullptr;
+  Value* empty_tuple_ = nullptr;
+  std::array<Value*, 256> small_ints_{};
   bool stopped_ = false;
 };
 
 // Every opcode of pickle protocols 0 to 5. Those without a handler are refused
-// by name: a checkpoint never needs them, and several (INST, OBJ, NEWOBJ, EXT*)
-// exist to construct arbitrary objects.
+// by name: a checkpoint never needs them, and several (INST, OBJ, NEWOBJ_EX,
+// EXT*) exist to construct arbitrary objects. NEWOBJ is read for TorchScript
+// classes only, whose objects stay opaque records.
 const Opcode Machine::kOpcodes[] = {
     {0x80, "PROTO", &Machine::op_proto},
     {0x95, "FRAME", &Machine::op_frame},
@@ -247,6 +348,7 @@ const Opcode Machine::kOpcodes[] = {
     {'R', "REDUCE", &Machine::op_reduce},
     {'b', "BUILD", &Machine::op_build},
     {'Q', "BINPERSID", &Machine::op_binpersid},
+    {0x81, "NEWOBJ", &Machine::op_newobj},
     // Refused.
     {'I', "INT", nullptr},
     {'L', "LONG", nullptr},
@@ -262,7 +364,6 @@ const Opcode Machine::kOpcodes[] = {
     {'l', "LIST", nullptr},
     {'i', "INST", nullptr},
     {'o', "OBJ", nullptr},
-    {0x81, "NEWOBJ", nullptr},
     {0x92, "NEWOBJ_EX", nullptr},
     {0x82, "EXT1", nullptr},
     {0x83, "EXT2", nullptr},
@@ -331,6 +432,7 @@ void Machine::op_binfloat() {
 
 void Machine::push_text(Value::Kind kind, std::string_view s) {
   if (kind == Value::Kind::String && !is_valid_utf8(s)) fail("a string is not valid UTF-8");
+  charge(s.size());
   Value* v = make(kind);
   v->text = std::string(s);
   push(v);
@@ -338,30 +440,30 @@ void Machine::push_text(Value::Kind kind, std::string_view s) {
 
 void Machine::op_append() {
   Value* item = pop();
-  expect(top(), Value::Kind::List, "APPEND target")->items.push_back(item);
+  grow(expect(top(), Value::Kind::List, "APPEND target")->items, item);
 }
 
 void Machine::op_appends() {
-  std::vector<Value*> items = pop_mark();
-  Value* list = expect(top(), Value::Kind::List, "APPENDS target");
-  list->items.insert(list->items.end(), items.begin(), items.end());
+  const std::vector<Value*> items = pop_mark();
+  grow_by(expect(top(), Value::Kind::List, "APPENDS target")->items, items.cbegin(), items.cend());
 }
 
 void Machine::op_setitem() {
   Value* value = pop();
   Value* key = pop();
-  expect(top(), Value::Kind::Dict, "SETITEM target")->entries.emplace_back(key, value);
+  grow(expect(top(), Value::Kind::Dict, "SETITEM target")->entries, key, value);
 }
 
 void Machine::op_setitems() {
   std::vector<Value*> items = pop_mark();
   if (items.size() % 2) fail("SETITEMS with an odd number of values");
   Value* dict = expect(top(), Value::Kind::Dict, "SETITEMS target");
-  for (std::size_t i = 0; i < items.size(); i += 2) dict->entries.emplace_back(items[i], items[i + 1]);
+  for (std::size_t i = 0; i < items.size(); i += 2) grow(dict->entries, items[i], items[i + 1]);
 }
 
 Value* Machine::resolve_global(std::string_view module, std::string_view name) {
   const std::string full = std::string(module) + "." + std::string(name);
+  charge(full.size());
   Value* g = make(Value::Kind::Global);
   g->text = full;
   if (full == "collections.OrderedDict") {
@@ -371,18 +473,32 @@ Value* Machine::resolve_global(std::string_view module, std::string_view name) {
   } else if (full == "torch._utils._rebuild_parameter" ||
              full == "torch._utils._rebuild_parameter_with_state") {
     g->callable = Callable::RebuildParameter;
-  } else if (module == "torch") {
-    for (const StorageType& s : kStorageTypes)
-      if (name == s.name) {
-        g->callable = Callable::StorageType;
-        g->storage_dtype = s.dtype;
-        return g;
-      }
-    for (const char* s : kStorageTypesWithoutDtype)
-      if (name == s) fail("torch." + std::string(name) + " has no safetensors dtype", ErrorCode::UnsupportedDtype);
-    fail("global '" + full + "' is not allowed: a checkpoint may only refer to tensors, storages and OrderedDict; nothing is imported or run");
+  } else if (module == "__torch__" || module.substr(0, 10) == "__torch__.") {
+    // The classes of a TorchScript archive (its modules, and its enums made by
+    // REDUCE): their code is in the archive, and it is never compiled or run.
+    g->callable = Callable::TorchScriptClass;
+  } else if (full == "torch.jit._pickle.build_intlist" || full == "torch.jit._pickle.build_doublelist" ||
+             full == "torch.jit._pickle.build_boollist" || full == "torch.jit._pickle.build_tensorlist") {
+    g->callable = Callable::BuildList;
+  } else if (full == "torch.jit._pickle.restore_type_tag") {
+    g->callable = Callable::RestoreTypeTag;
+  } else if (full == "torch.device") {
+    g->callable = Callable::Device;
+  } else if (full == "builtins.complex") {
+    g->callable = Callable::Complex;
   } else {
-    fail("global '" + full + "' is not allowed: a checkpoint may only refer to tensors, storages and OrderedDict; nothing is imported or run");
+    if (module == "torch") {
+      for (const StorageType& s : kStorageTypes)
+        if (name == s.name) {
+          g->callable = Callable::StorageType;
+          g->storage_dtype = s.dtype;
+          return g;
+        }
+      for (const char* s : kStorageTypesWithoutDtype)
+        if (name == s) fail("torch." + std::string(name) + " has no safetensors dtype", ErrorCode::UnsupportedDtype);
+    }
+    fail("global '" + full + "' is not allowed: a checkpoint may only refer to tensors, storages, OrderedDict "
+         "and TorchScript's classes and containers; nothing is imported or run");
   }
   return g;
 }
@@ -400,9 +516,25 @@ void Machine::op_stack_global() {
 }
 
 void Machine::op_reduce() {
-  Value* args = expect(pop(), Value::Kind::Tuple, "REDUCE arguments");
+  Value* args = pop();
   Value* callable = expect(pop(), Value::Kind::Global, "REDUCE callable");
+  // A TorchScript enum is its class applied to its value, given bare.
+  if (callable->callable == Callable::TorchScriptClass) return push(object(callable->text, args));
+  expect(args, Value::Kind::Tuple, "REDUCE arguments");
   push(call(callable, args));
+}
+
+// cls.__new__(cls, *args) for a TorchScript class: an object without state,
+// which BUILD gives its attributes (or what its __getstate__ returned). Its
+// __setstate__ is never run.
+void Machine::op_newobj() {
+  Value* args = expect(pop(), Value::Kind::Tuple, "NEWOBJ arguments");
+  Value* cls = expect(pop(), Value::Kind::Global, "NEWOBJ class");
+  if (cls->callable != Callable::TorchScriptClass)
+    fail("opcode NEWOBJ is not allowed in a checkpoint but for TorchScript classes (__torch__.*), not for '" +
+         cls->text + "'");
+  if (!args->items.empty()) fail("NEWOBJ of '" + cls->text + "' with arguments");
+  push(object(cls->text, nullptr));
 }
 
 Value* Machine::call(Value* callable, Value* args) {
@@ -422,7 +554,25 @@ Value* Machine::call(Value* callable, Value* args) {
       expect(a[0], Value::Kind::Tensor, "_rebuild_parameter data");
       a[0]->tensor->requires_grad = expect(a[1], Value::Kind::Bool, "requires_grad")->boolean;
       return a[0];
+    case Callable::BuildList:
+      if (a.size() != 1 || a[0]->kind != Value::Kind::List) fail("'" + callable->text + "' expects one list");
+      return a[0];
+    case Callable::RestoreTypeTag:
+      if (a.size() != 2 || (a[0]->kind != Value::Kind::List && a[0]->kind != Value::Kind::Dict) ||
+          a[1]->kind != Value::Kind::String)
+        fail("'" + callable->text + "' expects a list or dict and its type");
+      return a[0];
+    case Callable::Device:
+      if (a.empty() || a.size() > 2 || a[0]->kind != Value::Kind::String ||
+          (a.size() == 2 && a[1]->kind != Value::Kind::Int))
+        fail("torch.device expects a device name and an optional index");
+      return object(callable->text, args);
+    case Callable::Complex:
+      if (a.size() != 2 || a[0]->kind != Value::Kind::Float || a[1]->kind != Value::Kind::Float)
+        fail("builtins.complex expects two floats");
+      return object(callable->text, args);
     case Callable::StorageType:
+    case Callable::TorchScriptClass:
       break;
   }
   fail("'" + callable->text + "' cannot be called");
@@ -440,6 +590,7 @@ Value* Machine::persistent_load(Value* pid) {
          "the file with a newer torch");
   Value* type = expect(f[1], Value::Kind::Global, "storage type");
   if (type->callable != Callable::StorageType) fail("'" + type->text + "' is not a storage type");
+  charge(sizeof(StorageRef) + f[2]->text.size() + f[3]->text.size());
   auto storage = std::make_unique<StorageRef>();
   storage->dtype = type->storage_dtype;
   storage->key = expect(f[2], Value::Kind::String, "storage key")->text;
@@ -458,13 +609,14 @@ Value* Machine::persistent_load(Value* pid) {
 Value* Machine::rebuild_tensor(const std::vector<Value*>& a) {
   if (a.size() != 6 && a.size() != 7) fail("_rebuild_tensor_v2 with " + std::to_string(a.size()) + " arguments");
   auto t = std::make_unique<TensorRef>();
-  t->storage = *expect(a[0], Value::Kind::Storage, "tensor storage")->storage;
+  t->storage = expect(a[0], Value::Kind::Storage, "tensor storage")->storage.get();
   t->offset = non_negative(a[1], "storage offset");
   const auto& size = expect(a[2], Value::Kind::Tuple, "tensor size")->items;
   const auto& stride = expect(a[3], Value::Kind::Tuple, "tensor stride")->items;
   if (size.size() != stride.size()) fail("tensor size and stride differ in rank");
   if (size.size() > kMaxRank)
     fail("tensor of rank " + std::to_string(size.size()) + " (at most " + std::to_string(kMaxRank) + ")", ErrorCode::LimitExceeded);
+  charge(sizeof(TensorRef) + 2 * sizeof(std::uint64_t) * size.size());
   for (std::size_t i = 0; i < size.size(); ++i) {
     t->size.push_back(non_negative(size[i], "tensor size"));
     t->stride.push_back(non_negative(stride[i], "tensor stride"));
@@ -483,9 +635,9 @@ Value* Machine::rebuild_tensor(const std::vector<Value*>& a) {
       if (__builtin_mul_overflow(t->size[i] - 1, t->stride[i], &step) || __builtin_add_overflow(last, step, &last))
         fail("tensor extent overflows", ErrorCode::ValidationOverflow);
     }
-    if (last >= t->storage.numel)
+    if (last >= t->storage->numel)
       fail("tensor view (offset " + std::to_string(t->offset) + ", last element " + std::to_string(last) +
-               ") lies outside its storage '" + t->storage.key + "' of " + std::to_string(t->storage.numel) + " elements",
+               ") lies outside its storage '" + t->storage->key + "' of " + std::to_string(t->storage->numel) + " elements",
            ErrorCode::TensorInvalidInfo);
   }
   Value* v = make(Value::Kind::Tensor);
@@ -499,6 +651,11 @@ void Machine::op_build() {
   // OrderedDict state dicts carry their `_metadata` (module versions) as
   // instance state; it is a dict and is accepted without being applied.
   if (target->kind == Value::Kind::Dict && target->ordered && state->kind == Value::Kind::Dict) return;
+  // A TorchScript object keeps its state as data.
+  if (target->kind == Value::Kind::Object && !target->state) {
+    target->state = state;
+    return;
+  }
   fail("BUILD of " + describe(*target) + " with " + describe(*state));
 }
 
@@ -523,13 +680,14 @@ std::string describe(const Value& v) {
     case Value::Kind::Global: return "global " + v.text;
     case Value::Kind::Storage: return "storage '" + v.storage->key + "'";
     case Value::Kind::Tensor: return "tensor";
+    case Value::Kind::Object: return "object " + v.text;
   }
   return "value";
 }
 
 Pickle unpickle(std::string_view data, std::size_t& offset, const std::string& file) {
   if (offset > data.size()) throw Error(ErrorCode::InvalidCheckpoint, file, "", "pickle: offset past the end");
-  return Machine(data, offset, file).run(offset);
+  return Machine(data, offset, file, data.size() - offset).run(offset);
 }
 
 Pickle unpickle(std::string_view data, const std::string& file) {
@@ -539,6 +697,34 @@ Pickle unpickle(std::string_view data, const std::string& file) {
     throw Error(ErrorCode::InvalidCheckpoint, file, "",
                 "pickle: " + std::to_string(data.size() - offset) + " bytes after STOP");
   return p;
+}
+
+Pickle unpickle(const Source& source, std::uint64_t& offset) {
+  const std::string& file = source.path();
+  if (offset > source.size()) throw Error(ErrorCode::InvalidCheckpoint, file, "", "pickle: offset past the end");
+  const std::uint64_t available = source.size() - offset;
+  if (source.data()) {
+    const std::string_view whole(reinterpret_cast<const char*>(source.data()), static_cast<std::size_t>(source.size()));
+    std::size_t at = static_cast<std::size_t>(offset);
+    Pickle p = Machine(whole, at, file, available).run(at);
+    offset = at;
+    return p;
+  }
+  // Positional reads: a window from the pickle's start, doubled until the
+  // pickle ends inside it. Values copy what they keep, so each window is
+  // dropped once read.
+  for (std::uint64_t window = std::min(available, kFirstWindow);; window = std::min(available, 2 * window)) {
+    std::string bytes(static_cast<std::size_t>(window), '\0');
+    source.read(offset, bytes.data(), bytes.size());
+    std::size_t end = 0;
+    try {
+      Pickle p = Machine(bytes, 0, file, available, offset).run(end);
+      offset += end;
+      return p;
+    } catch (const Truncated&) {
+      if (window == available) throw;
+    }
+  }
 }
 
 }  // namespace safetensors::pickle

@@ -130,7 +130,13 @@ std::uint64_t data_offset(const Source& source, const ZipEntry& entry, std::uint
   return local + kLocalHeaderSize + name_length + extra_length;
 }
 
-ZipEntry read_entry(const Source& source, const Bytes& dir, std::uint64_t& at) {
+// The bytes an entry occupies: its local header, name, extra field and data.
+struct Extent {
+  std::uint64_t begin, end;
+  const std::string* name;
+};
+
+ZipEntry read_entry(const Source& source, const Bytes& dir, std::uint64_t& at, Extent& extent) {
   if (dir.u(at, 4) != kCentralSignature) fail(source, "central directory entry missing");
   const std::uint64_t flags = dir.u(at + 8, 2), method = dir.u(at + 10, 2);
   std::uint64_t compressed = dir.u(at + 20, 4), size = dir.u(at + 24, 4);
@@ -144,16 +150,34 @@ ZipEntry read_entry(const Source& source, const Bytes& dir, std::uint64_t& at) {
   at += kCentralHeaderSize + name_length + extra_length + comment_length;
 
   if (flags & kFlagEncrypted) fail(source, "entry '" + entry.name + "' is encrypted");
+  const std::uint64_t offset = data_offset(source, entry, local);
+  if (offset > source.size() || compressed > source.size() - offset)
+    fail(source, "entry '" + entry.name + "' runs past the end of the file");
+  extent = {local, offset + compressed, nullptr};
   if (method != kMethodStored) {
     entry.stored = false;
     return entry;
   }
   if (compressed != size) fail(source, "entry '" + entry.name + "' has inconsistent sizes");
-  entry.offset = data_offset(source, entry, local);
-  if (entry.offset > source.size() || size > source.size() - entry.offset)
-    fail(source, "entry '" + entry.name + "' runs past the end of the file");
+  entry.offset = offset;
   entry.size = size;
   return entry;
+}
+
+// Each byte of the file belongs to one entry at most, or to the central
+// directory: entries that share bytes would let one stretch of the file back
+// several storages.
+void check_disjoint(const Source& source, std::vector<Extent> extents, const Directory& directory) {
+  static const std::string kDirectory = "the central directory";
+  extents.push_back({directory.offset, directory.offset + directory.size, &kDirectory});
+  std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
+  const auto what = [](const Extent& e) { return e.name == &kDirectory ? kDirectory : "entry '" + *e.name + "'"; };
+  for (std::size_t i = 1; i < extents.size(); ++i)
+    if (extents[i].begin < extents[i - 1].end)
+      fail(source, what(extents[i - 1]) + " and " + what(extents[i]) + " share bytes " +
+                       std::to_string(extents[i].begin) + " to " +
+                       std::to_string(std::min(extents[i].end, extents[i - 1].end)) +
+                       ": each byte of an archive belongs to one entry");
 }
 
 }  // namespace
@@ -170,7 +194,10 @@ ZipArchive::ZipArchive(std::shared_ptr<Source> source) : source_(std::move(sourc
   const Bytes dir(*source_, directory.offset, directory.size, "central directory");
   std::uint64_t at = 0;
   entries_.reserve(directory.count);
-  for (std::uint64_t i = 0; i < directory.count; ++i) entries_.push_back(read_entry(*source_, dir, at));
+  std::vector<Extent> extents(directory.count);
+  for (std::uint64_t i = 0; i < directory.count; ++i) entries_.push_back(read_entry(*source_, dir, at, extents[i]));
+  for (std::uint64_t i = 0; i < directory.count; ++i) extents[i].name = &entries_[i].name;
+  check_disjoint(*source_, std::move(extents), directory);
   std::sort(entries_.begin(), entries_.end(),
             [](const ZipEntry& a, const ZipEntry& b) { return a.name < b.name; });
   for (std::size_t i = 1; i < entries_.size(); ++i)

@@ -1,6 +1,7 @@
 #pragma once
 // The zip container torch.save writes, read without trusting it: every entry's
-// name, size and position is checked against the file before anything is read.
+// name, size and position is checked against the file before anything is read,
+// and no two entries (nor an entry and the central directory) share a byte.
 // Torch-free.
 //
 // torch.save stores (never compresses) its entries, so an entry is a byte range

@@ -10,11 +10,12 @@
 //   safetensors::convert_checkpoint("ckpt.pt", "model.safetensors",
 //                                   safetensors::ConvertOptions().key({"model"}));
 //
-// Python pickles are interpreted by a restricted reader that knows only what a
+// Pickles are interpreted by a restricted reader that knows only what a
 // checkpoint holds (dicts, OrderedDicts, lists, tuples, strings, numbers,
 // booleans, None and tensors); any other Python object is refused with an error
-// naming it. C++ torch::save archives are the user's own files and are read
-// with LibTorch's reader.
+// naming it. TorchScript archives (C++ torch::save, Python torch.jit.save) are
+// read with the same reader: their modules are records of their attributes,
+// their code is never compiled or run.
 
 #include <cstdint>
 #include <functional>
@@ -28,6 +29,7 @@
 #include <torch/ordered_dict.h>
 
 #include "safetensors/header.hpp"
+#include "safetensors/source.hpp"
 
 namespace safetensors {
 
@@ -35,24 +37,48 @@ enum class CheckpointFormat {
   Safetensors,     ///< a safetensors file
   TorchZip,        ///< Python torch.save (1.6 and later): a zip with data.pkl
   TorchLegacy,     ///< Python torch.save before 1.6, or _use_new_zipfile_serialization=False
-  TorchArchive,    ///< C++ torch::save / torch::serialize::OutputArchive
+  /// A TorchScript archive: C++ torch::save / torch::serialize::OutputArchive,
+  /// Python torch.jit.save (a zip whose data.pkl pickles a `__torch__` module)
+  TorchArchive,
   Unknown,
 };
 
-/// "safetensors", "torch.save (zip)", ...
+/// "safetensors", "torch.save (zip)", "TorchScript archive", ...
 const char* to_string(CheckpointFormat format) noexcept;
 
-/// The format of a file, decided by its content, never its name. Throws Error(Io).
-CheckpointFormat detect_format(const std::string& path);
+/// The format of a file, decided by its content, never its name: Safetensors
+/// exactly when the safetensors parser accepts it. Throws Error(Io), and
+/// InvalidCheckpoint for a zip archive that is not a valid torch checkpoint.
+CheckpointFormat detect_format(const std::string& path, Backend backend = Backend::Mmap);
 
 /// Deepest nesting of containers read from a pickle; deeper is LimitExceeded.
 inline constexpr std::size_t kMaxCheckpointDepth = 256;
+/// Work that turning a pickle into names may do: the bytes of every dotted name
+/// it builds and of every entry it makes, at most this many per byte of the
+/// pickle plus kFlattenBytesFloor (torch.save checkpoints need 1 to 5,
+/// TorchScript modules up to 11, most of it for their `training` flags). It
+/// keeps a name repeated through the pickle's memo from multiplying into
+/// memory; beyond it, LimitExceeded.
+inline constexpr std::uint64_t kFlattenBytesPerPickleByte = 8;
+inline constexpr std::uint64_t kFlattenBytesFloor = 16 << 20;
+/// The tensors of a checkpoint, written out (every name, numel times element
+/// size), may hold at most this many times the file's bytes, plus
+/// kViewBytesFloor: a view of stride 0 (`expand`) or many overlapping views
+/// would otherwise make a small file write or compare terabytes. Beyond it,
+/// LimitExceeded naming the tensor.
+inline constexpr std::uint64_t kMaxViewExpansion = 8;
+inline constexpr std::uint64_t kViewBytesFloor = 1 << 20;
 
 struct CheckpointOptions {
   /// The path of the sub-dict to read, e.g. {"model"} for
-  /// `{"model": state_dict, "optimizer": ..., "epoch": 3}`. Empty: the whole
-  /// checkpoint, nested names joined with dots ("model.fc.weight").
+  /// `{"model": state_dict, "optimizer": ..., "epoch": 3}`, or of a submodule
+  /// of a TorchScript archive. Empty: the whole checkpoint, nested names
+  /// joined with dots ("model.fc.weight").
   TORCH_ARG(std::vector<std::string>, key) = {};
+  /// How the file is read. Mmap: tensors view the private mapping (zero-copy).
+  /// Pread: positional reads, no mapping; the tensors own copies of their
+  /// bytes, and only the storages the selected tensors use are read.
+  TORCH_ARG(Backend, backend) = Backend::Mmap;
 };
 
 /// An entry that is not a tensor (an epoch number, optimizer hyperparameters),
@@ -65,7 +91,11 @@ struct NonTensorEntry {
 struct Checkpoint {
   CheckpointFormat format = CheckpointFormat::Unknown;
   /// Every tensor by its (dotted) name, in the checkpoint's order. Tensors of a
-  /// torch.save file view its memory-mapped storages (no copy).
+  /// torch.save file view its memory-mapped storages (no copy) with the Mmap
+  /// backend. A tensor the pickle refers to twice is one tensor under both names.
+  /// For a TorchScript archive: every tensor attribute of its modules (their
+  /// parameters and buffers: the names of the module's state_dict); an object
+  /// with its own __getstate__ is named by the positions of the state it saved.
   torch::OrderedDict<std::string, at::Tensor> tensors;
   /// Names whose tensor is the same view of the same storage as an earlier one:
   /// `name -> kept name`. Saving keeps one copy and records these in the
@@ -81,12 +111,16 @@ struct Checkpoint {
 /// files included. Throws Error: TensorNotFound for a `key` that is not there,
 /// InvalidCheckpoint for a malformed archive or legacy storage table, an
 /// unrecognised or big-endian file, or a refused pickle (naming the opcode or global),
-/// TensorInvalidInfo for a tensor outside its storage, LimitExceeded,
-/// UnsupportedDtype.
+/// TensorInvalidInfo for a tensor outside its storage, LimitExceeded (depth,
+/// the memory bounds of the pickle and of its names, kMaxViewExpansion),
+/// UnsupportedDtype; for a file whose first 8 bytes are a plausible safetensors
+/// header length, the safetensors parser's own error.
 Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options = {});
 
 struct ConvertOptions {
   TORCH_ARG(std::vector<std::string>, key) = {};
+  /// How `in` is read (see CheckpointOptions::backend).
+  TORCH_ARG(Backend, backend) = Backend::Mmap;
   /// Extra metadata; "format": "pt" and the alias entries are always written.
   TORCH_ARG(Metadata, metadata) = {};
   /// When set, `out` is a folder that receives a sharded checkpoint

@@ -9,6 +9,11 @@ dotted names, written by the small stdlib writer below so that no safetensors
 package is needed) and NAME.expected.json (the non-tensor entries and aliases).
 It also writes hostile_reduce.pt, whose unpickling would run a shell command
 that creates OUTDIR/hostile_reduce_ran: the C++ reader must refuse it.
+
+TorchScript archives (torch.jit.save of a scripted and of a traced module)
+come with NAME.expected.safetensors holding the module's state_dict, and
+hostile_setstate.pt is a scripted module whose __setstate__ never returns:
+torch.jit.load hangs on it, the C++ reader must read it without running it.
 Run with Debian's python3-torch (1.13); the committed copies were made so.
 """
 import collections
@@ -16,6 +21,7 @@ import json
 import os
 import struct
 import sys
+from typing import Tuple
 
 import torch
 
@@ -84,6 +90,48 @@ class Net(torch.nn.Module):
         self.emb = torch.nn.Embedding(5, 2)
 
 
+class Scripted(torch.nn.Module):
+    """Submodules, a buffer, a container and non-tensor attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = Net()
+        self.seq = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
+        self.register_buffer("scale", torch.arange(3, dtype=torch.float64))
+        self.sizes = [1, 2, 3]
+        self.names = {"a": 1}
+
+    def forward(self, x, i):
+        return self.seq(self.body.bn(self.body.fc(x)) * self.scale.float()) + self.body.emb(i).sum()
+
+
+class SetstateLoops(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return x * self.w
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, bool]):
+        self.w = state[0]
+        self.training = state[1]
+        i = 0
+        while i >= 0:
+            i += 1
+
+
+def save_torchscript(outdir, name, module):
+    module.eval()
+    torch.jit.save(module, os.path.join(outdir, name + ".pt"))
+    write_safetensors(os.path.join(outdir, name + ".expected.safetensors"), module.state_dict())
+
+
 class Hostile:
     def __init__(self, marker):
         self.marker = marker
@@ -127,6 +175,14 @@ def main(outdir):
         save(outdir, f"legacy_protocol{protocol}", {"w": torch.randn(3, 2), "n": 5},
              _use_new_zipfile_serialization=False, pickle_protocol=protocol)
     save(outdir, "lone_tensor", torch.randn(2, 2))
+    save(outdir, "dotted_keys", {"model.v2": {"w": torch.randn(2)}, "epoch": 1})
+    # A legacy object pickle larger than the first window a positional read takes.
+    save(outdir, "legacy_many", {f"t{i}": torch.full((2,), i, dtype=torch.int16) for i in range(1500)},
+         _use_new_zipfile_serialization=False)
+    scripted = Scripted()
+    save_torchscript(outdir, "scripted", torch.jit.script(scripted))
+    save_torchscript(outdir, "traced", torch.jit.trace(scripted, (torch.randn(4, 4), torch.tensor([1, 2]))))
+    torch.jit.save(torch.jit.script(SetstateLoops()), os.path.join(outdir, "hostile_setstate.pt"))
     torch.save({"w": torch.zeros(1), "evil": Hostile(os.path.join(outdir, "hostile_reduce_ran"))},
                os.path.join(outdir, "hostile_reduce.pt"))
 

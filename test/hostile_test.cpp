@@ -126,25 +126,33 @@ ErrorCode code_named(const std::string& name) {
   throw std::runtime_error("unknown error code " + name);
 }
 
-TEST(HostileCorpus, EveryFileIsRefusedWithItsCode) {
-  std::ifstream tsv(kCorpus / "expected.tsv");
-  ASSERT_TRUE(tsv) << "missing " << kCorpus / "expected.tsv";
+// The rows (file, outcome) of a TSV of the corpus; every file of the corpus
+// with `extension` must be listed.
+std::vector<std::pair<std::string, std::string>> corpus_rows(const std::string& tsv_name,
+                                                             const std::string& extension) {
+  std::ifstream tsv(kCorpus / tsv_name);
+  EXPECT_TRUE(tsv) << "missing " << kCorpus / tsv_name;
+  std::vector<std::pair<std::string, std::string>> rows;
   std::set<std::string> listed;
-  std::string line;
-  while (std::getline(tsv, line)) {
+  for (std::string line; std::getline(tsv, line);) {
     if (line.empty() || line[0] == '#') continue;
     std::istringstream fields(line);
-    std::string file, code;
+    std::string file, outcome;
     std::getline(fields, file, '\t');
-    std::getline(fields, code, '\t');
+    std::getline(fields, outcome, '\t');
     listed.insert(file);
-    expect_every_reader_refuses((kCorpus / file).string(), code_named(code), 2.0);
+    rows.emplace_back(file, outcome);
   }
-  EXPECT_GT(listed.size(), 50u);
   for (const auto& entry : fs::directory_iterator(kCorpus))
-    if (entry.path().extension() == ".safetensors")
-      EXPECT_TRUE(listed.count(entry.path().filename().string()))
-          << entry.path() << " is not in expected.tsv";
+    if (entry.path().extension() == extension)
+      EXPECT_TRUE(listed.count(entry.path().filename().string())) << entry.path() << " is not in " << tsv_name;
+  return rows;
+}
+
+TEST(HostileCorpus, EveryFileIsRefusedWithItsCode) {
+  const auto rows = corpus_rows("expected.tsv", ".safetensors");
+  for (const auto& [file, code] : rows) expect_every_reader_refuses((kCorpus / file).string(), code_named(code), 2.0);
+  EXPECT_GT(rows.size(), 50u);
 }
 
 // ------------------------------------------------------- hostile checkpoints
@@ -174,25 +182,13 @@ void expect_every_migration(const std::string& path, std::optional<ErrorCode> ex
 }
 
 TEST(HostileCheckpoints, EveryCheckpointHasItsOutcome) {
-  std::ifstream tsv(kCorpus / "checkpoints.tsv");
-  ASSERT_TRUE(tsv) << "missing " << kCorpus / "checkpoints.tsv";
-  std::set<std::string> listed;
-  std::string line;
-  while (std::getline(tsv, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream fields(line);
-    std::string file, code;
-    std::getline(fields, file, '\t');
-    std::getline(fields, code, '\t');
-    listed.insert(file);
+  const auto rows = corpus_rows("checkpoints.tsv", ".pt");
+  for (const auto& [file, code] : rows) {
     SCOPED_TRACE(file);
     expect_every_migration((kCorpus / file).string(),
                            code == "accepted" ? std::nullopt : std::optional<ErrorCode>(code_named(code)), 2.0);
   }
-  EXPECT_GE(listed.size(), 6u);
-  for (const auto& entry : fs::directory_iterator(kCorpus))
-    if (entry.path().extension() == ".pt")
-      EXPECT_TRUE(listed.count(entry.path().filename().string())) << entry.path() << " is not in checkpoints.tsv";
+  EXPECT_GE(rows.size(), 6u);
 }
 
 // A torch.save-shaped archive of one pickle (and no storages), made here.

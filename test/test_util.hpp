@@ -219,6 +219,52 @@ inline std::optional<std::string> mount_small_filesystem(const std::string& fold
 
 }  // namespace detail
 
+namespace detail {
+
+inline void write_all(int fd, const std::string& text) {
+  for (std::size_t done = 0; done < text.size();) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+}
+
+// Everything until end of file; closes `fd`.
+inline std::string read_all(int fd) {
+  std::string text;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    text.append(buffer, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
+// Runs a child's checks; their failures, one per line.
+inline std::string run_checks(const std::string& folder, const std::function<void(SmallFilesystem&)>& body) {
+  SmallFilesystem checks(folder);
+  try {
+    body(checks);
+  } catch (const std::exception& e) {
+    checks.expect(false, std::string("threw: ") + e.what());
+  }
+  std::string report;
+  for (const std::string& failure : checks.failures()) report += failure + '\n';
+  return report;
+}
+
+// A child's failures (one per line) as failures of the calling test.
+inline void add_failures(const std::string& report) {
+  std::size_t start = 0;
+  for (std::size_t end; (end = report.find('\n', start)) != std::string::npos; start = end + 1)
+    ADD_FAILURE() << report.substr(start, end - start);
+}
+
+}  // namespace detail
+
 /// Runs `body` in a child process with a `bytes`-byte tmpfs mounted over
 /// `folder` (which must exist); the checks `body` records with
 /// SmallFilesystem::expect, an exception it throws, or a crash are failures of
@@ -240,30 +286,13 @@ inline std::optional<std::string> with_small_filesystem(const std::string& folde
       report = *why;
       code = 77;
     } else {
-      SmallFilesystem filesystem(folder);
-      try {
-        body(filesystem);
-      } catch (const std::exception& e) {
-        filesystem.expect(false, std::string("threw: ") + e.what());
-      }
-      for (const std::string& failure : filesystem.failures()) report += failure + '\n';
+      report = detail::run_checks(folder, body);
     }
-    for (std::size_t done = 0; done < report.size();) {
-      ssize_t n = ::write(fds[1], report.data() + done, report.size() - done);
-      if (n <= 0) break;
-      done += static_cast<std::size_t>(n);
-    }
+    detail::write_all(fds[1], report);
     ::_exit(code);
   }
   ::close(fds[1]);
-  std::string report;
-  char buffer[4096];
-  for (ssize_t n; (n = ::read(fds[0], buffer, sizeof buffer)) != 0;) {
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) break;
-    report.append(buffer, static_cast<std::size_t>(n));
-  }
-  ::close(fds[0]);
+  const std::string report = detail::read_all(fds[0]);
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
@@ -272,9 +301,7 @@ inline std::optional<std::string> with_small_filesystem(const std::string& folde
     return std::nullopt;
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 77) return report;
-  std::size_t start = 0;
-  for (std::size_t end; (end = report.find('\n', start)) != std::string::npos; start = end + 1)
-    ADD_FAILURE() << report.substr(start, end - start);
+  detail::add_failures(report);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child exit status " << status;
   return std::nullopt;
 }
@@ -375,36 +402,17 @@ inline std::optional<std::string> without_privileges(const std::function<void(Sm
       report = std::string("cannot give up root: ") + std::strerror(errno);
       code = 77;
     } else {
-      SmallFilesystem checks("");
-      try {
-        body(checks);
-      } catch (const std::exception& e) {
-        checks.expect(false, std::string("threw: ") + e.what());
-      }
-      for (const std::string& failure : checks.failures()) report += failure + '\n';
+      report = detail::run_checks("", body);
     }
-    for (std::size_t done = 0; done < report.size();) {
-      const ssize_t n = ::write(fds[1], report.data() + done, report.size() - done);
-      if (n <= 0) break;
-      done += static_cast<std::size_t>(n);
-    }
+    detail::write_all(fds[1], report);
     return code;
   });
   if (pid < 0) throw std::runtime_error("fork failed");
   ::close(fds[1]);
-  std::string report;
-  char buffer[4096];
-  for (ssize_t n; (n = ::read(fds[0], buffer, sizeof buffer)) != 0;) {
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) break;
-    report.append(buffer, static_cast<std::size_t>(n));
-  }
-  ::close(fds[0]);
+  const std::string report = detail::read_all(fds[0]);
   const int code = wait_child(pid);
   if (code == 77) return report;
-  std::size_t start = 0;
-  for (std::size_t end; (end = report.find('\n', start)) != std::string::npos; start = end + 1)
-    ADD_FAILURE() << report.substr(start, end - start);
+  detail::add_failures(report);
   EXPECT_EQ(code, 0) << "the child's exit code";
   return std::nullopt;
 }

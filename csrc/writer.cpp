@@ -347,7 +347,9 @@ AtomicFile::AtomicFile(std::string path, Options options)
     // No unnamed file here (some filesystems, no /proc): a hidden named one.
     for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
       temp_path_ = temp_name_for(path_);
-      fd_ = detail::create_locked(temp_path_, O_WRONLY, 0666);
+      // Replacing: private until fchmod below gives it the old file's bits,
+      // so others never read the new contents of a file they could not read.
+      fd_ = detail::create_locked(temp_path_, O_WRONLY, replaces ? 0600 : 0666);
       if (fd_ < 0 && errno != EEXIST) break;
     }
     if (fd_ < 0) {

@@ -420,6 +420,9 @@ ShardIndex parse_index(std::string_view json, const std::string& file) {
     std::string name = entry.value().get<std::string>();
     if (auto why = unsafe_shard_name(name))
       throw index_error(file, tensor, "shard name '" + name + "' " + *why);
+    // One spelling per file ("./model-1.safetensors" is "model-1.safetensors"),
+    // so that a save compares the files an index lists by name.
+    name = std::filesystem::path(name).lexically_normal().generic_string();
     index.weight_map.emplace(tensor, std::move(name));
   }
   if (doc.contains("metadata") && !doc["metadata"].is_null()) {
@@ -525,7 +528,7 @@ std::vector<std::string> ShardedOpen::keys() const {
   return out;
 }
 
-const SafeOpen& ShardedOpen::shard_of(const std::string& name) const {
+const SafeOpen& ShardedOpen::shard_of(const std::string& name) const& {
   const auto it = shard_of_.find(name);
   if (it == shard_of_.end())
     throw Error(ErrorCode::TensorNotFound, path_, name, "the checkpoint does not contain this tensor");

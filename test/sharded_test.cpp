@@ -164,6 +164,22 @@ TEST(ShardedOpen, OpensOnlyTheShardsTheIndexLists) {
   EXPECT_EQ(ShardedOpen(dir.path().string(), LoadOptions().unsupported_as_bytes(true)).shards().size(), 6u);
 }
 
+TEST(ShardedSave, AnIndexThatSpellsNamesWithADotSlashIsReplacedWhole) {
+  TempDir dir;
+  save_file({{"a", torch::full({20}, 1.0f)}}, dir.file("model-00001-of-00002.safetensors"));
+  save_file({{"b", torch::full({20}, 2.0f)}}, dir.file("model-00002-of-00002.safetensors"));
+  write_bytes(dir.file("model.safetensors.index.json"),
+              R"({"metadata": {}, "weight_map": {"a": "./model-00001-of-00002.safetensors",
+                                                 "b": "./model-00002-of-00002.safetensors"}})");
+  EXPECT_EQ(parse_index(read_bytes(dir.file("model.safetensors.index.json"))).weight_map.at("a"),
+            "model-00001-of-00002.safetensors");
+  save_sharded(NamedTensors().add("a", torch::full({20}, 3.0f)).add("b", torch::full({20}, 4.0f)),
+               dir.path().string(), std::nullopt, ShardedSaveOptions().max_shard_size(80).fsync(false));
+  ShardedOpen set(dir.path().string());
+  EXPECT_TRUE(torch::equal(set.get_tensor("a"), torch::full({20}, 3.0f)));
+  EXPECT_TRUE(torch::equal(set.get_tensor("b"), torch::full({20}, 4.0f)));
+}
+
 TEST(ShardIndex, RefusesShardNamesOutsideTheFolder) {
   for (const std::string bad : {"/etc/model.safetensors", "C:model.safetensors", "../model.safetensors",
                                 "a/../../model.safetensors", "model.bin", ".safetensors",

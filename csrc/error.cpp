@@ -85,7 +85,9 @@ std::string compose(ErrorCode code, const std::string& file, const std::string& 
   out.reserve(file.size() + tensor.size() + detail.size() + 48);
   if (!file.empty()) out += detail::escape_control(file) + ": ";
   if (!tensor.empty()) out += "tensor '" + detail::escape_control(tensor) + "': ";
-  out += detail::escape_control(detail, /*keep_newlines=*/true);
+  // Only a strict load's list of problems spans lines; it escapes the names it
+  // lists itself (LoadReport::describe), so no newline comes from a file.
+  out += detail::escape_control(detail, /*keep_newlines=*/code == ErrorCode::StateDictMismatch);
   out += " [";
   out += to_string(code);
   out += ']';

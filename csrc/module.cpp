@@ -361,16 +361,18 @@ bool is_complete(const at::Tensor& t) {
 }  // namespace
 
 std::string LoadReport::describe() const {
+  // Names come from files: one with a newline must not forge a line.
+  const auto name_of = [](const std::string& name) { return detail::escape_control(name); };
   std::ostringstream out;
-  for (const std::string& name : missing_keys) out << "missing: '" << name << "'\n";
+  for (const std::string& name : missing_keys) out << "missing: '" << name_of(name) << "'\n";
   for (const Unexpected& u : unexpected_keys) {
-    out << "unexpected: '" << u.file_name << "'";
-    if (u.module_name != u.file_name) out << " (renamed '" << u.module_name << "')";
+    out << "unexpected: '" << name_of(u.file_name) << "'";
+    if (u.module_name != u.file_name) out << " (renamed '" << name_of(u.module_name) << "')";
     out << "\n";
   }
   for (const Mismatch& m : mismatched) {
-    out << "mismatched: '" << m.file_name << "'";
-    if (m.module_name != m.file_name) out << " (renamed '" << m.module_name << "')";
+    out << "mismatched: '" << name_of(m.file_name) << "'";
+    if (m.module_name != m.file_name) out << " (renamed '" << name_of(m.module_name) << "')";
     out << ": the module has " << dtype_text(m.expected_dtype) << " " << shape_text(m.expected_shape)
         << ", the checkpoint " << dtype_name(m.found_dtype) << " " << shape_text(m.found_shape) << " ("
         << m.reason << ")\n";

@@ -355,8 +355,10 @@ TEST(Errors, MessageEscapesControlCharactersAndInvalidUtf8) {
   const Error e(ErrorCode::TensorInvalidInfo, "dir\n/f\x1b[2J.st", "w\xc2\x9b" "1m\x7f\x80\xc3\xbc",
                 "first line\nsecond \x1b line");
   EXPECT_EQ(std::string(e.what()),
-            "dir\\x0a/f\\x1b[2J.st: tensor 'w\\u009b1m\\x7f\\x80\xc3\xbc': first line\nsecond \\x1b line "
+            "dir\\x0a/f\\x1b[2J.st: tensor 'w\\u009b1m\\x7f\\x80\xc3\xbc': first line\\x0asecond \\x1b line "
             "[TensorInvalidInfo]");
+  // Only a strict load's list of problems keeps its lines.
+  EXPECT_EQ(std::string(Error(ErrorCode::StateDictMismatch, "", "", "a\nb").what()), "a\nb [StateDictMismatch]");
   EXPECT_EQ(e.file(), "dir\n/f\x1b[2J.st");  // the accessors are unescaped
   EXPECT_EQ(e.tensor(), "w\xc2\x9b" "1m\x7f\x80\xc3\xbc");
   EXPECT_EQ(e.detail(), "first line\nsecond \x1b line");

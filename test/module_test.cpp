@@ -218,6 +218,21 @@ TEST(StateDict, ZeroCopyModeMakesParametersViewsOfTheFileAndWritesStayPrivate) {
   EXPECT_TRUE(torch::equal(c->fc->weight, saved->fc->weight));
 }
 
+TEST(StateDict, AStrictLoadsListEscapesNamesFromTheFile) {
+  TempDir dir;
+  const std::string path = dir.file("forged.safetensors");
+  save_file({{"evil\nINFO all checks passed", torch::zeros({1})}}, path);
+  torch::nn::Module module;
+  try {
+    load_state_dict(module, path);
+    ADD_FAILURE() << "loaded";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(what.find("\nINFO"), std::string::npos) << what;
+    EXPECT_NE(what.find("unexpected: 'evil\\x0aINFO all checks passed'"), std::string::npos) << what;
+  }
+}
+
 TEST(StateDict, StrictLoadListsEveryProblemAtOnceAndChangesNothing) {
   TempDir dir;
   const std::string path = dir.file("m.safetensors");

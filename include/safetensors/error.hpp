@@ -57,9 +57,9 @@ class Error : public std::runtime_error {
   /// "FILE: tensor 'NAME': DETAIL [Code]", with every control character
   /// (C0, DEL, C1) and every byte that is not part of valid UTF-8 escaped as
   /// `\xNN` or `\u00NN`: names come from untrusted files and must not reach a
-  /// terminal or a log as escape sequences. Newlines that DETAIL itself holds
-  /// (a list of problems, one per line) are kept; in FILE and NAME they are
-  /// escaped too. file(), tensor() and detail() return the text unescaped.
+  /// terminal or a log as escape sequences. Newlines are escaped too, except
+  /// between the lines of a StateDictMismatch (one problem per line, each name
+  /// in it escaped). file(), tensor() and detail() return the text unescaped.
   Error(ErrorCode code, const std::string& file, const std::string& tensor,
         const std::string& detail);
 

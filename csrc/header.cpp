@@ -22,7 +22,7 @@ std::uint64_t TensorInfo::numel() const noexcept {
   return n;
 }
 
-const TensorInfo* Header::find(std::string_view name) const {
+const TensorInfo* Header::find(std::string_view name) const& {
   auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
                              [this](std::uint32_t i, std::string_view n) {
                                return std::string_view(tensors_[i].name) < n;

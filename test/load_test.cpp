@@ -411,6 +411,8 @@ static_assert(std::is_same_v<decltype(std::declval<SafeOpen>().path()), std::str
 static_assert(std::is_same_v<decltype(std::declval<TensorSlice>().info()), TensorInfo>);
 static_assert(std::is_same_v<decltype(std::declval<const TensorSlice&>().info()), const TensorInfo&>);
 static_assert(std::is_same_v<decltype(std::declval<ShardedOpen>().metadata()), Metadata>);
+static_assert(std::is_same_v<decltype(std::declval<SafeOpen>().header().tensors()), std::vector<TensorInfo>>);
+static_assert(std::is_same_v<decltype(std::declval<ShardedOpen>().shard_of(std::string())), SafeOpen>);
 
 TEST_F(Load, ReferencesFromATemporaryHandleStayValid) {
   const TensorInfo& info = SafeOpen(path_).info("a");
@@ -419,6 +421,9 @@ TEST_F(Load, ReferencesFromATemporaryHandleStayValid) {
   const std::string& path = SafeOpen(path_).path();
   const TensorInfo& slice_info = SafeOpen(path_).get_slice("b").info();
   const TensorInfo& sharded_info = ShardedOpen(path_).info("b");
+  const SafeOpen& shard = ShardedOpen(path_).shard_of("b");
+  std::size_t listed = 0;
+  for (const TensorInfo& t : SafeOpen(path_).header().tensors()) listed += t.name.size();
   // Allocations in between would reuse freed state (AddressSanitizer reports it).
   TensorDict other = load_file(path_, LoadOptions().copy(true));
   EXPECT_EQ(info.name, "a");
@@ -428,6 +433,8 @@ TEST_F(Load, ReferencesFromATemporaryHandleStayValid) {
   EXPECT_EQ(path, path_);
   EXPECT_EQ(slice_info.name, "b");
   EXPECT_EQ(sharded_info.nbytes(), 80u);
+  EXPECT_EQ(shard.path(), path_);
+  EXPECT_EQ(listed, 2u);
 }
 
 TEST(ReadInto, FillsExistingMemoryOrConvertsButNeverBroadcasts) {

@@ -53,11 +53,16 @@ struct TensorInfo {
 class Header {
  public:
   /// Tensors in file order (ascending data offset).
-  const std::vector<TensorInfo>& tensors() const noexcept { return tensors_; }
+  // On a temporary Header (SafeOpen(p).header()), tensors() and metadata()
+  // return copies and find() is not offered: they would point into it.
+  const std::vector<TensorInfo>& tensors() const& noexcept { return tensors_; }
+  std::vector<TensorInfo> tensors() const&& { return tensors_; }
   /// The tensor of that name, or nullptr.
-  const TensorInfo* find(std::string_view name) const;
+  const TensorInfo* find(std::string_view name) const&;
+  const TensorInfo* find(std::string_view name) const&& = delete;
   /// The metadata; empty when the file has none.
-  const Metadata& metadata() const noexcept { return metadata_; }
+  const Metadata& metadata() const& noexcept { return metadata_; }
+  Metadata metadata() const&& { return metadata_; }
   /// Whether the header had a `__metadata__` object (MLX writes `null`: false).
   bool has_metadata() const noexcept { return has_metadata_; }
   /// N, the JSON length (including any padding).

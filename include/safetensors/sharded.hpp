@@ -85,7 +85,10 @@ class ShardedOpen {
   const Metadata& metadata() const& noexcept { return metadata_; }
   Metadata metadata() const&& { return metadata_; }
   /// The shard holding a tensor. Throws TensorNotFound.
-  const SafeOpen& shard_of(const std::string& name) const;
+  const SafeOpen& shard_of(const std::string& name) const&;
+  SafeOpen shard_of(const std::string& name) const&& {  // a copy shares the open file
+    return static_cast<const ShardedOpen&>(*this).shard_of(name);
+  }
 
   /// Points into a shard's state; a copy on a temporary ShardedOpen (see SafeOpen).
   const TensorInfo& info(const std::string& name) const& { return shard_of(name).info(name); }

@@ -307,8 +307,8 @@ void SafeOpen::read_into(const std::vector<std::pair<std::string, at::Tensor>>& 
     }
     if (dst.requires_grad() && at::GradMode::is_enabled())
       throw Error(ErrorCode::InvalidArgument, s.source->path(), name,
-                  "cannot write in place into a tensor that requires grad while grad mode is on (torch's copy_ "
-                  "refuses it too); read under torch::NoGradGuard, as load_state_dict does");
+                  "cannot write in place into a tensor that requires grad while grad mode is on; "
+                  "read under torch::NoGradGuard, as load_state_dict does");
     into.push_back(Into{&dst, &info, std::move(v)});
   }
   // Destinations that overlap (a parameter tied under two names, a view of

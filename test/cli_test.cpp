@@ -286,6 +286,8 @@ TEST_F(CliTest, UsageErrorsExitWithTwo) {
       {"convert", p, path("out.safetensors"), "--metadata", "no-equals-sign"},
       {"convert", p, path("out.safetensors"), "--shard-size", "0"},
       {"convert", p, path("out.safetensors"), "--shard-size", "-5"},
+      {"convert", p, path("out.safetensors"), "--shard-size", "18446744073709551616"},
+      {"convert", p, path("out.safetensors"), "--shard-size", "1e6"},
   };
   for (const auto& args : cases) {
     SCOPED_TRACE(::testing::PrintToString(args));

@@ -2,6 +2,8 @@
 // command line. Exit status: 0 success, 1 an invalid file or failed operation,
 // 2 a usage error; `diff`: 0 equal, 1 different, 2 trouble.
 
+#include <charconv>
+#include <cstdint>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -22,6 +24,15 @@ std::string version_text() {
 // CLI11 check for --metadata: empty when valid, else the complaint.
 std::string check_key_value(const std::string& arg) {
   return arg.find('=') == std::string::npos ? "expected KEY=VALUE, got '" + arg + "'" : "";
+}
+
+// CLI11 check for --shard-size: a whole number of bytes from 1 to 2^64 - 1.
+std::string check_positive_bytes(const std::string& arg) {
+  std::uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(arg.data(), arg.data() + arg.size(), value);
+  if (ec != std::errc() || end != arg.data() + arg.size() || value == 0)
+    return "expected a whole number of bytes from 1 to 18446744073709551615, got '" + arg + "'";
+  return "";
 }
 
 // KEY=VALUE arguments (already checked) as metadata; a later key wins.
@@ -108,7 +119,7 @@ int main(int argc, char** argv) {
       ->check(check_key_path);
   convert->add_option("--shard-size", shard_size, "Write OUT as a folder of shards of at most BYTES each")
       ->type_name("BYTES")
-      ->check(CLI::PositiveNumber);
+      ->check(check_positive_bytes);
   std::string backend = "mmap";
   const std::string backend_help =
       "How inputs are read: mmap (zero-copy mapping) or pread (positional reads into memory, no mapping)";

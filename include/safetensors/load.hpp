@@ -120,9 +120,8 @@ class SafeOpen {
   /// chunks when large); a CUDA `dst` through pinned staging buffers (see
   /// LoadOptions::device), converted on the GPU when its dtype differs; any
   /// other `dst` (another layout or device, a CPU dtype conversion) gets
-  /// `dst.copy_(get_tensor(name))`. As with torch's in-place copy_, a `dst`
-  /// that requires grad (a parameter, or a tensor computed from one) is
-  /// written only with grad mode off (torch::NoGradGuard, as load_state_dict
+  /// `dst.copy_(get_tensor(name))`. A `dst` that requires grad (a parameter,
+  /// or a tensor computed from one) is written only with grad mode off (torch::NoGradGuard, as load_state_dict
   /// reads): with it on, InvalidArgument and nothing written, whatever the
   /// path. The write is never recorded by autograd. An I/O error part way
   /// through leaves `dst` partly written.

@@ -120,7 +120,7 @@ bool is_torchscript(const pickle::ZipArchive& zip, const pickle::ZipEntry& data)
   std::size_t at = 2;
   if (n < at || head[0] != 0x80) return false;
   if (n > at && head[at] == 0x95) at += 9;
-  if (bytes.substr(at, kClass.size()) != kClass) return false;
+  if (at > n || bytes.substr(at, kClass.size()) != kClass) return false;
   const char next = at + kClass.size() < n ? bytes[at + kClass.size()] : '\0';
   return next == '.' || next == '\n';
 }
@@ -346,24 +346,28 @@ class Flattener {
     const pickle::TensorRef& ref = *v.tensor;
     auto made = views_.find(&v);
     if (made == views_.end()) {
+      // Bounded before the view is made: the same value under several names
+      // (tied weights) is written once and counted once.
+      std::uint64_t bytes = dtype_bits(ref.storage->dtype) / 8;
+      bool overflow = false;
+      for (std::uint64_t d : ref.size)
+        overflow = overflow || d > static_cast<std::uint64_t>(INT64_MAX) || __builtin_mul_overflow(bytes, d, &bytes);
+      const std::uint64_t limit = kViewBytesFloor + kMaxViewExpansion * file_size_;
+      if (overflow || bytes > limit - written_)
+        throw Error(ErrorCode::LimitExceeded, file_, shown(name),
+                    "its " + (overflow ? std::string("2^63 or more") : std::to_string(bytes)) +
+                        " bytes (a view of storage '" + ref.storage->key + "' of " +
+                        std::to_string(ref.storage->numel) + " elements) would bring the tensors to more than " +
+                        std::to_string(kMaxViewExpansion) + " times the file's " + std::to_string(file_size_) +
+                        " bytes (plus " + std::to_string(kViewBytesFloor >> 20) +
+                        " MiB) once written out: views (stride 0, overlaps) may not expand a checkpoint further");
+      written_ += bytes;
       const at::Tensor storage = storages_.get(*ref.storage, name);
       const std::vector<std::int64_t> size(ref.size.begin(), ref.size.end());
       const std::vector<std::int64_t> stride(ref.stride.begin(), ref.stride.end());
       made = views_.emplace(&v, storage.as_strided(size, stride, static_cast<std::int64_t>(ref.offset))).first;
     }
-    const at::Tensor& t = made->second;
-    // numel and the element size were checked not to overflow by the unpickler.
-    const std::uint64_t bytes = static_cast<std::uint64_t>(t.numel()) * t.element_size();
-    const std::uint64_t limit = kViewBytesFloor + kMaxViewExpansion * file_size_;
-    if (bytes > limit - written_)
-      throw Error(ErrorCode::LimitExceeded, file_, shown(name),
-                  "its " + std::to_string(bytes) + " bytes (a view of storage '" + ref.storage->key + "' of " +
-                      std::to_string(ref.storage->numel) + " elements) would bring the tensors to more than " +
-                      std::to_string(kMaxViewExpansion) + " times the file's " + std::to_string(file_size_) +
-                      " bytes (plus " + std::to_string(kViewBytesFloor >> 20) +
-                      " MiB) once written out: views (stride 0, overlaps) may not expand a checkpoint further");
-    written_ += bytes;
-    out_.tensors.insert(name, t);
+    out_.tensors.insert(name, made->second);
   }
 
   Storages& storages_;

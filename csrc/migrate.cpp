@@ -396,9 +396,12 @@ const Value& select(const Value& root, const std::vector<std::string>& key, cons
     const Value* next = nullptr;
     std::string keys;
     for (const auto& [k, v] : dict.entries) {
-      const std::string name = key_name(*k);
-      if (name == part) next = v;
-      if (keys.size() < 200) keys += (keys.empty() ? "" : ", ") + shown(name);
+      // No copy of string keys: the memo can repeat a large key many times.
+      const bool match = k->kind == Value::Kind::String ? k->text == part : key_name(*k) == part;
+      if (match && next)
+        throw Error(ErrorCode::DuplicateKey, file, "", "two keys of '" + path + "' read as '" + shown(part) + "'");
+      if (match) next = v;
+      if (keys.size() < 200) keys += (keys.empty() ? "" : ", ") + shown(key_name(*k));
     }
     path = join(path, part);
     if (!next) throw Error(ErrorCode::TensorNotFound, file, "", "no key '" + path + "' (keys: " + keys + ")");

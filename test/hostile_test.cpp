@@ -220,6 +220,14 @@ TEST(HostileCheckpoints, APickleOfOneByteValues) {
   expect_every_migration(path, ErrorCode::LimitExceeded, 4.0, (16u << 20) + 48 * n + (16u << 20));
 }
 
+// Selecting a key compares the keys in place: a 1 MiB key repeated 300,000
+// times through the memo is not copied once per entry (13.9 s before).
+TEST(HostileCheckpoints, SelectingAKeyDoesNotCopyRepeatedKeys) {
+  const std::string path = (kCorpus / "repeated_key_1mib.pt").string();
+  expect_outcome("repeated_key_1mib.pt --key zzz", ErrorCode::TensorNotFound, fs::file_size(path), 2.0,
+                 [&] { read_checkpoint(path, CheckpointOptions().key({"zzz"})); });
+}
+
 // ------------------------------------------------------- huge, generated here
 
 class HugeFile : public ::testing::Test {

@@ -26,6 +26,15 @@ bool stages_to(const c10::Device& device);
 /// stand-in for the GPU), so every load path that leads there runs without one.
 void stage_cpu_loads_for_tests(bool on);
 
+/// While alive, CPU loads take the path of GPU loads (the staging ring).
+class StageCpuLoads {
+ public:
+  StageCpuLoads() { stage_cpu_loads_for_tests(true); }
+  ~StageCpuLoads() { stage_cpu_loads_for_tests(false); }
+  StageCpuLoads(const StageCpuLoads&) = delete;
+  StageCpuLoads& operator=(const StageCpuLoads&) = delete;
+};
+
 /// Fills every upload's tensor from `source`: one ring per device, reads on
 /// LibTorch's intra-op threads, copies on the device's current stream. The
 /// copies have ended when it returns. CPU destinations are allowed (a

@@ -469,17 +469,9 @@ TEST(ReadInto, FillsExistingMemoryOrConvertsButNeverBroadcasts) {
   }
 }
 
-// While alive, CPU loads take the path of GPU loads (the staging ring).
-class StageCpuLoads {
- public:
-  StageCpuLoads() { detail::stage_cpu_loads_for_tests(true); }
-  ~StageCpuLoads() { detail::stage_cpu_loads_for_tests(false); }
-  StageCpuLoads(const StageCpuLoads&) = delete;
-  StageCpuLoads& operator=(const StageCpuLoads&) = delete;
-};
+using detail::StageCpuLoads;
 
-// As with torch's in-place copy_, a destination that requires grad is written
-// only with grad mode off (load_state_dict reads under NoGradGuard), on every
+// A destination that requires grad is written only with grad mode off (load_state_dict reads under NoGradGuard), on every
 // path: straight from the file, through copy_, and through the staging ring.
 TEST(ReadInto, ADestinationThatRequiresGradIsWrittenOnlyWithGradModeOff) {
   TempDir dir;

@@ -366,14 +366,7 @@ TEST(Upload, BatchReadIntoChecksEveryShapeFirst) {
   EXPECT_TRUE(at::equal(b6, at::arange(6, at::kDouble)));
 }
 
-// While alive, CPU loads go through the ring as GPU loads do.
-class StageCpuLoads {
- public:
-  StageCpuLoads() { detail::stage_cpu_loads_for_tests(true); }
-  ~StageCpuLoads() { detail::stage_cpu_loads_for_tests(false); }
-  StageCpuLoads(const StageCpuLoads&) = delete;
-  StageCpuLoads& operator=(const StageCpuLoads&) = delete;
-};
+using detail::StageCpuLoads;
 
 // Every load path that a CUDA device takes (get_tensor, load_file, a dtype
 // converted after the upload, batch read_into with direct, converted and

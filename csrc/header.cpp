@@ -114,13 +114,13 @@ class HeaderBuilder final : public nlohmann::json_sax<json> {
 
   bool null() override { return scalar(Scalar::Null); }
   bool boolean(bool) override { return scalar(Scalar::Other); }
+  // The parser reports every literal written with a minus sign here, "-0"
+  // included, and every other integer as unsigned: all of these are negative
+  // numbers, which the reference refuses as sizes and offsets.
   bool number_integer(number_integer_t v) override {
-    if (v < 0) {
-      if (ignored()) return true;
-      return fail(ErrorCode::InvalidHeaderDeserialization,
-                  "negative number " + std::to_string(v) + " in " + where());
-    }
-    return number(static_cast<std::uint64_t>(v));
+    if (ignored()) return true;
+    return fail(ErrorCode::InvalidHeaderDeserialization,
+                "negative number " + std::string(v == 0 ? "-0" : std::to_string(v)) + " in " + where());
   }
   bool number_unsigned(number_unsigned_t v) override { return number(v); }
   bool number_float(number_float_t, const string_t& s) override {

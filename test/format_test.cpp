@@ -129,6 +129,8 @@ TEST(HeaderJson, WrongTypesAreInvalidHeaderDeserialization) {
            R"({"a":{"dtype":"f32","shape":[2],"data_offsets":[0,8]}})",
            R"({"a":{"dtype":32,"shape":[2],"data_offsets":[0,8]}})",
            R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})",
+           R"({"a":{"dtype":"F32","shape":[2,-0],"data_offsets":[0,0]}})",  // the reference refuses -0
+           R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[-0,0]}})",
            R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})",
            R"({"a":{"dtype":"F32","shape":[1e1],"data_offsets":[0,8]}})",
            R"({"a":{"dtype":"F32","shape":["2"],"data_offsets":[0,8]}})",
@@ -170,6 +172,18 @@ TEST(HeaderJson, UnknownFieldsMayHoldAnyJsonValue) {
             ErrorCode::InvalidHeaderDeserialization);
   // The fields the format defines stay strict.
   EXPECT_EQ(code_of_json(R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", std::string(8, '\0')),
+            ErrorCode::InvalidHeaderDeserialization);
+}
+
+// Checked against python3-safetensors 0.5.2: an unknown field may nest 125
+// arrays deep (127 levels with the header's object and the entry), not 126.
+TEST(HeaderJson, UnknownFieldsNestAsDeepAsTheReferenceAllows) {
+  const auto header_nesting = [](std::size_t arrays) {
+    return R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":)" + std::string(arrays, '[') +
+           std::string(arrays, ']') + "}}";
+  };
+  EXPECT_EQ(parse(make_file(header_nesting(125), std::string(1, '\0'))).tensors().size(), 1u);
+  EXPECT_EQ(code_of_json(header_nesting(126), std::string(1, '\0')),
             ErrorCode::InvalidHeaderDeserialization);
 }
 

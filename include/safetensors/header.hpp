@@ -25,9 +25,10 @@ inline constexpr std::uint64_t kMaxHeaderSize = 100'000'000;
 /// Largest rank accepted. The format has no limit; no model comes near it, and
 /// LibTorch's kernels stop at 25 dimensions. It bounds per-tensor work.
 inline constexpr std::size_t kMaxRank = 64;
-/// Deepest JSON nesting accepted (unknown fields may hold nested values). Real
-/// headers are 3 deep; the bound keeps hostile nesting from costing anything.
-inline constexpr std::size_t kMaxJsonDepth = 64;
+/// Deepest JSON nesting accepted, counting the header's own object: unknown
+/// fields may hold nested values. The reference's JSON parser stops at the same
+/// depth (serde_json's recursion limit of 128); real headers are 3 deep.
+inline constexpr std::size_t kMaxJsonDepth = 127;
 
 /// The key that holds the string-to-string metadata; never a tensor name.
 inline constexpr std::string_view kMetadataKey = "__metadata__";

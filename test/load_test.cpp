@@ -413,6 +413,18 @@ static_assert(std::is_same_v<decltype(std::declval<const TensorSlice&>().info())
 static_assert(std::is_same_v<decltype(std::declval<ShardedOpen>().metadata()), Metadata>);
 static_assert(std::is_same_v<decltype(std::declval<SafeOpen>().header().tensors()), std::vector<TensorInfo>>);
 static_assert(std::is_same_v<decltype(std::declval<ShardedOpen>().shard_of(std::string())), SafeOpen>);
+// Where only a container could be returned, whose elements would dangle again
+// (`ShardedOpen(d).shards()[0].info(x)`), a temporary handle cannot be asked.
+template <class T, class = void>
+struct HasShards : std::false_type {};
+template <class T>
+struct HasShards<T, std::void_t<decltype(std::declval<T>().shards())>> : std::true_type {};
+static_assert(HasShards<const ShardedOpen&>::value && !HasShards<ShardedOpen>::value);
+template <class T, class = void>
+struct HasIndex : std::false_type {};
+template <class T>
+struct HasIndex<T, std::void_t<decltype(std::declval<T>().index())>> : std::true_type {};
+static_assert(HasIndex<const ShardedOpen&>::value && !HasIndex<ShardedOpen>::value);
 
 TEST_F(Load, ReferencesFromATemporaryHandleStayValid) {
   const TensorInfo& info = SafeOpen(path_).info("a");

@@ -161,7 +161,8 @@ TEST(ShardedOpen, OpensOnlyTheShardsTheIndexLists) {
   for (const auto& entry : std::filesystem::directory_iterator(kFluxml))
     std::filesystem::copy(entry.path(), dir.path() / entry.path().filename());
   write_bytes(dir.file("model-00007-of-00006.safetensors"), "not a safetensors file");
-  EXPECT_EQ(ShardedOpen(dir.path().string(), LoadOptions().unsupported_as_bytes(true)).shards().size(), 6u);
+  const ShardedOpen set(dir.path().string(), LoadOptions().unsupported_as_bytes(true));
+  EXPECT_EQ(set.shards().size(), 6u);
 }
 
 TEST(ShardedSave, AnIndexThatSpellsNamesWithADotSlashIsReplacedWhole) {
@@ -403,7 +404,8 @@ TEST(ShardedStateDict, RoundTripsAModuleThroughShards) {
   TempDir dir;
   TwoLayers saved, loaded;
   save_state_dict(*saved, dir.path().string(), std::nullopt, StateDictSaveOptions().max_shard_size(300));
-  EXPECT_EQ(ShardedOpen(dir.path().string()).shards().size(), 2u);
+  const ShardedOpen set(dir.path().string());
+  EXPECT_EQ(set.shards().size(), 2u);
   LoadReport r = load_state_dict(*loaded, dir.path().string());
   EXPECT_TRUE(r.ok()) << r.describe();
   EXPECT_TRUE(torch::equal(loaded->b->weight, saved->b->weight));

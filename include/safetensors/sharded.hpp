@@ -76,7 +76,8 @@ class ShardedOpen {
   const ShardIndex* index() const&& = delete;  // would point into a temporary
   /// The shards, in the order of ShardIndex::shard_files().
   const std::vector<SafeOpen>& shards() const& noexcept { return shards_; }
-  std::vector<SafeOpen> shards() const&& { return shards_; }
+  // A copy would not help: `shards()[0].info(x)` would still point into it.
+  const std::vector<SafeOpen>& shards() const&& = delete;
   /// Tensor names: shard by shard, each in file order.
   std::vector<std::string> keys() const;
   std::size_t size() const noexcept { return shard_of_.size(); }

@@ -121,8 +121,9 @@ std::shared_ptr<Source> open_file(const std::string& path, Backend backend) {
     if (err == ENOMEM && strict_overcommit())
       detail += ": the kernel's strict overcommit (vm.overcommit_memory = 2) charges a " +
                 std::to_string(size) +
-                "-byte copy-on-write mapping to the commit limit; open the file with "
-                "Backend::Pread (LoadOptions().backend(Backend::Pread)), which maps nothing";
+                "-byte copy-on-write mapping to the commit limit; read it with the pread backend, "
+                "which maps nothing: backend(Backend::Pread) in LoadOptions, StateDictLoadOptions or "
+                "CheckpointOptions, --backend pread on the command line";
     throw Error(ErrorCode::Io, path, "", detail);
   }
   return std::make_shared<MappedFile>(path, size, static_cast<std::byte*>(p));

@@ -107,6 +107,7 @@ bool refused_under_strict_overcommit(const std::function<void()>& open) {
     EXPECT_EQ(e.code(), ErrorCode::Io);
     EXPECT_NE(std::string(e.what()).find("overcommit"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("Backend::Pread"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--backend pread"), std::string::npos) << e.what();
   }
   return true;
 }

@@ -153,9 +153,10 @@ void agree(Communicator& comm, const std::exception_ptr& error, const std::strin
 // ---------------------------------------------------------------------------
 // A catalog sent from rank 0
 
+// The path goes as its bytes: a file name need not be UTF-8, which JSON text is.
 std::string catalog_json(const Catalog& catalog) {
   nlohmann::json doc;
-  doc["path"] = catalog.path;
+  doc["path"] = std::vector<std::uint8_t>(catalog.path.begin(), catalog.path.end());
   doc["tensors"] = nlohmann::json::array();
   for (const TensorInfo& info : catalog.tensors)
     doc["tensors"].push_back({info.name, std::string(dtype_name(info.dtype)), info.shape});
@@ -163,8 +164,24 @@ std::string catalog_json(const Catalog& catalog) {
   return doc.dump();
 }
 
-std::string error_json(const Error& e) {
-  return nlohmann::json{{"error", e.what()}, {"code", static_cast<int>(e.code())}}.dump();
+// The message and code of a failed step, for the other ranks. Any exception
+// counts: a rank that left a collective step on one the others were not told
+// of would leave them waiting forever.
+std::pair<std::string, ErrorCode> failure_of(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const Error& e) {
+    return {e.what(), e.code()};  // escaped: valid UTF-8
+  } catch (const std::exception& e) {
+    return {detail::escape_control(e.what()), ErrorCode::Io};
+  } catch (...) {
+    return {"an exception that is not a std::exception", ErrorCode::Io};
+  }
+}
+
+std::string error_json(const std::exception_ptr& error) {
+  const auto [what, code] = failure_of(error);
+  return nlohmann::json{{"error", what}, {"code", static_cast<int>(code)}}.dump();
 }
 
 Catalog parse_catalog(const std::string& text, const std::string& path) {
@@ -173,7 +190,8 @@ Catalog parse_catalog(const std::string& text, const std::string& path) {
     throw Error(static_cast<ErrorCode>(doc["code"].get<int>()), path, "",
                 "rank 0 cannot read the checkpoint: " + doc["error"].get<std::string>());
   Catalog catalog;
-  catalog.path = doc["path"].get<std::string>();
+  const auto path_bytes = doc["path"].get<std::vector<std::uint8_t>>();
+  catalog.path.assign(path_bytes.begin(), path_bytes.end());
   for (const auto& t : doc["tensors"]) {
     TensorInfo info;
     info.name = t[0].get<std::string>();
@@ -252,6 +270,9 @@ std::string describe_local(const NamedTensors& local, const ShardingPlan& plan, 
     }
     const TensorParallel tp{plan, 0, 1};
     for (const auto& item : local.items()) {
+      // As save_file checks it; the other ranks read the name as JSON text.
+      if (!is_valid_utf8(item.name))
+        throw Error(ErrorCode::InvalidArgument, "", item.name, "tensor name is not valid UTF-8");
       const EntrySpec spec = detail::describe_entry(item, "");
       const Placement p = tp.placement(item.name, spec.shape.size());
       if (p.split_dim && (item.raw_dtype || dtype_bits(spec.dtype) < 8))
@@ -260,8 +281,8 @@ std::string describe_local(const NamedTensors& local, const ShardingPlan& plan, 
                                    : "a packed sub-byte dtype cannot be split across ranks");
       doc["tensors"].push_back({item.name, std::string(dtype_name(spec.dtype)), spec.shape, p.split_dim.value_or(-1)});
     }
-  } catch (const Error& e) {
-    doc["error"] = e.what();
+  } catch (...) {
+    doc["error"] = failure_of(std::current_exception()).first;
   }
   return doc.dump();
 }
@@ -354,9 +375,9 @@ LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::strin
     try {
       checkpoint.emplace(path, LoadOptions().backend(detail::default_backend(options)));
       message = catalog_json(Catalog::of(*checkpoint));
-    } catch (const Error& e) {
+    } catch (...) {
       root_error = std::current_exception();
-      message = error_json(e);
+      message = error_json(root_error);
     }
   }
   message = broadcast_string(comm, message, 0);
@@ -385,7 +406,7 @@ LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::strin
                   "rank " + std::to_string(rank) + ": the module and the checkpoint disagree:\n" + report.describe());
     writes = matcher->writes();
     for (const detail::Write& w : writes) needs[request_of(catalog, *w.fill)].push_back(&w);
-  } catch (const Error&) {
+  } catch (...) {
     local_error = std::current_exception();
   }
   std::vector<Request> mine;
@@ -566,13 +587,13 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
     if (shard_of_rank[static_cast<std::size_t>(rank)] >= 0)
       staged.write(mine, names[static_cast<std::size_t>(shard_of_rank[static_cast<std::size_t>(rank)])], meta,
                    SaveOptions().fsync(options.fsync()));
-  } catch (const Error&) {
+  } catch (...) {
     error = std::current_exception();
   }
   agree(comm, error, folder, "write its shard; the previous checkpoint is kept");
   try {
     staged.commit(options.fsync(), previous);
-  } catch (const Error&) {
+  } catch (...) {
     error = std::current_exception();
   }
   agree(comm, error, folder, "move its shard into place");
@@ -583,7 +604,7 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
         weight_map.emplace(tensors[i].name,
                            names[static_cast<std::size_t>(shard_of_rank[static_cast<std::size_t>(owner[i])])]);
       names = detail::commit_set(folder, names, weight_map, total, set_id, previous, options.fsync());
-    } catch (const Error&) {
+    } catch (...) {
       error = std::current_exception();
     }
   }

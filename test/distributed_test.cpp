@@ -526,6 +526,26 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
     }
     return 0;
   }
+  if (scenario == "names-not-utf8") {
+    // A file name need not be UTF-8: rank 0 loads from one and tells the others.
+    const fs::path odd = dir / "mod\xe8le.safetensors";
+    if (rank == 0) fs::copy_file(model, odd, fs::copy_options::overwrite_existing);
+    auto module = make_module(local_parts(tp));
+    const st::LoadReport report = st::load_state_dict_broadcast(
+        *module, rank == 0 ? odd.string() : "", *comm, st::StateDictLoadOptions().tensor_parallel(tp));
+    CHECK_WORKER(report.ok(), report.describe());
+    // A tensor name that is not UTF-8, on one rank: every rank refuses the save.
+    std::vector<std::pair<std::string, torch::Tensor>> parts = local_parts(tp);
+    if (rank == world - 1) parts.emplace_back("bad\xe8name", torch::zeros({2}));
+    try {
+      st::save_sharded_distributed(parts, (dir / "out").string(), *comm, model_plan());
+      CHECK_WORKER(false, "a name that is not UTF-8 was saved");
+    } catch (const st::Error& e) {
+      CHECK_WORKER(e.code() == st::ErrorCode::InvalidArgument, e.what());
+    }
+    CHECK_WORKER(!fs::exists(dir / "out" / "model.safetensors.index.json"), "an index was written");
+    return 0;
+  }
   std::fprintf(stderr, "unknown scenario %s\n", scenario.c_str());
   return 2;
 }
@@ -588,6 +608,11 @@ TEST_P(Ranks, EachLoadsItsPartsAndAllGathersGiveTheOriginalBitForBit) { run_on_m
 TEST_P(Ranks, RankZeroReadsAndSendsEachRankItsParts) { run_on_model("broadcast", GetParam()); }
 
 TEST_P(Ranks, AMismatchOnOneRankFailsEveryRankAndChangesNothing) { run_on_model("broadcast-mismatch", GetParam()); }
+
+// Names JSON cannot carry as text (a file name, a tensor name that is not
+// UTF-8) fail no rank alone: before, rank 0 threw a JSON error and the others
+// waited for its broadcast.
+TEST_P(Ranks, NamesThatAreNotUtf8FailNoRankAlone) { run_on_model("names-not-utf8", GetParam()); }
 
 TEST_P(Ranks, RankZeroSendsAnAliasItsOwnPartAndDtype) {
   TempDir dir;

@@ -36,7 +36,23 @@ const char* to_string(ErrorCode code) noexcept {
 
 namespace detail {
 
-std::string escape_control(std::string_view text, bool keep_newlines) {
+namespace {
+// Code points that reorder, hide or break the text around them.
+bool is_format_character(char32_t cp) {
+  return cp == 0x00AD || cp == 0x061C || cp == 0x180E || (cp >= 0x200B && cp <= 0x200F) ||
+         (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2060 && cp <= 0x2069) || cp == 0xFEFF;
+}
+
+char32_t code_point(const unsigned char* p, std::size_t len) {
+  if (len == 2) return (char32_t(p[0] & 0x1F) << 6) | (p[1] & 0x3F);
+  if (len == 3) return (char32_t(p[0] & 0x0F) << 12) | (char32_t(p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+  return (char32_t(p[0] & 0x07) << 18) | (char32_t(p[1] & 0x3F) << 12) | (char32_t(p[2] & 0x3F) << 6) |
+         (p[3] & 0x3F);
+}
+}  // namespace
+
+std::string escape_control(std::string_view text, Escaped already) {
+  const bool pieces = already == Escaped::Pieces;
   std::string out;
   out.reserve(text.size());
   const auto* p = reinterpret_cast<const unsigned char*>(text.data());
@@ -49,8 +65,10 @@ std::string escape_control(std::string_view text, bool keep_newlines) {
   for (std::size_t i = 0; i < n;) {
     const unsigned char c = p[i];
     if (c < 0x80) {
-      if ((c < 0x20 && !(keep_newlines && c == '\n')) || c == 0x7f) {
+      if ((c < 0x20 && !(pieces && c == '\n')) || c == 0x7f) {
         escape_byte(c);
+      } else if (c == '\\' && !pieces) {
+        out += "\\\\";
       } else {
         out += static_cast<char>(c);
       }
@@ -63,11 +81,12 @@ std::string escape_control(std::string_view text, bool keep_newlines) {
     if (!valid) {
       escape_byte(c);
       ++i;
-    } else if (len == 2 && c == 0xC2 && p[i + 1] < 0xA0) {
-      char escaped[7];  // C1 control, U+0080..U+009F (0x9b is a terminal's CSI)
-      std::snprintf(escaped, sizeof escaped, "\\u%04x", p[i + 1]);
+    } else if (const char32_t cp = code_point(p + i, len);
+               (cp >= 0x80 && cp < 0xA0) || is_format_character(cp)) {
+      char escaped[7];  // C1 controls (0x9b is a terminal's CSI), format characters
+      std::snprintf(escaped, sizeof escaped, "\\u%04x", static_cast<unsigned>(cp));
       out += escaped;
-      i += 2;
+      i += len;
     } else {
       out.append(text.data() + i, len);
       i += len;
@@ -86,8 +105,10 @@ std::string compose(ErrorCode code, const std::string& file, const std::string& 
   if (!file.empty()) out += detail::escape_control(file) + ": ";
   if (!tensor.empty()) out += "tensor '" + detail::escape_control(tensor) + "': ";
   // Only a strict load's list of problems spans lines; it escapes the names it
-  // lists itself (LoadReport::describe), so no newline comes from a file.
-  out += detail::escape_control(detail, /*keep_newlines=*/code == ErrorCode::StateDictMismatch);
+  // lists itself (LoadReport::describe), so no newline comes from a file, and
+  // its backslashes are escapes already.
+  out += detail::escape_control(detail, code == ErrorCode::StateDictMismatch ? detail::Escaped::Pieces
+                                                                           : detail::Escaped::None);
   out += " [";
   out += to_string(code);
   out += ']';

@@ -378,6 +378,19 @@ TEST(Errors, MessageEscapesControlCharactersAndInvalidUtf8) {
   EXPECT_EQ(e.detail(), "first line\nsecond \x1b line");
   EXPECT_EQ(detail::escape_control("\xe2\x82"), "\\xe2\\x82");  // a sequence cut short
   EXPECT_EQ(detail::escape_control("\xf0\x9f\x98\x80 \xc2\xa0"), "\xf0\x9f\x98\x80 \xc2\xa0");
+  // Two names that differ never read alike: a backslash is doubled, so the
+  // text "\x1b" is not taken for the escaped byte.
+  EXPECT_NE(detail::escape_control("a\x1b[31m"), detail::escape_control("a\\x1b[31m"));
+  EXPECT_EQ(detail::escape_control("a\\x1b"), "a\\\\x1b");
+  // Characters that reorder or hide text: a right-to-left override (which makes
+  // "weight\u202etxt.exe" show as "weightexe.txt"), zero-width space and joiner,
+  // BOM, line separator.
+  EXPECT_EQ(detail::escape_control("weight\xe2\x80\xaetxt.exe"), "weight\\u202etxt.exe");
+  EXPECT_EQ(detail::escape_control("a\xe2\x80\x8b\xe2\x80\x8d\xef\xbb\xbf\xe2\x80\xa8"),
+            "a\\u200b\\u200d\\ufeff\\u2028");
+  // Text joined from escaped pieces (a strict load's list) is not escaped twice.
+  EXPECT_EQ(std::string(Error(ErrorCode::StateDictMismatch, "", "", "missing: 'a\\x1b'\nb").what()),
+            "missing: 'a\\x1b'\nb [StateDictMismatch]");
 }
 
 TEST(Utf8, Validator) {

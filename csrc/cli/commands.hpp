@@ -48,6 +48,9 @@ int diff(const std::string& a, const std::string& b, const std::vector<std::stri
 /// untrusted files and must not break the one-line-per-file output or reach
 /// the terminal as escape sequences.
 std::string printable(std::string_view s);
+/// The message of the exception being handled (call it in a catch block),
+/// escaped once.
+std::string current_message();
 
 /// "PATH: error: MESSAGE" for the exception being handled (call it inside a
 /// catch block), on one line. PATH is the file a library error names, else

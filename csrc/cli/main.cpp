@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
                         {split_key(convert_key), shard_size, backend_named(backend)});
   } catch (const std::exception& e) {
     // The commands report their own failures; this is a last resort.
-    std::cerr << "safetensors-torch: error: " << cli::printable(e.what()) << '\n';
+    std::cerr << "safetensors-torch: error: " << cli::current_message() << '\n';
     return *diff ? cli::kExitTrouble : cli::kExitInvalid;
   }
 }

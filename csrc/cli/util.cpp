@@ -14,25 +14,24 @@ namespace safetensors::cli {
 
 std::string printable(std::string_view s) { return detail::escape_control(s); }
 
-namespace {
-
-// The message of the exception being handled. c10::Error's what() carries a
-// multi-line backtrace that means nothing to a user of the tool.
+// The message of the exception being handled, escaped once: a library error's
+// is already. c10::Error's what() carries a multi-line backtrace that means
+// nothing to a user of the tool.
 std::string current_message() {
   try {
     throw;
+  } catch (const Error& e) {
+    return e.what();
   } catch (const std::bad_alloc&) {
     return "out of memory";
   } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
+    return printable(e.what_without_backtrace());
   } catch (const std::exception& e) {
-    return e.what();
+    return printable(e.what());
   } catch (...) {
     return "unknown error";
   }
 }
-
-}  // namespace
 
 std::string error_line(const std::string& fallback_path) {
   std::string message = current_message();
@@ -45,9 +44,8 @@ std::string error_line(const std::string& fallback_path) {
     if (!e.file().empty()) path = e.file();
   } catch (...) {
   }
-  // A library error's message is escaped already, its file name included.
+  // The message names the file first, escaped as printable() does.
   const std::string prefix = printable(path) + ": ";
-  message = printable(message);
   if (message.compare(0, prefix.size(), prefix) == 0) message.erase(0, prefix.size());
   return prefix + "error: " + message;
 }

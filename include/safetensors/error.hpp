@@ -46,9 +46,17 @@ enum class ErrorCode {
 const char* to_string(ErrorCode code) noexcept;
 
 namespace detail {
-/// `text` with control characters and invalid UTF-8 escaped as Error's message
-/// does; `keep_newlines` leaves '\n' as it is.
-std::string escape_control(std::string_view text, bool keep_newlines = false);
+/// `text` as Error's message shows it: control characters (C0, DEL, C1), the
+/// line and paragraph separators, invalid UTF-8 and the format characters that
+/// reorder or hide text (bidi controls, zero-width characters, BOM) escaped as
+/// `\xNN` / `\uNNNN`, and a backslash doubled, so that two texts that differ
+/// never read alike. The result is valid UTF-8.
+///
+/// `Escaped::Pieces` is for text made of pieces that were escaped already
+/// joined by newlines (LoadReport::describe): newlines and backslashes stay as
+/// they are, anything else is escaped.
+enum class Escaped { None, Pieces };
+std::string escape_control(std::string_view text, Escaped already = Escaped::None);
 }  // namespace detail
 
 class Error : public std::runtime_error {

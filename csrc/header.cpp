@@ -13,6 +13,7 @@
 
 #include "safetensors/error.hpp"
 #include "checked.hpp"
+#include "detail/text.hpp"
 
 namespace safetensors {
 
@@ -31,7 +32,7 @@ const TensorInfo* Header::find(std::string_view name) const& {
   return &tensors_[*it];
 }
 
-bool is_valid_utf8(std::string_view s) noexcept {
+bool detail::is_valid_utf8(std::string_view s) noexcept {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const auto* end = p + s.size();
   while (p < end) {
@@ -390,7 +391,7 @@ class HeaderBuilder final : public nlohmann::json_sax<json> {
 }  // namespace
 
 Header parse_header(std::string_view text, std::uint64_t data_size, const std::string& file) {
-  if (!is_valid_utf8(text))
+  if (!detail::is_valid_utf8(text))
     throw Error(ErrorCode::InvalidHeader, file, "", "header is not valid UTF-8");
   if (text.size() >= 3 && static_cast<unsigned char>(text[0]) == 0xEF &&
       static_cast<unsigned char>(text[1]) == 0xBB && static_cast<unsigned char>(text[2]) == 0xBF)

@@ -14,6 +14,10 @@
 // StateDictLoadOptions::tensor_parallel and load_shards); the collectives
 // serve load_state_dict_broadcast (rank 0 reads, for files only one host
 // sees) and the distributed save.
+//
+// Opt-in: the umbrella header safetensors.hpp leaves this one out, since it
+// includes c10d's headers (torch/csrc/distributed), which a program that does
+// not use torch.distributed need not compile.
 #include <cstdint>
 #include <memory>
 #include <optional>

@@ -67,13 +67,28 @@ struct SaveOptions {
   TORCH_ARG(std::function<void(std::uint64_t done, std::uint64_t total)>, progress) = nullptr;
 };
 
+/// The rules of every save (save_file, save_sharded, save_state_dict,
+/// convert_checkpoint, the distributed saves), for each file it writes:
+/// - The path is replaced, never written through: a symlink there (a Hugging
+///   Face cache's snapshot entry pointing into blobs/, dangling or not) becomes
+///   the new regular file and its target is left as it was. A path naming a
+///   folder, or a link to one, is refused.
+/// - A new file gets 0666 & ~umask (or the folder's default ACL); a file that
+///   replaces another keeps that one's permission bits (through a symlink, its
+///   target's), never setuid, setgid or sticky.
+/// - The bytes go to an unnamed file, or a hidden temporary one, in the same
+///   folder. A hidden temporary file is locked (an open-file-description lock)
+///   by its writer for as long as it exists; a save removes only the temporary
+///   files in its folder that it can lock, so it never removes one another
+///   writer is still writing, whatever host or PID namespace that writer runs in.
+/// - With fsync, a failure to flush the file or its folder is an Error(Io): the
+///   data may not be durable.
+
 /// Writes a safetensors file crash-safely: into a temporary file in the same
 /// folder, flushed, then renamed over `path`. On any error the previous file is
 /// untouched and nothing is left behind, except when only flushing the folder
-/// after the rename fails (Io: the new file may not be durable). A symlink at
-/// `path` is replaced, its target left as it was; permissions follow
-/// AtomicFile's rule (a replaced file's bits, never setuid, setgid or sticky;
-/// 0666 & ~umask for a new one). Non-contiguous tensors and tensors on
+/// after the rename fails (Io: the new file may not be durable). Symlinks and
+/// permissions follow the rules of every save (above). Non-contiguous tensors and tensors on
 /// other devices are copied one at a time while writing. Refuses undefined,
 /// sparse and quantized tensors, tensors that share memory, the name
 /// "__metadata__", and headers over kMaxHeaderSize (Error InvalidArgument /

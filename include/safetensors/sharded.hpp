@@ -139,8 +139,8 @@ struct ShardedSaveOptions {
 /// removed). On a filesystem without hard links they keep their staged names,
 /// which the index lists, until a later save. Every shard and the index also
 /// record the save's kShardSetKey, and ShardedOpen refuses a set mixed by other
-/// means. Each shard and the index follow AtomicFile's rules for symlinks and
-/// permissions. Returns the names of the files the index lists, then the index.
+/// means. Each shard and the index follow the rules of every save (save.hpp)
+/// for symlinks and permissions. Returns the names of the files the index lists, then the index.
 ///
 /// Cleanup: each writer holds a lock in the folder for the whole save, which
 /// records the files it may leave should it die (the previous checkpoint's,

@@ -704,13 +704,13 @@ Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& opt
   return read(path, options, nullptr);
 }
 
-ConvertSummary convert_checkpoint(const std::string& in, const std::string& out, const ConvertOptions& options) {
+ConvertReport convert_checkpoint(const std::string& in, const std::string& out, const ConvertOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   std::map<std::string, TensorInfo> raw;
   Checkpoint ckpt = read(in, CheckpointOptions().key(options.key()).backend(options.backend()), &raw);
   const std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
 
-  ConvertSummary summary;
+  ConvertReport summary;
   NamedTensors tensors;
   for (const auto& item : ckpt.tensors) {
     if (ckpt.aliases.count(item.key())) continue;

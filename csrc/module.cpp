@@ -59,7 +59,7 @@ std::string shape_text(const std::vector<std::uint64_t>& shape) {
   return shape_text(std::vector<std::int64_t>(shape.begin(), shape.end()));
 }
 
-std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const ShardRange& range) {
+std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const PartRange& range) {
   std::vector<at::indexing::TensorIndex> index(static_cast<std::size_t>(dim), at::indexing::Slice());
   index.emplace_back(at::indexing::Slice(range.start, range.start + range.length));
   return index;
@@ -218,7 +218,7 @@ void Matcher::consider(const std::string& name, const std::string& source, bool 
     const Placement placement = tp->placement(*mapped, shape.size());
     if (placement.split_dim) {
       const std::int64_t dim = *placement.split_dim;
-      part = Part{dim, shard_range(shape[static_cast<std::size_t>(dim)], tp->rank, tp->world_size)};
+      part = Part{dim, part_range(shape[static_cast<std::size_t>(dim)], tp->rank, tp->world_size)};
     }
   }
   if (auto reason = misfit(target, info, checkpoint_.path, options_.tensor_parallel(), part, options_.convert_dtype())) {
@@ -449,9 +449,12 @@ void save_state_dict(const torch::nn::Module& module, const std::string& path,
   auto [tensors, meta] = detail::state_to_save(module, metadata);
   if (options.max_shard_size()) {
     save_sharded(tensors, path, meta,
-                 ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()));
+                 ShardedSaveOptions()
+                     .max_shard_size(*options.max_shard_size())
+                     .fsync(options.fsync())
+                     .progress(options.progress()));
   } else {
-    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()));
+    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()).progress(options.progress()));
   }
 }
 

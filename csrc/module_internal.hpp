@@ -44,7 +44,7 @@ std::string shape_text(const std::vector<std::int64_t>& shape);
 std::string shape_text(const std::vector<std::uint64_t>& shape);
 
 /// The index selecting `range` of dimension `dim` (and all of the ones before).
-std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const ShardRange& range);
+std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const PartRange& range);
 
 /// What a checkpoint holds, without its data: the tensors in key order, and
 /// the `removed -> kept` aliases a saver recorded in the metadata.
@@ -62,7 +62,7 @@ struct Catalog {
 /// A rank's part of a tensor split across ranks.
 struct Part {
   std::int64_t dim;
-  ShardRange range;
+  PartRange range;
 };
 
 /// One module entry and the checkpoint tensor that fills it, or a part of it.

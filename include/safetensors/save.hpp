@@ -57,15 +57,43 @@ class NamedTensors {
   std::vector<Item> items_;
 };
 
-struct SaveOptions {
-  /// Flush the file and its folder to disk before returning (save_file).
-  TORCH_ARG(bool, fsync) = true;
+/// Told the tensor bytes a save has written so far and its total.
+using WriteProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
+
+/// What every save takes (SaveOptions, ShardedSaveOptions, StateDictSaveOptions,
+/// ConvertOptions, DistributedSaveOptions derive from it). Its setters return
+/// the derived options, so that they chain with the derived ones in LibTorch's
+/// style: `ShardedSaveOptions().fsync(false).max_shard_size(1 << 30)`.
+template <class Options>
+class WriteOptions {
+ public:
+  /// Flush the files and their folder to disk before returning. On by default.
+  Options& fsync(bool on) {
+    fsync_ = on;
+    return static_cast<Options&>(*this);
+  }
+  bool fsync() const noexcept { return fsync_; }
+  bool& fsync() noexcept { return fsync_; }
+
   /// Called after each tensor's bytes are written, in file order, with the
-  /// tensor bytes written so far and the total: `done` grows and the last call
-  /// has `done == total` (then the file is flushed and renamed into place).
-  /// An exception thrown from it aborts the save, leaving no file.
-  TORCH_ARG(std::function<void(std::uint64_t done, std::uint64_t total)>, progress) = nullptr;
+  /// tensor bytes written so far and the total (over every file of the save):
+  /// `done` grows and the last call has `done == total`, after which the files
+  /// are flushed and renamed into place. Not called when there are no tensors.
+  /// An exception thrown from it aborts the save, leaving the previous files.
+  Options& progress(WriteProgress callback) {
+    progress_ = std::move(callback);
+    return static_cast<Options&>(*this);
+  }
+  const WriteProgress& progress() const noexcept { return progress_; }
+  WriteProgress& progress() noexcept { return progress_; }
+
+ private:
+  bool fsync_ = true;
+  WriteProgress progress_ = nullptr;
 };
+
+/// Options of save_file.
+struct SaveOptions : WriteOptions<SaveOptions> {};
 
 /// The rules of every save (save_file, save_sharded, save_state_dict,
 /// convert_checkpoint, the distributed saves), for each file it writes:

@@ -108,15 +108,12 @@ class ShardedOpen {
   Metadata metadata_;
 };
 
-/// Options of save_sharded.
-struct ShardedSaveOptions {
+/// Options of save_sharded: fsync and progress (counted over every shard), and
+/// the size of the shards.
+struct ShardedSaveOptions : WriteOptions<ShardedSaveOptions> {
   /// Bytes of tensor data per shard at most, except that a larger tensor gets
   /// a shard of its own.
   TORCH_ARG(std::uint64_t, max_shard_size) = kDefaultMaxShardSize;
-  /// Flush the files and the folder to disk before returning.
-  TORCH_ARG(bool, fsync) = true;
-  /// As SaveOptions::progress, counted over every shard.
-  TORCH_ARG(std::function<void(std::uint64_t done, std::uint64_t total)>, progress) = nullptr;
 };
 
 /// Saves a checkpoint into `folder` (which must exist), packing tensors greedily

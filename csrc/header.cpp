@@ -23,6 +23,20 @@ std::uint64_t TensorInfo::numel() const noexcept {
   return n;
 }
 
+namespace {
+
+template <class Dim>
+std::string dims_text(const std::vector<Dim>& shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+std::string detail::shape_text(const std::vector<std::int64_t>& shape) { return dims_text(shape); }
+std::string detail::shape_text(const std::vector<std::uint64_t>& shape) { return dims_text(shape); }
+
 const TensorInfo* Header::find(std::string_view name) const& {
   auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
                              [this](std::uint32_t i, std::string_view n) {

@@ -34,31 +34,6 @@ Entries module_state(const torch::nn::Module& module) {
   return out;
 }
 
-std::vector<std::int64_t> torch_shape(const TensorInfo& info, const std::string& file) {
-  std::vector<std::int64_t> shape;
-  shape.reserve(info.shape.size());
-  for (std::uint64_t d : info.shape) {
-    // A header may declare such a dimension beside a zero one (no bytes at all).
-    if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-      throw Error(ErrorCode::LimitExceeded, file, info.name,
-                  "dimension " + std::to_string(d) + " does not fit a torch size (int64)");
-    shape.push_back(static_cast<std::int64_t>(d));
-  }
-  const unsigned bits = dtype_bits(info.dtype);
-  if (bits < 8 && !shape.empty()) shape.back() /= 8 / bits;
-  return shape;
-}
-
-std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
-std::string shape_text(const std::vector<std::uint64_t>& shape) {
-  return shape_text(std::vector<std::int64_t>(shape.begin(), shape.end()));
-}
-
 std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const PartRange& range) {
   std::vector<at::indexing::TensorIndex> index(static_cast<std::size_t>(dim), at::indexing::Slice());
   index.emplace_back(at::indexing::Slice(range.start, range.start + range.length));

@@ -13,6 +13,8 @@
 #include <ATen/TensorIndexing.h>
 #include <ATen/core/Tensor.h>
 
+#include "detail/text.hpp"
+#include "detail/torch_shape.hpp"
 #include "safetensors/header.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/tensor_parallel.hpp"
@@ -33,15 +35,6 @@ inline Backend default_backend(const StateDictLoadOptions& options) {
 
 /// Parameters then buffers, with the dotted names Python's state_dict uses.
 Entries module_state(const torch::nn::Module& module);
-
-/// The shape a file tensor has in torch: packed sub-byte dtypes (F4) hold
-/// several values per element. A dimension above int64's range (which a
-/// header may declare beside a zero one) is LimitExceeded, naming `file`.
-std::vector<std::int64_t> torch_shape(const TensorInfo& info, const std::string& file);
-
-/// "[2, 3]".
-std::string shape_text(const std::vector<std::int64_t>& shape);
-std::string shape_text(const std::vector<std::uint64_t>& shape);
 
 /// The index selecting `range` of dimension `dim` (and all of the ones before).
 std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const PartRange& range);

@@ -26,6 +26,7 @@
 #include "safetensors/error.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "safetensors/writer.hpp"
+#include "detail/text.hpp"
 #include "sharded_internal.hpp"
 
 namespace safetensors {
@@ -257,7 +258,7 @@ struct RankState {
   std::vector<Described> tensors;
 };
 
-std::string describe_local(const NamedTensors& local, const ShardingPlan& plan, const std::string& set_id) {
+std::string describe_local(const NamedTensors& local, const PartitionPlan& plan, const std::string& set_id) {
   nlohmann::json doc;
   doc["set_id"] = set_id;
   doc["tensors"] = nlohmann::json::array();
@@ -271,7 +272,7 @@ std::string describe_local(const NamedTensors& local, const ShardingPlan& plan, 
     const TensorParallel tp{plan, 0, 1};
     for (const auto& item : local.items()) {
       // As save_file checks it; the other ranks read the name as JSON text.
-      if (!is_valid_utf8(item.name))
+      if (!detail::is_valid_utf8(item.name))
         throw Error(ErrorCode::InvalidArgument, "", item.name, "tensor name is not valid UTF-8");
       const EntrySpec spec = detail::describe_entry(item, "");
       const Placement p = tp.placement(item.name, spec.shape.size());
@@ -344,7 +345,7 @@ std::uint64_t dtype_bytes(const std::string& dtype, const std::vector<std::int64
 // ---------------------------------------------------------------------------
 // Loading
 
-TensorDict load_shards(const ShardedOpen& checkpoint, const TensorParallel& tp) {
+TensorDict load_parts(const ShardedOpen& checkpoint, const TensorParallel& tp) {
   TensorDict out;
   for (const std::string& name : checkpoint.keys()) {
     const TensorInfo& info = checkpoint.info(name);
@@ -357,7 +358,7 @@ TensorDict load_shards(const ShardedOpen& checkpoint, const TensorParallel& tp) 
       throw Error(ErrorCode::InvalidArgument, checkpoint.path(), name,
                   "a packed sub-byte dtype cannot be split across ranks");
     const std::vector<std::int64_t> shape = detail::torch_shape(info, checkpoint.path());
-    const ShardRange range = shard_range(shape[static_cast<std::size_t>(*p.split_dim)], tp.rank, tp.world_size);
+    const PartRange range = part_range(shape[static_cast<std::size_t>(*p.split_dim)], tp.rank, tp.world_size);
     out.insert(name, checkpoint.get_slice(name)(part_index(*p.split_dim, range)));
   }
   return out;
@@ -483,7 +484,7 @@ LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::strin
 // Saving
 
 std::vector<std::string> save_sharded_distributed(const NamedTensors& local, const std::string& folder,
-                                                  Communicator& comm, const ShardingPlan& plan,
+                                                  Communicator& comm, const PartitionPlan& plan,
                                                   const std::optional<Metadata>& metadata,
                                                   const DistributedSaveOptions& options) {
   const int rank = comm.rank(), world = comm.world_size();
@@ -586,8 +587,8 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
   try {
     if (shard_of_rank[static_cast<std::size_t>(rank)] >= 0)
       staged.write(mine, names[static_cast<std::size_t>(shard_of_rank[static_cast<std::size_t>(rank)])], meta,
-                   SaveOptions().fsync(options.fsync()));
-  } catch (...) {
+                   SaveOptions().fsync(options.fsync()).progress(options.progress()));
+  } catch (...) {  // the progress callback's exceptions too
     error = std::current_exception();
   }
   agree(comm, error, folder, "write its shard; the previous checkpoint is kept");
@@ -614,7 +615,7 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
 }
 
 std::vector<std::string> save_state_dict_distributed(const torch::nn::Module& module, const std::string& folder,
-                                                     Communicator& comm, const ShardingPlan& plan,
+                                                     Communicator& comm, const PartitionPlan& plan,
                                                      const std::optional<Metadata>& metadata,
                                                      const DistributedSaveOptions& options) {
   auto [tensors, meta] = detail::state_to_save(module, metadata);

@@ -2,7 +2,7 @@
 
 #include <cstdio>
 
-#include "safetensors/header.hpp"
+#include "detail/text.hpp"
 
 namespace safetensors {
 
@@ -77,7 +77,7 @@ std::string escape_control(std::string_view text, Escaped already) {
     }
     // One UTF-8 sequence, or the single byte that starts an invalid one.
     const std::size_t len = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    const bool valid = len != 0 && i + len <= n && is_valid_utf8(text.substr(i, len));
+    const bool valid = len != 0 && i + len <= n && detail::is_valid_utf8(text.substr(i, len));
     if (!valid) {
       escape_byte(c);
       ++i;

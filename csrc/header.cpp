@@ -13,6 +13,7 @@
 
 #include "safetensors/error.hpp"
 #include "checked.hpp"
+#include "detail/text.hpp"
 
 namespace safetensors {
 
@@ -21,6 +22,20 @@ std::uint64_t TensorInfo::numel() const noexcept {
   for (std::uint64_t d : shape) n *= d;
   return n;
 }
+
+namespace {
+
+template <class Dim>
+std::string dims_text(const std::vector<Dim>& shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+std::string detail::shape_text(const std::vector<std::int64_t>& shape) { return dims_text(shape); }
+std::string detail::shape_text(const std::vector<std::uint64_t>& shape) { return dims_text(shape); }
 
 const TensorInfo* Header::find(std::string_view name) const& {
   auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
@@ -31,7 +46,7 @@ const TensorInfo* Header::find(std::string_view name) const& {
   return &tensors_[*it];
 }
 
-bool is_valid_utf8(std::string_view s) noexcept {
+bool detail::is_valid_utf8(std::string_view s) noexcept {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const auto* end = p + s.size();
   while (p < end) {
@@ -390,7 +405,7 @@ class HeaderBuilder final : public nlohmann::json_sax<json> {
 }  // namespace
 
 Header parse_header(std::string_view text, std::uint64_t data_size, const std::string& file) {
-  if (!is_valid_utf8(text))
+  if (!detail::is_valid_utf8(text))
     throw Error(ErrorCode::InvalidHeader, file, "", "header is not valid UTF-8");
   if (text.size() >= 3 && static_cast<unsigned char>(text[0]) == 0xEF &&
       static_cast<unsigned char>(text[1]) == 0xBB && static_cast<unsigned char>(text[2]) == 0xBF)

@@ -16,6 +16,8 @@
 #include <tuple>
 #include <type_traits>
 
+#include "detail/text.hpp"
+#include "detail/torch_shape.hpp"
 #include "host_memory.hpp"
 #include "tensor_extent.hpp"
 #include "safetensors/torch_dtype.hpp"
@@ -56,30 +58,18 @@ struct TorchView {
   std::size_t element_size;  // bytes per torch element
 };
 
-std::int64_t to_dim(std::uint64_t d, const State& s, const TensorInfo& info) {
-  if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-    throw Error(ErrorCode::LimitExceeded, s.source->path(), info.name,
-                "dimension " + std::to_string(d) + " does not fit a torch size (int64)");
-  return static_cast<std::int64_t>(d);
-}
-
 TorchView torch_view(const State& s, const TensorInfo& info) {
   TorchView v;
-  v.shape.reserve(info.shape.size() + 1);
-  for (std::uint64_t d : info.shape) v.shape.push_back(to_dim(d, s, info));
+  v.shape = detail::torch_shape(info, s.source->path());
   const unsigned bits = dtype_bits(info.dtype);
   if (auto t = to_torch_dtype(info.dtype)) {
     v.dtype = *t;
     v.element_size = bits >= 8 ? bits / 8 : 1;
-    if (bits < 8) {
-      // Packed sub-byte dtype (F4 as float4_e2m1fn_x2): 8/bits values per element.
-      const std::int64_t per = 8 / bits;
-      if (v.shape.empty() || v.shape.back() % per != 0)
-        throw Error(ErrorCode::UnsupportedDtype, s.source->path(), info.name,
-                    std::string(dtype_name(info.dtype)) +
-                        " needs an even last dimension to map to a packed torch dtype");
-      v.shape.back() /= per;
-    }
+    // A packed sub-byte dtype holds 8/bits values per element.
+    if (bits < 8 && (info.shape.empty() || info.shape.back() % (8 / bits) != 0))
+      throw Error(ErrorCode::UnsupportedDtype, s.source->path(), info.name,
+                  std::string(dtype_name(info.dtype)) +
+                      " needs an even last dimension to map to a packed torch dtype");
     return v;
   }
   if (!s.options.unsupported_as_bytes()) {
@@ -204,6 +194,25 @@ std::int64_t as_int(const T& v) {
 
 }  // namespace
 
+std::vector<std::int64_t> detail::torch_dims(const TensorInfo& info, const std::string& file) {
+  std::vector<std::int64_t> dims;
+  dims.reserve(info.shape.size());
+  for (std::uint64_t d : info.shape) {
+    if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      throw Error(ErrorCode::LimitExceeded, file, info.name,
+                  "dimension " + std::to_string(d) + " does not fit a torch size (int64)");
+    dims.push_back(static_cast<std::int64_t>(d));
+  }
+  return dims;
+}
+
+std::vector<std::int64_t> detail::torch_shape(const TensorInfo& info, const std::string& file) {
+  std::vector<std::int64_t> shape = torch_dims(info, file);
+  const unsigned bits = dtype_bits(info.dtype);
+  if (bits < 8 && !shape.empty()) shape.back() /= 8 / bits;
+  return shape;
+}
+
 // ---------------------------------------------------------------------------
 // SafeOpen
 
@@ -299,10 +308,8 @@ void SafeOpen::read_into(const std::vector<std::pair<std::string, at::Tensor>>& 
     const TensorInfo& info = lookup(s, name);
     TorchView v = torch_view(s, info);
     if (!dst.defined() || dst.sizes() != c10::IntArrayRef(v.shape)) {
-      std::string want = "[";
-      for (std::size_t i = 0; i < v.shape.size(); ++i) want += (i ? ", " : "") + std::to_string(v.shape[i]);
       throw Error(ErrorCode::InvalidArgument, s.source->path(), name,
-                  "cannot read a tensor of shape " + want + "] into " +
+                  "cannot read a tensor of shape " + detail::shape_text(v.shape) + " into " +
                       (dst.defined() ? "one of shape " + c10::str(dst.sizes()) : std::string("an undefined tensor")));
     }
     if (dst.requires_grad() && at::GradMode::is_enabled())
@@ -356,33 +363,35 @@ TensorDict SafeOpen::tensors() const {
 }
 
 // ---------------------------------------------------------------------------
-// TensorSlice
+// TensorSlice: resolve the indices, plan the runs of bytes they select, gather.
 
-std::vector<std::int64_t> TensorSlice::shape() const {
-  std::vector<std::int64_t> out;
-  for (std::uint64_t d : info_->shape) out.push_back(to_dim(d, *state_, *info_));
-  return out;
-}
+namespace {
 
-at::Tensor TensorSlice::operator()(at::ArrayRef<at::indexing::TensorIndex> indices) const {
-  const State& s = *state_;
-  const TensorInfo& info = *info_;
-  auto fail = [&](const std::string& detail) {
-    return Error(ErrorCode::InvalidSlice, s.source->path(), info.name, detail);
-  };
-  if (dtype_bits(info.dtype) < 8)
-    throw fail("slicing a packed " + std::string(dtype_name(info.dtype)) +
-               " tensor is not supported; use get_tensor");
-  TorchView v = torch_view(s, info);  // raw-bytes views add one whole trailing dim
-  const std::size_t rank = v.shape.size();
+// What an index selects of one stored dimension: `count` elements from
+// `start`, `step` apart; `keep` is false for an integer, which drops it.
+struct SelectedDim {
+  std::int64_t start = 0, count = 0, step = 1;
+  bool keep = true;
+};
 
-  // Resolve the indices into (start, count, step, keep) per dimension.
-  struct Dim {
-    std::int64_t start = 0, count = 0, step = 1;
-    bool keep = true;
-  };
-  std::vector<Dim> dims(rank);
-  std::vector<std::size_t> new_axes;  // output positions of None
+// A resolved index.
+struct Selection {
+  std::vector<SelectedDim> dims;       // one per stored dimension
+  std::vector<std::int64_t> out_shape;  // the kept counts, with a 1 at each None
+  std::int64_t total = 1;               // elements selected: the product of the counts
+};
+
+// Resolves `indices` (integers, Slice, Ellipsis and None, as torch reads them)
+// against `shape`, the stored tensor's torch shape, of which the first
+// `indexable` dimensions are the file's (a raw-bytes view adds a trailing one,
+// always taken whole). Negative positions count from the end; slices are
+// clamped to the dimension. Throws InvalidSlice naming `file` and `name` for
+// anything else: another kind of index, two ellipses, more indices than
+// dimensions, an integer out of range, a step that is not positive.
+Selection resolve_indices(at::ArrayRef<at::indexing::TensorIndex> indices, const std::vector<std::int64_t>& shape,
+                          std::size_t indexable, const std::string& file, const std::string& name) {
+  auto fail = [&](const std::string& detail) { return Error(ErrorCode::InvalidSlice, file, name, detail); };
+  const std::size_t rank = shape.size();
   std::size_t consuming = 0;
   bool ellipsis = false;
   for (const auto& index : indices) {
@@ -395,30 +404,33 @@ at::Tensor TensorSlice::operator()(at::ArrayRef<at::indexing::TensorIndex> indic
       throw fail("only integers, Slice, Ellipsis and None are supported");
     }
   }
-  if (consuming > info.shape.size())
+  if (consuming > indexable)
     throw fail("too many indices (" + std::to_string(consuming) + ") for a tensor of rank " +
-               std::to_string(info.shape.size()));
-  for (std::size_t d = 0; d < rank; ++d) dims[d] = Dim{0, v.shape[d], 1, true};
+               std::to_string(indexable));
+  Selection sel;
+  sel.dims.resize(rank);
+  for (std::size_t d = 0; d < rank; ++d) sel.dims[d] = SelectedDim{0, shape[d], 1, true};
+  std::vector<std::size_t> new_axes;  // output positions of None
   std::size_t d = 0;
   std::size_t out_rank = 0;
   for (const auto& index : indices) {
     if (index.is_none()) {
       new_axes.push_back(out_rank++);
     } else if (index.is_ellipsis()) {
-      std::size_t skip = info.shape.size() - consuming;
+      std::size_t skip = indexable - consuming;
       d += skip;
       out_rank += skip;
     } else if (index.is_integer()) {
-      std::int64_t size = v.shape[d];
+      std::int64_t size = shape[d];
       std::int64_t i = as_int(index.integer());
       if (i < -size || i >= size)
         throw fail("index " + std::to_string(i) + " is out of range for dimension " +
                    std::to_string(d) + " of size " + std::to_string(size));
       if (i < 0) i += size;
-      dims[d++] = Dim{i, 1, 1, false};
+      sel.dims[d++] = SelectedDim{i, 1, 1, false};
     } else {
       const auto& sl = index.slice();
-      std::int64_t size = v.shape[d];
+      std::int64_t size = shape[d];
       std::int64_t step = as_int(sl.step());
       if (step <= 0) throw fail("slice step must be positive");
       auto clamp = [size](std::int64_t x) {
@@ -429,91 +441,124 @@ at::Tensor TensorSlice::operator()(at::ArrayRef<at::indexing::TensorIndex> indic
       std::int64_t stop = clamp(as_int(sl.stop()));
       // Not (stop - start + step - 1) / step: that overflows for steps near 2^63.
       std::int64_t count = stop > start ? (stop - start - 1) / step + 1 : 0;
-      dims[d++] = Dim{start, count, step, true};
+      sel.dims[d++] = SelectedDim{start, count, step, true};
       ++out_rank;
     }
   }
-
-  std::vector<std::int64_t> out_shape;
-  std::int64_t total = 1;
-  for (const Dim& dim : dims) {
-    if (dim.keep) out_shape.push_back(dim.count);
-    total *= dim.count;
+  for (const SelectedDim& dim : sel.dims) {
+    if (dim.keep) sel.out_shape.push_back(dim.count);
+    sel.total *= dim.count;
   }
-  for (std::size_t axis : new_axes) out_shape.insert(out_shape.begin() + axis, 1);
-  at::Tensor out = detail::empty_cpu(out_shape, v.dtype, s.options.huge_pages());
-  if (total == 0) return finish(std::move(out), s.options);
+  for (std::size_t axis : new_axes) sel.out_shape.insert(sel.out_shape.begin() + axis, 1);
+  return sel;
+}
 
-  // Row-major strides (elements) of the stored tensor.
-  std::vector<std::uint64_t> stride(rank, 1);
-  for (std::size_t k = rank; k-- > 1;) stride[k - 1] = stride[k] * static_cast<std::uint64_t>(v.shape[k]);
-  // The innermost contiguous run: whole trailing dims, then one step-1 dim.
-  std::size_t k = rank;
+// Where the selected elements lie in the stored tensor: equal contiguous runs
+// of `run` elements, one for each position of an odometer over the dimensions
+// [0, outer), in row-major order.
+struct RunPlan {
+  std::vector<std::uint64_t> stride;  // row-major strides of the stored tensor, in elements
+  std::size_t outer = 0;
   std::uint64_t run = 1;
-  while (k > 0 && dims[k - 1].start == 0 && dims[k - 1].count == v.shape[k - 1] && dims[k - 1].step == 1) {
-    run *= static_cast<std::uint64_t>(v.shape[k - 1]);
+  std::uint64_t fixed = 0;  // element offset of every run contributed by the dimensions >= outer
+};
+
+// Plans the runs of a selection of at least one element of a tensor of
+// `shape`: the innermost run takes the trailing dimensions selected whole,
+// then one selected with step 1; the odometer walks the dimensions before it,
+// and the one it stopped at when that one is strided.
+RunPlan plan_runs(const Selection& sel, const std::vector<std::int64_t>& shape) {
+  const std::vector<SelectedDim>& dims = sel.dims;
+  const std::size_t rank = shape.size();
+  RunPlan plan;
+  plan.stride.assign(rank, 1);
+  for (std::size_t k = rank; k-- > 1;) plan.stride[k - 1] = plan.stride[k] * static_cast<std::uint64_t>(shape[k]);
+  std::size_t k = rank;
+  while (k > 0 && dims[k - 1].start == 0 && dims[k - 1].count == shape[k - 1] && dims[k - 1].step == 1) {
+    plan.run *= static_cast<std::uint64_t>(shape[k - 1]);
     --k;
   }
   if (k > 0 && dims[k - 1].step == 1) {
-    run *= static_cast<std::uint64_t>(dims[k - 1].count);
+    plan.run *= static_cast<std::uint64_t>(dims[k - 1].count);
     --k;
   }
-  // Odometer over dims [0, k) plus, when the run stopped at a strided dim, that dim.
-  const std::size_t outer = k < rank && dims[k].step != 1 ? k + 1 : k;
-  const std::uint64_t esize = v.element_size;
-  const std::uint64_t run_bytes = run * esize;
-  auto inner_start = [&](std::size_t upto) {
-    std::uint64_t off = 0;
-    for (std::size_t j = upto; j < rank; ++j) off += static_cast<std::uint64_t>(dims[j].start) * stride[j];
-    return off;
-  };
-  const std::uint64_t base = s.header.data_offset() + info.begin;
-  const std::uint64_t fixed = inner_start(outer);  // offset contributed by dims >= outer
-  std::vector<std::int64_t> counter(outer, 0);
-  auto* dst = static_cast<char*>(out.data_ptr());
+  plan.outer = k < rank && dims[k].step != 1 ? k + 1 : k;
+  for (std::size_t j = plan.outer; j < rank; ++j)
+    plan.fixed += static_cast<std::uint64_t>(dims[j].start) * plan.stride[j];
+  return plan;
+}
 
-  // For pread with many small runs, read the whole selected span once and
-  // gather, when that reads little more than the runs themselves: a rank's
-  // columns of a large matrix (tensor parallelism) must cost about its share
-  // of the bytes, not the whole span.
+// Copies every run of `plan` (elements of `esize` bytes; the tensor's data at
+// file offset `base` of `source`) to `dst`, end to end, in odometer order:
+// `sel.total * esize` bytes. Reads a mapping or buffer in place; with pread,
+// many small runs are read as their whole span at once when that reads little
+// more than the runs themselves (a rank's columns of a large matrix must cost
+// about its share of the bytes, not the whole span), else one read per run.
+void gather_runs(const Source& source, std::uint64_t base, std::uint64_t esize, const Selection& sel,
+                 const RunPlan& plan, char* dst) {
+  const std::vector<SelectedDim>& dims = sel.dims;
+  const std::size_t outer = plan.outer;
+  const std::uint64_t run_bytes = plan.run * esize;
   std::string span_buffer;
   std::uint64_t span_begin = 0;
-  const std::byte* memory = s.source->data();  // byte 0 of the file, or null
+  const std::byte* memory = source.data();  // byte 0 of the file, or null
   if (!memory) {
     std::uint64_t first = 0, last = 0;
     for (std::size_t j = 0; j < outer; ++j) {
-      first += static_cast<std::uint64_t>(dims[j].start) * stride[j];
-      last += static_cast<std::uint64_t>(dims[j].start + (dims[j].count - 1) * dims[j].step) * stride[j];
+      first += static_cast<std::uint64_t>(dims[j].start) * plan.stride[j];
+      last += static_cast<std::uint64_t>(dims[j].start + (dims[j].count - 1) * dims[j].step) * plan.stride[j];
     }
-    const std::uint64_t span_bytes = (last - first + run) * esize;
-    const std::uint64_t useful = static_cast<std::uint64_t>(total) * esize;
+    const std::uint64_t span_bytes = (last - first + plan.run) * esize;
+    const std::uint64_t useful = static_cast<std::uint64_t>(sel.total) * esize;
     const std::uint64_t runs = useful / run_bytes;
     const std::uint64_t waste_allowed = std::max<std::uint64_t>(useful / 4, 256u << 10);
     if (runs > 1 && run_bytes < (64u << 10) && span_bytes - useful <= waste_allowed) {
-      span_begin = base + (first + fixed) * esize;
+      span_begin = base + (first + plan.fixed) * esize;
       span_buffer.resize(static_cast<std::size_t>(span_bytes));
-      s.source->read(span_begin, span_buffer.data(), span_buffer.size());
+      source.read(span_begin, span_buffer.data(), span_buffer.size());
     }
   }
   const auto* span =
       span_buffer.empty() ? nullptr : reinterpret_cast<const std::byte*>(span_buffer.data());
+  std::vector<std::int64_t> counter(outer, 0);
   for (;;) {
-    std::uint64_t off = fixed;
+    std::uint64_t off = plan.fixed;
     for (std::size_t j = 0; j < outer; ++j)
-      off += static_cast<std::uint64_t>(dims[j].start + counter[j] * dims[j].step) * stride[j];
+      off += static_cast<std::uint64_t>(dims[j].start + counter[j] * dims[j].step) * plan.stride[j];
     const std::uint64_t at = base + off * esize;
     if (memory) {
       std::memcpy(dst, memory + at, static_cast<std::size_t>(run_bytes));
     } else if (span) {
       std::memcpy(dst, span + (at - span_begin), static_cast<std::size_t>(run_bytes));
     } else {
-      s.source->read(at, dst, static_cast<std::size_t>(run_bytes));
+      source.read(at, dst, static_cast<std::size_t>(run_bytes));
     }
     dst += run_bytes;
     std::size_t j = outer;
     while (j > 0 && ++counter[j - 1] == dims[j - 1].count) counter[--j] = 0;
     if (j == 0) break;
   }
+}
+
+}  // namespace
+
+std::vector<std::int64_t> TensorSlice::shape() const {
+  return detail::torch_dims(*info_, state_->source->path());
+}
+
+at::Tensor TensorSlice::operator()(at::ArrayRef<at::indexing::TensorIndex> indices) const {
+  const State& s = *state_;
+  const TensorInfo& info = *info_;
+  if (dtype_bits(info.dtype) < 8)
+    throw Error(ErrorCode::InvalidSlice, s.source->path(), info.name,
+                "slicing a packed " + std::string(dtype_name(info.dtype)) +
+                    " tensor is not supported; use get_tensor");
+  const TorchView v = torch_view(s, info);  // raw-bytes views add one whole trailing dim
+  const Selection sel = resolve_indices(indices, v.shape, info.shape.size(), s.source->path(), info.name);
+  at::Tensor out = detail::empty_cpu(sel.out_shape, v.dtype, s.options.huge_pages());
+  if (sel.total == 0) return finish(std::move(out), s.options);
+  gather_runs(*s.source, s.header.data_offset() + info.begin, v.element_size, sel, plan_runs(sel, v.shape),
+              static_cast<char*>(out.data_ptr()));
   return finish(std::move(out), s.options);
 }
 

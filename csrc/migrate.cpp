@@ -19,6 +19,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "detail/text.hpp"
 #include "pickle/unpickler.hpp"
 #include "pickle/zip.hpp"
 #include "safetensors/error.hpp"
@@ -608,12 +609,6 @@ Checkpoint read(const std::string& path, const CheckpointOptions& options,
   return ckpt;
 }
 
-std::string shape_text(at::IntArrayRef sizes) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
-  return out + "]";
-}
-
 std::string dtype_text(const at::Tensor& t) {
   const auto dtype = from_torch_dtype(t.scalar_type());
   return dtype ? std::string(dtype_name(*dtype)) : std::string(c10::toString(t.scalar_type()));
@@ -677,7 +672,7 @@ class Comparison {
 // Why two tensors of one name differ, or "" when they are bitwise identical.
 std::string difference(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != b.scalar_type()) return "dtype " + dtype_text(a) + " vs " + dtype_text(b);
-  if (a.sizes() != b.sizes()) return "shape " + shape_text(a.sizes()) + " vs " + shape_text(b.sizes());
+  if (a.sizes() != b.sizes()) return "shape " + detail::shape_text(a.sizes().vec()) + " vs " + detail::shape_text(b.sizes().vec());
   Comparison comparison;
   comparison.compare(a, b);
   return comparison.detail();
@@ -704,13 +699,13 @@ Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& opt
   return read(path, options, nullptr);
 }
 
-ConvertSummary convert_checkpoint(const std::string& in, const std::string& out, const ConvertOptions& options) {
+ConvertReport convert_checkpoint(const std::string& in, const std::string& out, const ConvertOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   std::map<std::string, TensorInfo> raw;
   Checkpoint ckpt = read(in, CheckpointOptions().key(options.key()).backend(options.backend()), &raw);
   const std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
 
-  ConvertSummary summary;
+  ConvertReport summary;
   NamedTensors tensors;
   for (const auto& item : ckpt.tensors) {
     if (ckpt.aliases.count(item.key())) continue;

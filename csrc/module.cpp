@@ -34,32 +34,7 @@ Entries module_state(const torch::nn::Module& module) {
   return out;
 }
 
-std::vector<std::int64_t> torch_shape(const TensorInfo& info, const std::string& file) {
-  std::vector<std::int64_t> shape;
-  shape.reserve(info.shape.size());
-  for (std::uint64_t d : info.shape) {
-    // A header may declare such a dimension beside a zero one (no bytes at all).
-    if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-      throw Error(ErrorCode::LimitExceeded, file, info.name,
-                  "dimension " + std::to_string(d) + " does not fit a torch size (int64)");
-    shape.push_back(static_cast<std::int64_t>(d));
-  }
-  const unsigned bits = dtype_bits(info.dtype);
-  if (bits < 8 && !shape.empty()) shape.back() /= 8 / bits;
-  return shape;
-}
-
-std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
-std::string shape_text(const std::vector<std::uint64_t>& shape) {
-  return shape_text(std::vector<std::int64_t>(shape.begin(), shape.end()));
-}
-
-std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const ShardRange& range) {
+std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const PartRange& range) {
   std::vector<at::indexing::TensorIndex> index(static_cast<std::size_t>(dim), at::indexing::Slice());
   index.emplace_back(at::indexing::Slice(range.start, range.start + range.length));
   return index;
@@ -218,7 +193,7 @@ void Matcher::consider(const std::string& name, const std::string& source, bool 
     const Placement placement = tp->placement(*mapped, shape.size());
     if (placement.split_dim) {
       const std::int64_t dim = *placement.split_dim;
-      part = Part{dim, shard_range(shape[static_cast<std::size_t>(dim)], tp->rank, tp->world_size)};
+      part = Part{dim, part_range(shape[static_cast<std::size_t>(dim)], tp->rank, tp->world_size)};
     }
   }
   if (auto reason = misfit(target, info, checkpoint_.path, options_.tensor_parallel(), part, options_.convert_dtype())) {
@@ -449,9 +424,12 @@ void save_state_dict(const torch::nn::Module& module, const std::string& path,
   auto [tensors, meta] = detail::state_to_save(module, metadata);
   if (options.max_shard_size()) {
     save_sharded(tensors, path, meta,
-                 ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()));
+                 ShardedSaveOptions()
+                     .max_shard_size(*options.max_shard_size())
+                     .fsync(options.fsync())
+                     .progress(options.progress()));
   } else {
-    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()));
+    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()).progress(options.progress()));
   }
 }
 

@@ -13,6 +13,8 @@
 #include <ATen/TensorIndexing.h>
 #include <ATen/core/Tensor.h>
 
+#include "detail/text.hpp"
+#include "detail/torch_shape.hpp"
 #include "safetensors/header.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/tensor_parallel.hpp"
@@ -34,17 +36,8 @@ inline Backend default_backend(const StateDictLoadOptions& options) {
 /// Parameters then buffers, with the dotted names Python's state_dict uses.
 Entries module_state(const torch::nn::Module& module);
 
-/// The shape a file tensor has in torch: packed sub-byte dtypes (F4) hold
-/// several values per element. A dimension above int64's range (which a
-/// header may declare beside a zero one) is LimitExceeded, naming `file`.
-std::vector<std::int64_t> torch_shape(const TensorInfo& info, const std::string& file);
-
-/// "[2, 3]".
-std::string shape_text(const std::vector<std::int64_t>& shape);
-std::string shape_text(const std::vector<std::uint64_t>& shape);
-
 /// The index selecting `range` of dimension `dim` (and all of the ones before).
-std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const ShardRange& range);
+std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const PartRange& range);
 
 /// What a checkpoint holds, without its data: the tensors in key order, and
 /// the `removed -> kept` aliases a saver recorded in the metadata.
@@ -62,7 +55,7 @@ struct Catalog {
 /// A rank's part of a tensor split across ranks.
 struct Part {
   std::int64_t dim;
-  ShardRange range;
+  PartRange range;
 };
 
 /// One module entry and the checkpoint tensor that fills it, or a part of it.

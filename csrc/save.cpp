@@ -12,9 +12,14 @@
 #include "safetensors/error.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "safetensors/writer.hpp"
+#include "detail/sink.hpp"
 #include "save_internal.hpp"
 
 namespace safetensors {
+
+using detail::AtomicFile;
+using detail::BufferSink;
+using detail::Sink;
 
 NamedTensors::NamedTensors(const torch::OrderedDict<std::string, at::Tensor>& tensors) {
   items_.reserve(tensors.size());

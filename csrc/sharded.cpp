@@ -23,6 +23,7 @@
 #include "safetensors/error.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/writer.hpp"
+#include "detail/sink.hpp"
 #include "posix.hpp"
 #include "save_internal.hpp"
 #include "sharded_internal.hpp"

@@ -1,6 +1,6 @@
-// The staging ring: see staging.hpp. Torch-free.
+// The staging ring: see detail/staging.hpp. Torch-free.
 
-#include "safetensors/staging.hpp"
+#include "detail/staging.hpp"
 
 #include <algorithm>
 #include <exception>
@@ -9,7 +9,7 @@
 
 #include "safetensors/error.hpp"
 
-namespace safetensors {
+namespace safetensors::detail {
 
 namespace {
 
@@ -105,4 +105,4 @@ void stage_transfers(std::vector<StagedTransfer> transfers, const StagingRead& r
   }
 }
 
-}  // namespace safetensors
+}  // namespace safetensors::detail

@@ -16,7 +16,7 @@ bool is_pattern(const std::string& s) { return s.find_first_of("*?[") != std::st
 
 }  // namespace
 
-ShardRange shard_range(std::int64_t size, int rank, int world_size) {
+PartRange part_range(std::int64_t size, int rank, int world_size) {
   if (world_size < 1 || rank < 0 || rank >= world_size)
     throw Error(ErrorCode::InvalidArgument, "", "",
                 "rank " + std::to_string(rank) + " is not in a world of " + std::to_string(world_size));
@@ -25,21 +25,21 @@ ShardRange shard_range(std::int64_t size, int rank, int world_size) {
   return {rank * base + std::min<std::int64_t>(rank, extra), base + (rank < extra ? 1 : 0)};
 }
 
-ShardingPlan& ShardingPlan::split(std::string pattern, std::int64_t dim) {
+PartitionPlan& PartitionPlan::split(std::string pattern, std::int64_t dim) {
   return add(std::move(pattern), Placement::split(dim));
 }
 
-ShardingPlan& ShardingPlan::replicate(std::string pattern) {
+PartitionPlan& PartitionPlan::replicate(std::string pattern) {
   return add(std::move(pattern), Placement::replicate());
 }
 
-ShardingPlan& ShardingPlan::add(std::string pattern, Placement placement) {
+PartitionPlan& PartitionPlan::add(std::string pattern, Placement placement) {
   if (pattern.empty()) throw Error(ErrorCode::InvalidArgument, "", "", "a plan's pattern cannot be empty");
   rules_.push_back({std::move(pattern), placement});
   return *this;
 }
 
-Placement ShardingPlan::placement(const std::string& name) const {
+Placement PartitionPlan::placement(const std::string& name) const {
   for (const Rule& rule : rules_)
     if (!is_pattern(rule.pattern) && rule.pattern == name) return rule.placement;
   for (const Rule& rule : rules_)
@@ -61,11 +61,11 @@ Placement TensorParallel::placement(const std::string& name, std::size_t ndim) c
   return Placement::split(dim);
 }
 
-std::optional<ShardRange> TensorParallel::range(const std::string& name,
+std::optional<PartRange> TensorParallel::range(const std::string& name,
                                                 const std::vector<std::int64_t>& shape) const {
   const Placement p = placement(name, shape.size());
   if (!p.split_dim) return std::nullopt;
-  return shard_range(shape[static_cast<std::size_t>(*p.split_dim)], rank, world_size);
+  return part_range(shape[static_cast<std::size_t>(*p.split_dim)], rank, world_size);
 }
 
 std::vector<std::int64_t> TensorParallel::local_shape(const std::string& name,
@@ -73,7 +73,7 @@ std::vector<std::int64_t> TensorParallel::local_shape(const std::string& name,
   const Placement p = placement(name, shape.size());
   if (p.split_dim) {
     auto& size = shape[static_cast<std::size_t>(*p.split_dim)];
-    size = shard_range(size, rank, world_size).length;
+    size = part_range(size, rank, world_size).length;
   }
   return shape;
 }

@@ -10,6 +10,8 @@
 #include <atomic>
 #include <thread>
 
+#include "detail/staging.hpp"
+
 namespace safetensors::detail {
 
 namespace {

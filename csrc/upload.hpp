@@ -1,5 +1,5 @@
 #pragma once
-// Loading to a device through the staging ring (staging.hpp): pinned host
+// Loading to a device through the staging ring (detail/staging.hpp): pinned host
 // buffers filled from the file while the device copies earlier ones, with
 // LibTorch's asynchronous copies and events. Internal.
 #include <ATen/ATen.h>

@@ -18,11 +18,16 @@
 
 #include "safetensors/error.hpp"
 #include "checked.hpp"
+#include "detail/sink.hpp"
+#include "detail/text.hpp"
 #include "posix.hpp"
 
 namespace safetensors {
 
-void append_json_string(std::string& out, std::string_view s) {
+using detail::append_json_string;
+using detail::is_valid_utf8;
+
+void detail::append_json_string(std::string& out, std::string_view s) {
   static const char kHex[] = "0123456789abcdef";
   out += '"';
   std::size_t run = 0;  // start of the pending unescaped run
@@ -164,7 +169,7 @@ WritePlan plan_write(const std::vector<EntrySpec>& entries, const std::optional<
   return plan;
 }
 
-void BufferSink::write(const void* data, std::size_t n) {
+void detail::BufferSink::write(const void* data, std::size_t n) {
   const auto* p = static_cast<const std::uint8_t*>(data);
   bytes_.insert(bytes_.end(), p, p + n);
 }
@@ -254,8 +259,6 @@ void fsync_folder(const std::string& folder) {
     throw Error(ErrorCode::Io, folder, "",
                 "cannot flush the folder to disk: " + errno_text(err) + "; its files may not survive a crash");
 }
-
-}  // namespace detail
 
 // ---------------------------------------------------------------------------
 // AtomicFile
@@ -460,5 +463,7 @@ void AtomicFile::commit() {
                   "saved, but its folder cannot be flushed to disk: " + errno_text(err) +
                       "; the new file may not survive a crash");
 }
+
+}  // namespace detail
 
 }  // namespace safetensors

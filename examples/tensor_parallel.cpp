@@ -40,8 +40,8 @@ namespace {
 
 // GPT-2 (Hugging Face names, Conv1D weights stored [in, out]): attention and
 // MLP inputs column-parallel, their outputs row-parallel, the vocabulary split.
-st::ShardingPlan gpt2_plan() {
-  return st::ShardingPlan()
+st::PartitionPlan gpt2_plan() {
+  return st::PartitionPlan()
       .split("*.attn.c_attn.weight", 1)
       .split("*.attn.c_attn.bias", 0)
       .split("*.attn.c_proj.weight", 0)
@@ -62,7 +62,7 @@ void without_libuv(Options&, long) {}
 
 int env_int(const char* name) { return std::atoi(std::getenv(name)); }
 
-int run_rank(const std::string& checkpoint_path, const std::string& save, const st::ShardingPlan& plan) {
+int run_rank(const std::string& checkpoint_path, const std::string& save, const st::PartitionPlan& plan) {
   const int rank = env_int("RANK"), world = env_int("WORLD_SIZE");
   c10d::TCPStoreOptions store_options;
   store_options.port = static_cast<std::uint16_t>(env_int("MASTER_PORT"));
@@ -78,7 +78,7 @@ int run_rank(const std::string& checkpoint_path, const std::string& save, const 
   const st::TensorParallel tp{plan, rank, world};
   const auto start = std::chrono::steady_clock::now();
   const st::ShardedOpen checkpoint(checkpoint_path, st::LoadOptions().backend(st::Backend::Pread));
-  const st::TensorDict parts = st::load_shards(checkpoint, tp);
+  const st::TensorDict parts = st::load_parts(checkpoint, tp);
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   std::uint64_t mine = 0, whole = 0, split = 0;
   for (const auto& item : parts) {
@@ -153,7 +153,7 @@ int launch(int world, char** argv) {
 int main(int argc, char** argv) {
   std::string checkpoint, save;
   int world = 2;
-  st::ShardingPlan custom;
+  st::PartitionPlan custom;
   bool has_custom = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];

@@ -14,8 +14,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -61,8 +63,8 @@ std::vector<std::pair<std::string, torch::Tensor>> model_tensors() {
   return t;
 }
 
-st::ShardingPlan model_plan() {
-  return st::ShardingPlan()
+st::PartitionPlan model_plan() {
+  return st::PartitionPlan()
       .split("embed.weight", 0)
       .split("*.q.weight", 0)
       .split("*.q.bias", 0)
@@ -142,18 +144,18 @@ std::uint64_t header_bytes(const std::string& path) {
 // ---------------------------------------------------------------------------
 // In this process: the plan and the per-rank loads, which need no communication.
 
-TEST(ShardRange, SplitsUnevenlyFirstRanksTakeMore) {
-  EXPECT_EQ(st::shard_range(10, 0, 4), (st::ShardRange{0, 3}));
-  EXPECT_EQ(st::shard_range(10, 1, 4), (st::ShardRange{3, 3}));
-  EXPECT_EQ(st::shard_range(10, 2, 4), (st::ShardRange{6, 2}));
-  EXPECT_EQ(st::shard_range(10, 3, 4), (st::ShardRange{8, 2}));
-  EXPECT_EQ(st::shard_range(2, 3, 4), (st::ShardRange{2, 0}));
-  EXPECT_EQ(st::shard_range(0, 0, 1), (st::ShardRange{0, 0}));
+TEST(PartRange, SplitsUnevenlyFirstRanksTakeMore) {
+  EXPECT_EQ(st::part_range(10, 0, 4), (st::PartRange{0, 3}));
+  EXPECT_EQ(st::part_range(10, 1, 4), (st::PartRange{3, 3}));
+  EXPECT_EQ(st::part_range(10, 2, 4), (st::PartRange{6, 2}));
+  EXPECT_EQ(st::part_range(10, 3, 4), (st::PartRange{8, 2}));
+  EXPECT_EQ(st::part_range(2, 3, 4), (st::PartRange{2, 0}));
+  EXPECT_EQ(st::part_range(0, 0, 1), (st::PartRange{0, 0}));
   for (int world = 1; world <= 9; ++world)
     for (std::int64_t size = 0; size <= 30; ++size) {
       std::int64_t next = 0;
       for (int r = 0; r < world; ++r) {
-        const st::ShardRange range = st::shard_range(size, r, world);
+        const st::PartRange range = st::part_range(size, r, world);
         EXPECT_EQ(range.start, next);
         EXPECT_LE(range.length, size / world + 1);
         EXPECT_GE(range.length, size / world);
@@ -161,13 +163,13 @@ TEST(ShardRange, SplitsUnevenlyFirstRanksTakeMore) {
       }
       EXPECT_EQ(next, size);
     }
-  EXPECT_EQ(error_code_of([] { st::shard_range(4, 2, 2); }), st::ErrorCode::InvalidArgument);
-  EXPECT_EQ(error_code_of([] { st::shard_range(4, -1, 2); }), st::ErrorCode::InvalidArgument);
-  EXPECT_EQ(error_code_of([] { st::shard_range(4, 0, 0); }), st::ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of([] { st::part_range(4, 2, 2); }), st::ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of([] { st::part_range(4, -1, 2); }), st::ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of([] { st::part_range(4, 0, 0); }), st::ErrorCode::InvalidArgument);
 }
 
-TEST(ShardingPlan, ExactNamesWinThenFirstMatchingPattern) {
-  const auto plan = st::ShardingPlan()
+TEST(PartitionPlan, ExactNamesWinThenFirstMatchingPattern) {
+  const auto plan = st::PartitionPlan()
                         .split("*.weight", 0)
                         .split("layers.?.o.weight", 1)
                         .replicate("head.weight")
@@ -178,14 +180,14 @@ TEST(ShardingPlan, ExactNamesWinThenFirstMatchingPattern) {
   EXPECT_EQ(plan.placement("emba.bias"), st::Placement::split(1));
   EXPECT_EQ(plan.placement("embc.bias"), st::Placement::replicate());
   EXPECT_EQ(plan.placement("bias"), st::Placement::replicate());
-  EXPECT_EQ(error_code_of([] { st::ShardingPlan().split("", 0); }), st::ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of([] { st::PartitionPlan().split("", 0); }), st::ErrorCode::InvalidArgument);
 }
 
-TEST(ShardingPlan, NegativeDimensionsCountFromTheEndAndOutOfRangeIsAnError) {
-  const st::TensorParallel tp{st::ShardingPlan().split("a", -1).split("b", 2), 1, 2};
+TEST(PartitionPlan, NegativeDimensionsCountFromTheEndAndOutOfRangeIsAnError) {
+  const st::TensorParallel tp{st::PartitionPlan().split("a", -1).split("b", 2), 1, 2};
   EXPECT_EQ(tp.placement("a", 3), st::Placement::split(2));
   EXPECT_EQ(tp.local_shape("a", {4, 5, 7}), (std::vector<std::int64_t>{4, 5, 3}));
-  EXPECT_EQ(tp.range("a", {4, 5, 7}), (st::ShardRange{4, 3}));
+  EXPECT_EQ(tp.range("a", {4, 5, 7}), (st::PartRange{4, 3}));
   EXPECT_EQ(tp.range("c", {4}), std::nullopt);
   try {
     tp.placement("b", 2);
@@ -196,6 +198,26 @@ TEST(ShardingPlan, NegativeDimensionsCountFromTheEndAndOutOfRangeIsAnError) {
     EXPECT_NE(std::string(e.what()).find("dimension 2"), std::string::npos) << e.what();
   }
 }
+
+// The names of release 0.1 compile, with a deprecation warning, and mean what
+// the new ones do.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+TEST(TensorParallel, TheNamesOfRelease01StillWork) {
+  static_assert(std::is_same_v<st::ShardRange, st::PartRange>);
+  static_assert(std::is_same_v<st::ShardingPlan, st::PartitionPlan>);
+  EXPECT_EQ(st::shard_range(10, 1, 4), st::part_range(10, 1, 4));
+  TempDir dir;
+  write_model(dir.path());
+  const st::ShardedOpen checkpoint((dir.path() / "model.safetensors").string());
+  const st::ShardingPlan plan = model_plan();
+  const st::TensorParallel tp{plan, 1, 2};
+  const st::TensorDict old = st::load_shards(checkpoint, tp);
+  const st::TensorDict parts = st::load_parts(checkpoint, tp);
+  ASSERT_EQ(old.keys(), parts.keys());
+  for (const auto& item : parts) EXPECT_TRUE(bitwise_equal(old[item.key()], item.value())) << item.key();
+}
+#pragma GCC diagnostic pop
 
 // Every rank of several worlds loads its parts, and they are torch's narrow
 // of the whole, while reading about 1/world of the data.
@@ -211,7 +233,7 @@ TEST(TensorParallelLoad, EachRankGetsItsPartAndReadsOnlyIt) {
       auto source = std::make_shared<CountingSource>(st::open_file(path, st::Backend::Pread));
       const st::ShardedOpen checkpoint{st::SafeOpen(source)};
       const std::uint64_t after_header = source->bytes();
-      const st::TensorDict parts = st::load_shards(checkpoint, tp);
+      const st::TensorDict parts = st::load_parts(checkpoint, tp);
       ASSERT_EQ(parts.size(), originals.size());
       std::uint64_t expected_bytes = 0;
       for (const auto& [name, whole] : originals) {
@@ -237,11 +259,11 @@ TEST(TensorParallelLoad, ColumnsOfALargeMatrixCostTheirShare) {
   const torch::Tensor w = torch::randn({512, 1024});
   st::save_file(std::vector<std::pair<std::string, torch::Tensor>>{{"o.weight", w}}, path);
   for (int world : {2, 4, 8}) {
-    const st::TensorParallel tp{st::ShardingPlan().split("o.weight", 1), world - 1, world};
+    const st::TensorParallel tp{st::PartitionPlan().split("o.weight", 1), world - 1, world};
     auto source = std::make_shared<CountingSource>(st::open_file(path, st::Backend::Pread));
     const st::ShardedOpen checkpoint{st::SafeOpen(source)};
     const std::uint64_t before = source->bytes();
-    const st::TensorDict parts = st::load_shards(checkpoint, tp);
+    const st::TensorDict parts = st::load_parts(checkpoint, tp);
     EXPECT_TRUE(bitwise_equal(parts["o.weight"], expected_part("o.weight", w, tp)));
     EXPECT_EQ(source->bytes() - before, w.nbytes() / world) << world << " ranks";
   }
@@ -312,7 +334,7 @@ TEST(TensorParallelLoad, AnAliasTakesItsOwnPartAndDtype) {
   const fs::path file = dir.path() / "tied.safetensors";
   write_tied_model(file);
   const torch::Tensor whole = st::SafeOpen(file.string()).get_tensor("lm_head.weight");
-  const st::TensorParallel tp{st::ShardingPlan().split("wte.weight", 0), 1, 2};
+  const st::TensorParallel tp{st::PartitionPlan().split("wte.weight", 0), 1, 2};
   for (st::LoadMode mode : {st::LoadMode::Copy, st::LoadMode::ZeroCopy}) {
     auto module = make_module({{"wte.weight", torch::zeros({5, 4})}, {"lm_head.weight", torch::zeros({10, 4})}});
     const st::LoadReport report =
@@ -419,7 +441,7 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
     // Each rank reads about 1/world of the file (the model is mostly split data).
     {
       auto source = std::make_shared<CountingSource>(st::open_file(model, st::Backend::Pread));
-      st::load_shards(st::ShardedOpen{st::SafeOpen(source)}, tp);
+      st::load_parts(st::ShardedOpen{st::SafeOpen(source)}, tp);
       const double share = static_cast<double>(source->bytes()) / static_cast<double>(fs::file_size(model));
       std::printf("rank %d of %d read %llu bytes, %.1f%% of the file\n", rank, world,
                   static_cast<unsigned long long>(source->bytes()), 100 * share);
@@ -429,7 +451,7 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
     // Each rank reads its parts; all-gathers put every tensor back together.
     for (const std::string source : {"model.safetensors", "sharded"}) {
       const st::ShardedOpen checkpoint((dir / source).string(), st::LoadOptions().backend(st::Backend::Pread));
-      const st::TensorDict parts = st::load_shards(checkpoint, tp);
+      const st::TensorDict parts = st::load_parts(checkpoint, tp);
       for (const auto& [name, whole] : originals) {
         const st::Placement p = tp.placement(name, whole.dim());
         const torch::Tensor back = p.split_dim ? all_gather_whole(*comm, parts[name], *p.split_dim) : parts[name];
@@ -477,9 +499,9 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
   if (scenario == "broadcast-alias") {
     // The file of a tied model; the plan splits the embedding, and the
     // output layer, untied here and held in F64, takes the whole tensor.
-    const st::TensorParallel split{st::ShardingPlan().split("wte.weight", 0), rank, world};
+    const st::TensorParallel split{st::PartitionPlan().split("wte.weight", 0), rank, world};
     const torch::Tensor whole = st::SafeOpen((dir / "tied.safetensors").string()).get_tensor("lm_head.weight");
-    const st::ShardRange range = st::shard_range(whole.size(0), rank, world);
+    const st::PartRange range = st::part_range(whole.size(0), rank, world);
     for (st::LoadMode mode : {st::LoadMode::Copy, st::LoadMode::ZeroCopy}) {
       auto module = make_module({{"wte.weight", torch::zeros({range.length, 4})},
                                  {"lm_head.weight", torch::zeros({10, 4}, torch::kDouble)}});
@@ -496,11 +518,23 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
   }
   if (scenario == "save") {
     // Parts in, one normal sharded checkpoint out (checked by the test).
-    const st::TensorDict parts = st::load_shards(st::ShardedOpen(model), tp);
-    const auto files = st::save_sharded_distributed(parts, (dir / "out").string(), *comm, model_plan(),
-                                                    st::Metadata{{"origin", "distributed"}},
-                                                    st::DistributedSaveOptions().fsync(false));
+    const st::TensorDict parts = st::load_parts(st::ShardedOpen(model), tp);
+    // Each rank's progress counts up to the bytes of the shard it writes.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> calls;
+    const auto files = st::save_sharded_distributed(
+        parts, (dir / "out").string(), *comm, model_plan(), st::Metadata{{"origin", "distributed"}},
+        st::DistributedSaveOptions().fsync(false).progress(
+            [&](std::uint64_t done, std::uint64_t total) { calls.emplace_back(done, total); }));
     CHECK_WORKER(files.back() == "model.safetensors.index.json", files.back());
+    CHECK_WORKER(!calls.empty(), "no progress");
+    for (std::size_t i = 0; i < calls.size(); ++i)
+      CHECK_WORKER(calls[i].second == calls.back().second && calls[i].first <= calls[i].second &&
+                       (i == 0 || calls[i - 1].first <= calls[i].first),
+                   std::to_string(calls[i].first) + " of " + std::to_string(calls[i].second));
+    CHECK_WORKER(calls.back().first == calls.back().second, "progress did not end at the total");
+    // Every rank owns some bytes here, so rank r wrote the r-th shard.
+    const st::SafeOpen mine((dir / "out" / files[static_cast<std::size_t>(rank)]).string());
+    CHECK_WORKER(mine.header().data_size() == calls.back().second, std::to_string(mine.header().data_size()));
     // A module holding this rank's parts, saved the same way.
     // A module holding this rank's parts, with an output layer tied to the
     // embedding, saved the same way.
@@ -509,6 +543,23 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
     auto head = module->register_module("head", std::make_shared<torch::nn::Module>());
     head->register_parameter("weight", module->named_parameters()["embed.weight"]);
     st::save_state_dict_distributed(*module, (dir / "module-out").string(), *comm, model_plan());
+    return 0;
+  }
+  if (scenario == "save-progress-throws") {
+    // The last rank's progress callback throws something that is not an Error.
+    try {
+      st::save_sharded_distributed(local_parts(tp), (dir / "out").string(), *comm, model_plan(), std::nullopt,
+                                   st::DistributedSaveOptions().progress([&](std::uint64_t, std::uint64_t) {
+                                     if (rank == world - 1) throw std::runtime_error("stop");
+                                   }));
+      CHECK_WORKER(false, "a save whose progress threw on one rank succeeded");
+    } catch (const st::Error& e) {
+      const std::string what = e.what();
+      CHECK_WORKER(rank != world - 1, what);
+      CHECK_WORKER(what.find("rank " + std::to_string(world - 1)) != std::string::npos, what);
+    } catch (const std::runtime_error& e) {
+      CHECK_WORKER(rank == world - 1 && std::string(e.what()) == "stop", e.what());
+    }
     return 0;
   }
   if (scenario == "save-mismatch") {
@@ -668,11 +719,13 @@ TEST_P(Ranks, ASaveThatOneRankCannotMakeFailsEveryRankAndKeepsThePreviousCheckpo
   std::map<std::string, std::string> before;
   for (const auto& entry : fs::directory_iterator(dir.path() / "out"))
     before[entry.path().filename().string()] = st::test::read_bytes(entry.path().string());
-  run_ranks("save-mismatch", GetParam(), dir.path());
-  std::map<std::string, std::string> after;
-  for (const auto& entry : fs::directory_iterator(dir.path() / "out"))
-    after[entry.path().filename().string()] = st::test::read_bytes(entry.path().string());
-  EXPECT_EQ(before, after);
+  for (const std::string scenario : {"save-mismatch", "save-progress-throws"}) {
+    run_ranks(scenario, GetParam(), dir.path());
+    std::map<std::string, std::string> after;
+    for (const auto& entry : fs::directory_iterator(dir.path() / "out"))
+      after[entry.path().filename().string()] = st::test::read_bytes(entry.path().string());
+    EXPECT_EQ(before, after) << scenario;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Gloo, Ranks, ::testing::Values(2, 4),

@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "../csrc/detail/text.hpp"
 #include "safetensors/header.hpp"
 #include "safetensors/writer.hpp"
 #include "test_util.hpp"
@@ -11,6 +12,8 @@
 namespace safetensors {
 namespace {
 
+using detail::append_json_string;
+using detail::is_valid_utf8;
 using test::error_code_of;
 using test::make_file;
 

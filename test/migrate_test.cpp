@@ -16,6 +16,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -112,7 +113,7 @@ TEST(Migrate, FreshPythonFilesMatchPython) {
 // converted without running it; its state is what its __getstate__ saved.
 TEST(Migrate, ReadsATorchScriptModuleWithoutRunningIt) {
   TempDir dir;
-  const st::ConvertSummary summary = st::convert_checkpoint(kFixtures + "hostile_setstate.pt", dir.file("x.safetensors"));
+  const st::ConvertReport summary = st::convert_checkpoint(kFixtures + "hostile_setstate.pt", dir.file("x.safetensors"));
   EXPECT_EQ(summary.format, CheckpointFormat::TorchArchive);
   EXPECT_TRUE(bitwise_equal(st::load_file(dir.file("x.safetensors"))["0"], at::ones({3})));
   ASSERT_EQ(summary.non_tensors.size(), 1u);
@@ -235,10 +236,21 @@ TEST(Migrate, FindsAliasesAndOverlappingViews) {
             (std::vector<std::string>{"base", "rows", "transposed", "columns", "chunk0", "chunk1"}));
 }
 
+// The name of release 0.1 compiles, with a deprecation warning, and is the report.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+TEST(Migrate, TheNameOfRelease01StillWorks) {
+  static_assert(std::is_same_v<st::ConvertSummary, st::ConvertReport>);
+  TempDir dir;
+  const st::ConvertSummary summary = st::convert_checkpoint(kFixtures + "views.pt", dir.file("views.safetensors"));
+  EXPECT_EQ(summary.tensors, 6u);
+}
+#pragma GCC diagnostic pop
+
 TEST(Migrate, ConvertsWithAliasesInTheMetadata) {
   TempDir dir;
   const std::string out = dir.file("views.safetensors");
-  const st::ConvertSummary summary = st::convert_checkpoint(kFixtures + "views.pt", out);
+  const st::ConvertReport summary = st::convert_checkpoint(kFixtures + "views.pt", out);
   EXPECT_EQ(summary.tensors, 6u);
   EXPECT_EQ(summary.aliases.at("same"), "base");
   const st::Metadata meta = st::load_metadata(out);
@@ -259,7 +271,7 @@ TEST(Migrate, ConvertsWithAliasesInTheMetadata) {
 TEST(Migrate, ReportsProgressPerTensor) {
   TempDir dir;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> calls;
-  const st::ConvertSummary summary = st::convert_checkpoint(
+  const st::ConvertReport summary = st::convert_checkpoint(
       kFixtures + "views.pt", dir.file("views.safetensors"),
       st::ConvertOptions().progress([&](std::uint64_t done, std::uint64_t total) { calls.emplace_back(done, total); }));
   ASSERT_EQ(calls.size(), summary.tensors);

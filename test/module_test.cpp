@@ -4,13 +4,16 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include <torch/torch.h>
 
 #include "safetensors/load.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/save.hpp"
+#include "safetensors/sharded.hpp"
 #include "test_util.hpp"
 
 namespace safetensors {
@@ -147,7 +150,7 @@ TEST(StateDict, ADimensionBeyondInt64IsLimitExceededNamingTheFile) {
   for (bool tp : {false, true})
     for (LoadMode mode : {LoadMode::Copy, LoadMode::ZeroCopy}) {
       auto options = StateDictLoadOptions().strict(false).mode(mode);
-      if (tp) options.tensor_parallel(TensorParallel{ShardingPlan().split("w", 1), 0, 2});
+      if (tp) options.tensor_parallel(TensorParallel{PartitionPlan().split("w", 1), 0, 2});
       try {
         load_state_dict(module, path, options);
         ADD_FAILURE() << "loaded";
@@ -532,6 +535,34 @@ TEST(StateDict, SavesParametersFromAnyLayoutAsContiguousValues) {
   auto m = std::make_shared<TransposedImpl>();
   save_state_dict(*m, dir.file("t.safetensors"));
   EXPECT_TRUE(torch::equal(SafeOpen(dir.file("t.safetensors")).get_tensor("w"), m->w));
+}
+
+// Progress counts every tensor byte of the save, in one file or over the
+// shards of a set, and its setters chain with those of the state-dict options.
+TEST(StateDict, ReportsProgressOverEveryFileOfTheSave) {
+  TempDir dir;
+  Net saved;
+  std::uint64_t bytes = 0;
+  for (const auto& t : saved->parameters()) bytes += t.nbytes();
+  for (const auto& t : saved->buffers()) bytes += t.nbytes();
+  std::filesystem::create_directory(dir.file("set"));
+  for (const std::optional<std::uint64_t> shard_size : {std::optional<std::uint64_t>(), std::optional<std::uint64_t>(256)}) {
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> calls;
+    save_state_dict(*saved, shard_size ? dir.file("set") : dir.file("net.safetensors"), std::nullopt,
+                    StateDictSaveOptions()
+                        .fsync(false)
+                        .progress([&](std::uint64_t done, std::uint64_t total) { calls.emplace_back(done, total); })
+                        .max_shard_size(shard_size));
+    ASSERT_EQ(calls.size(), kNetNames.size());
+    std::uint64_t previous = 0;
+    for (const auto& [done, total] : calls) {
+      EXPECT_GE(done, previous);
+      EXPECT_EQ(total, bytes);
+      previous = done;
+    }
+    EXPECT_EQ(calls.back().first, bytes);
+    if (shard_size) EXPECT_GT(ShardedOpen(dir.file("set")).shards().size(), 1u);
+  }
 }
 
 TEST(StateDict, FillsCudaParametersStraightFromTheFile) {

@@ -19,16 +19,21 @@
 #include <set>
 #include <thread>
 
+#include "../csrc/detail/staging.hpp"
 #include "../csrc/upload.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/save.hpp"
-#include "safetensors/staging.hpp"
 #include "test_util.hpp"
 
 namespace safetensors {
 namespace {
 
+using detail::kStagingMaxGap;
+using detail::stage_transfers;
+using detail::StagedTransfer;
+using detail::StagingDevice;
+using detail::StagingRead;
 using test::error_code_of;
 
 // A "device" whose copies happen only when their slot is waited for: a slot

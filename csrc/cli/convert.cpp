@@ -105,7 +105,7 @@ std::string joined(const std::vector<std::string>& names) {
 }
 
 // What a migration did beyond writing tensors: nothing is dropped silently.
-void print_summary(const std::string& in, const std::string& out, const ConvertSummary& s) {
+void print_report(const std::string& in, const std::string& out, const ConvertReport& s) {
   std::cout << "converted " << printable(in) << " (" << to_string(s.format) << ") -> " << printable(out)
             << ": " << s.tensors << " tensors, " << s.bytes << " bytes";
   // The files written are the shards, then the index.
@@ -131,18 +131,18 @@ void print_summary(const std::string& in, const std::string& out, const ConvertS
 // A torch.save file or torch::save archive, or a safetensors file read with
 // migration options.
 int migrate(const std::string& in, const std::string& out, const Metadata& overrides, const ConvertArgs& args) {
-  ConvertSummary summary;
+  ConvertReport report;
   {
-    ProgressLine progress;  // ended before the summary is printed
-    summary = convert_checkpoint(in, out,
-                                 ConvertOptions()
-                                     .key(args.key)
-                                     .backend(args.backend)
-                                     .metadata(overrides)
-                                     .max_shard_size(args.shard_size)
-                                     .progress(progress.callback()));
+    ProgressLine progress;  // ended before the report is printed
+    report = convert_checkpoint(in, out,
+                                ConvertOptions()
+                                    .key(args.key)
+                                    .backend(args.backend)
+                                    .metadata(overrides)
+                                    .max_shard_size(args.shard_size)
+                                    .progress(progress.callback()));
   }
-  print_summary(in, out, summary);
+  print_report(in, out, report);
   return kExitOk;
 }
 

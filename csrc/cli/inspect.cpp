@@ -7,26 +7,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../detail/text.hpp"
 #include "commands.hpp"
 #include "safetensors/load.hpp"
 
 namespace safetensors::cli {
 namespace {
 
-std::string shape_text(const std::vector<std::uint64_t>& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i) out += ", ";
-    out += std::to_string(shape[i]);
-  }
-  return out + "]";
-}
-
 void print_table(const Header& header) {
   using Row = std::array<std::string, 5>;
   std::vector<Row> rows{{"NAME", "DTYPE", "SHAPE", "BYTES", "RANGE"}};
   for (const TensorInfo& t : header.tensors()) {
-    rows.push_back({printable(t.name), std::string(dtype_name(t.dtype)), shape_text(t.shape),
+    rows.push_back({printable(t.name), std::string(dtype_name(t.dtype)), detail::shape_text(t.shape),
                     std::to_string(t.nbytes()),
                     "[" + std::to_string(t.begin) + ", " + std::to_string(t.end) + ")"});
   }

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "../checked.hpp"
+#include "../detail/text.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/header.hpp"
 
@@ -431,7 +432,7 @@ void Machine::op_binfloat() {
 }
 
 void Machine::push_text(Value::Kind kind, std::string_view s) {
-  if (kind == Value::Kind::String && !is_valid_utf8(s)) fail("a string is not valid UTF-8");
+  if (kind == Value::Kind::String && !detail::is_valid_utf8(s)) fail("a string is not valid UTF-8");
   charge(s.size());
   Value* v = make(kind);
   v->text = std::string(s);

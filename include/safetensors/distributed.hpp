@@ -11,9 +11,13 @@
 //   safetensors::save_state_dict_distributed(model, "out/", *comm, plan);
 //
 // The loads with a plan need no communication at all (see
-// StateDictLoadOptions::tensor_parallel and load_shards); the collectives
+// StateDictLoadOptions::tensor_parallel and load_parts); the collectives
 // serve load_state_dict_broadcast (rank 0 reads, for files only one host
 // sees) and the distributed save.
+//
+// Opt-in: the umbrella header safetensors.hpp leaves this one out, since it
+// includes c10d's headers (torch/csrc/distributed), which a program that does
+// not use torch.distributed need not compile.
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -100,7 +104,11 @@ std::shared_ptr<Communicator> make_communicator(c10::intrusive_ptr<Group> group)
 /// This rank's part of every tensor of a checkpoint (the whole of the
 /// replicated ones), in keys() order, reading only those bytes. The plan is
 /// matched against the checkpoint's names.
-TensorDict load_shards(const ShardedOpen& checkpoint, const TensorParallel& tp);
+TensorDict load_parts(const ShardedOpen& checkpoint, const TensorParallel& tp);
+[[deprecated("use load_parts")]] inline TensorDict load_shards(const ShardedOpen& checkpoint,
+                                                               const TensorParallel& tp) {
+  return load_parts(checkpoint, tp);
+}
 
 /// load_state_dict for files that only rank 0 can see: rank 0 opens `path`
 /// (ignored on the other ranks), every rank matches the checkpoint's tensors
@@ -113,11 +121,10 @@ TensorDict load_shards(const ShardedOpen& checkpoint, const TensorParallel& tp);
 LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::string& path,
                                      Communicator& comm, const StateDictLoadOptions& options = {});
 
-/// Options of the distributed saves.
-struct DistributedSaveOptions {
-  /// Flush the files and the folder to disk before returning.
-  TORCH_ARG(bool, fsync) = true;
-};
+/// Options of the distributed saves. Each rank's progress counts the shard
+/// that rank writes (none, on a rank that owns no tensor); an exception thrown
+/// from it makes every rank throw, leaving the previous checkpoint.
+struct DistributedSaveOptions : WriteOptions<DistributedSaveOptions> {};
 
 /// Saves a tensor-parallel state into `folder` (which must exist) as one
 /// sharded checkpoint (`model-0000k-of-0000n.safetensors` and
@@ -134,7 +141,7 @@ struct DistributedSaveOptions {
 /// every rank. Collective. Returns the files of the checkpoint (shards, then
 /// the index).
 std::vector<std::string> save_sharded_distributed(const NamedTensors& local, const std::string& folder,
-                                                  Communicator& comm, const ShardingPlan& plan,
+                                                  Communicator& comm, const PartitionPlan& plan,
                                                   const std::optional<Metadata>& metadata = std::nullopt,
                                                   const DistributedSaveOptions& options = {});
 
@@ -142,7 +149,7 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
 /// CPU), tied tensors saved once as save_state_dict does.
 std::vector<std::string> save_state_dict_distributed(const torch::nn::Module& module,
                                                      const std::string& folder, Communicator& comm,
-                                                     const ShardingPlan& plan,
+                                                     const PartitionPlan& plan,
                                                      const std::optional<Metadata>& metadata = std::nullopt,
                                                      const DistributedSaveOptions& options = {});
 

@@ -99,8 +99,4 @@ Header parse_header(std::string_view json, std::uint64_t data_size, const std::s
 /// Both steps over a whole in-memory file.
 Header parse_header(const void* data, std::size_t size, const std::string& file = "");
 
-/// True when `s` is well-formed UTF-8 (no overlong forms, surrogates or code
-/// points above U+10FFFF).
-bool is_valid_utf8(std::string_view s) noexcept;
-
 }  // namespace safetensors

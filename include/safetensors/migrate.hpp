@@ -29,6 +29,7 @@
 #include <torch/ordered_dict.h>
 
 #include "safetensors/header.hpp"
+#include "safetensors/save.hpp"
 #include "safetensors/source.hpp"
 
 namespace safetensors {
@@ -117,7 +118,9 @@ struct Checkpoint {
 /// header length, the safetensors parser's own error.
 Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options = {});
 
-struct ConvertOptions {
+/// Options of convert_checkpoint: fsync and progress (over every shard when
+/// sharded), and how `in` is read and `out` written.
+struct ConvertOptions : WriteOptions<ConvertOptions> {
   TORCH_ARG(std::vector<std::string>, key) = {};
   /// How `in` is read (see CheckpointOptions::backend).
   TORCH_ARG(Backend, backend) = Backend::Mmap;
@@ -126,16 +129,10 @@ struct ConvertOptions {
   /// When set, `out` is a folder that receives a sharded checkpoint
   /// (save_sharded) with at most this many tensor bytes per shard.
   TORCH_ARG(std::optional<std::uint64_t>, max_shard_size) = std::nullopt;
-  TORCH_ARG(bool, fsync) = true;
-  /// Called after each tensor is written, in file order, with the tensor
-  /// bytes written so far and the total (over every shard): `done` grows and
-  /// the last call has `done == total`, after which the file (or the shards
-  /// and the index) are flushed and renamed into place. Not called when there
-  /// are no tensors.
-  TORCH_ARG(std::function<void(std::uint64_t done, std::uint64_t total)>, progress) = nullptr;
 };
 
-struct ConvertSummary {
+/// What convert_checkpoint wrote.
+struct ConvertReport {
   CheckpointFormat format = CheckpointFormat::Unknown;
   std::size_t tensors = 0;  ///< tensors written
   std::uint64_t bytes = 0;  ///< tensor bytes written
@@ -145,14 +142,16 @@ struct ConvertSummary {
   std::vector<std::string> files;  ///< the files written (several when sharded)
   double seconds = 0;
 };
+/// The name of release 0.1, kept for one release.
+using ConvertSummary [[deprecated("use ConvertReport")]] = ConvertReport;
 
 /// Reads `in` (any supported format) and writes its tensors to `out` as one
 /// safetensors file, crash-safely (or as shards, see max_shard_size). A tensor
 /// that is the same view as an earlier one is written once, its name recorded
 /// in the metadata; a safetensors input keeps its dtypes, even those this
 /// LibTorch lacks.
-ConvertSummary convert_checkpoint(const std::string& in, const std::string& out,
-                                  const ConvertOptions& options = {});
+ConvertReport convert_checkpoint(const std::string& in, const std::string& out,
+                                 const ConvertOptions& options = {});
 
 /// How one tensor differs between two checkpoints.
 struct TensorDifference {

@@ -140,12 +140,11 @@ LoadReport load_state_dict(torch::nn::Module& module, const SafeOpen& file,
 LoadReport load_state_dict(torch::nn::Module& module, const ShardedOpen& checkpoint,
                            const StateDictLoadOptions& options = {});
 
-/// Options of save_state_dict.
-struct StateDictSaveOptions {
+/// Options of save_state_dict: fsync and progress (over every shard when
+/// sharded), and whether to shard.
+struct StateDictSaveOptions : WriteOptions<StateDictSaveOptions> {
   /// When set, `path` is a folder and the checkpoint is sharded (see save_sharded).
   TORCH_ARG(std::optional<std::uint64_t>, max_shard_size) = std::nullopt;
-  /// Flush the files and the folder to disk before returning.
-  TORCH_ARG(bool, fsync) = true;
 };
 
 /// Tensors to save with each block of shared memory saved once.

@@ -1,5 +1,9 @@
 #pragma once
 // safetensors-torch: the safetensors format as LibTorch's checkpoint format.
+//
+// Every public header but one. Tensor-parallel checkpoints on torch.distributed
+// are opt-in: include "safetensors/distributed.hpp" for them, which pulls in
+// c10d's headers (and make_communicator where LibTorch has them).
 
 #include "safetensors/dtype.hpp"
 #include "safetensors/error.hpp"

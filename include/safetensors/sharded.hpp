@@ -109,15 +109,12 @@ class ShardedOpen {
   Metadata metadata_;
 };
 
-/// Options of save_sharded.
-struct ShardedSaveOptions {
+/// Options of save_sharded: fsync and progress (counted over every shard), and
+/// the size of the shards.
+struct ShardedSaveOptions : WriteOptions<ShardedSaveOptions> {
   /// Bytes of tensor data per shard at most, except that a larger tensor gets
   /// a shard of its own.
   TORCH_ARG(std::uint64_t, max_shard_size) = kDefaultMaxShardSize;
-  /// Flush the files and the folder to disk before returning.
-  TORCH_ARG(bool, fsync) = true;
-  /// As SaveOptions::progress, counted over every shard.
-  TORCH_ARG(std::function<void(std::uint64_t done, std::uint64_t total)>, progress) = nullptr;
 };
 
 /// Saves a checkpoint into `folder` (which must exist), packing tensors greedily
@@ -140,8 +137,8 @@ struct ShardedSaveOptions {
 /// removed). On a filesystem without hard links they keep their staged names,
 /// which the index lists, until a later save. Every shard and the index also
 /// record the save's kShardSetKey, and ShardedOpen refuses a set mixed by other
-/// means. Each shard and the index follow AtomicFile's rules for symlinks and
-/// permissions. Returns the names of the files the index lists, then the index.
+/// means. Each shard and the index follow the rules of every save (save.hpp)
+/// for symlinks and permissions. Returns the names of the files the index lists, then the index.
 ///
 /// Cleanup: each writer holds a lock in the folder for the whole save, which
 /// records the files it may leave should it die (the previous checkpoint's,

@@ -1,10 +1,11 @@
 #pragma once
-// Tensor parallelism: which part of each tensor a rank holds. A plan maps
+// Tensor parallelism: which part of each tensor a rank holds (a "part"; a
+// "shard" is a file of a sharded checkpoint, sharded.hpp). A plan maps
 // tensor names (exact, or glob patterns) to a dimension to split or to
 // "replicate"; with a rank and a world size it gives each rank's slice.
 // Torch-free.
 //
-//   auto plan = safetensors::ShardingPlan()
+//   auto plan = safetensors::PartitionPlan()
 //                   .split("*.q_proj.weight", 0)    // column-parallel: output rows
 //                   .split("*.q_proj.bias", 0)
 //                   .split("*.o_proj.weight", 1);   // row-parallel: input columns
@@ -31,10 +32,10 @@ struct Placement {
 };
 
 /// A rank's part of one dimension: elements [start, start + length).
-struct ShardRange {
+struct PartRange {
   std::int64_t start = 0;
   std::int64_t length = 0;
-  bool operator==(const ShardRange& other) const noexcept {
+  bool operator==(const PartRange& other) const noexcept {
     return start == other.start && length == other.length;
   }
 };
@@ -42,20 +43,20 @@ struct ShardRange {
 /// The usual uneven split: `size` elements over `world_size` ranks, the first
 /// `size % world_size` ranks taking one more. Throws InvalidArgument for a
 /// rank outside [0, world_size) or a negative size.
-ShardRange shard_range(std::int64_t size, int rank, int world_size);
+PartRange part_range(std::int64_t size, int rank, int world_size);
 
 /// Rules from names to placements. A name takes the placement of its exact
 /// rule if it has one, else of the first pattern (`*` any run of characters,
 /// dots included; `?` one character; `[...]` a set) that matches, in the order
 /// the rules were added; names no rule matches are replicated.
-class ShardingPlan {
+class PartitionPlan {
  public:
   /// Splits the matching tensors along `dim` (0: column-parallel linear
   /// weights and their biases; 1: row-parallel linear weights).
-  ShardingPlan& split(std::string pattern, std::int64_t dim);
+  PartitionPlan& split(std::string pattern, std::int64_t dim);
   /// Every rank holds the whole of the matching tensors.
-  ShardingPlan& replicate(std::string pattern);
-  ShardingPlan& add(std::string pattern, Placement placement);
+  PartitionPlan& replicate(std::string pattern);
+  PartitionPlan& add(std::string pattern, Placement placement);
 
   Placement placement(const std::string& name) const;
 
@@ -71,7 +72,7 @@ class ShardingPlan {
 
 /// A plan, and the rank it is applied for.
 struct TensorParallel {
-  ShardingPlan plan;
+  PartitionPlan plan;
   int rank = 0;
   int world_size = 1;
 
@@ -81,9 +82,16 @@ struct TensorParallel {
   Placement placement(const std::string& name, std::size_t ndim) const;
   /// This rank's part along the split dimension of a tensor of `shape`, or
   /// nullopt when the tensor is replicated.
-  std::optional<ShardRange> range(const std::string& name, const std::vector<std::int64_t>& shape) const;
+  std::optional<PartRange> range(const std::string& name, const std::vector<std::int64_t>& shape) const;
   /// This rank's shape of a tensor of `shape`.
   std::vector<std::int64_t> local_shape(const std::string& name, std::vector<std::int64_t> shape) const;
 };
+
+// The names of release 0.1, kept for one release.
+using ShardRange [[deprecated("use PartRange")]] = PartRange;
+using ShardingPlan [[deprecated("use PartitionPlan")]] = PartitionPlan;
+[[deprecated("use part_range")]] inline PartRange shard_range(std::int64_t size, int rank, int world_size) {
+  return part_range(size, rank, world_size);
+}
 
 }  // namespace safetensors

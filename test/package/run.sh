@@ -17,6 +17,12 @@ cmake -S "$source_dir" -B "$work/lib" "${generator[@]}" "${launcher[@]}" -DCMAKE
 cmake --build "$work/lib" -j2 >/dev/null
 cmake --install "$work/lib" >/dev/null
 test -x "$work/prefix/bin/safetensors-torch"
+# A consumer has the installed headers only: none may include a private one.
+if grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"' "$work/prefix/include/safetensors/"*.hpp |
+    grep -vE '#[[:space:]]*include[[:space:]]*"safetensors/'; then
+  echo "an installed header includes a header that is not installed" >&2
+  exit 1
+fi
 
 echo "== find_package"
 cmake -S "$source_dir/test/package/consumer" -B "$work/found" "${generator[@]}" "${launcher[@]}" \

@@ -1,4 +1,6 @@
-// Saves and loads one tensor through the public umbrella header.
+// Saves and loads one tensor through the public umbrella header; the opt-in
+// distributed header compiles beside it.
+#include <safetensors/distributed.hpp>
 #include <safetensors/safetensors.hpp>
 
 #include <ATen/ATen.h>

@@ -9,7 +9,7 @@
 //   metadata  optimizer.param_groups, step, epoch, format, and the caller's keys
 //
 //   safetensors::save_training_checkpoint("ckpt.safetensors", *model, optimizer, {step, epoch});
-//   safetensors::TrainingState s = safetensors::load_training_checkpoint("ckpt.safetensors", *model, optimizer);
+//   safetensors::TrainingLoadResult r = safetensors::load_training_checkpoint("ckpt.safetensors", *model, optimizer);
 
 #include <cstdint>
 #include <optional>

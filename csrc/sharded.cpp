@@ -179,8 +179,8 @@ void remove_dead_writers_shards(const std::string& folder) {
   }
   // Read after the locks: a writer that finished meanwhile switched its index
   // before it let go of its lock. The files of a dead save that the folder's
-  // checkpoint uses (it died after its switch, or before it) stay.
-  const std::set<std::string> in_use = current_checkpoint_files(folder);
+  // checkpoint occupies (it died after its switch, or before it) stay.
+  const std::set<std::string> in_use = current_checkpoint(folder).occupied;
   for (const auto& [set, files] : dead)
     for (const std::string& file : files)
       if (!in_use.count(file)) ::unlinkat(::dirfd(d), file.c_str(), 0);
@@ -188,21 +188,41 @@ void remove_dead_writers_shards(const std::string& folder) {
 }
 
 // The files of the checkpoint the folder holds now, as a loader would pick it:
-// the shards its index lists, or else model.safetensors. An index that cannot
-// be read names nothing, so nothing is removed on its account.
-std::set<std::string> current_checkpoint_files(const std::string& folder) {
+// the shards its index lists, or else model.safetensors. An index this reader
+// refuses (a total_size other software wrote as a string, say) may still load
+// in a loader that reads only its weight_map: the names its weight_map gives,
+// as far as they can be read, are the checkpoint's files, and any visible
+// *.safetensors file may be one of them, so a new shard never takes such a name
+// before the switch. Hidden files are not: staged shards and temporary files
+// are hidden, and a loader never picks them unless an index names them.
+Checkpoint current_checkpoint(const std::string& folder) {
+  Checkpoint out;
   std::error_code ec;
   const fs::path index = fs::path(folder) / kIndexFileName;
   if (fs::exists(index, ec)) {
     try {
       const std::vector<std::string> shards = read_index(index.string()).shard_files();
-      return {shards.begin(), shards.end()};
+      out.files = {shards.begin(), shards.end()};
+      out.occupied = out.files;
+      return out;
     } catch (const Error&) {
-      return {};
     }
+    std::ifstream in(index, std::ios::binary);
+    const nlohmann::json doc = nlohmann::json::parse(std::istreambuf_iterator<char>(in),
+                                                     std::istreambuf_iterator<char>(), nullptr, false);
+    if (doc.is_object() && doc.contains("weight_map") && doc["weight_map"].is_object())
+      for (const auto& entry : doc["weight_map"].items())
+        if (entry.value().is_string() && !unsafe_shard_name(entry.value().get<std::string>()))
+          out.files.insert(fs::path(entry.value().get<std::string>()).lexically_normal().generic_string());
+    out.occupied = out.files;
+    for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      if (name.front() != '.' && ends_with(name, kShardExtension)) out.occupied.insert(name);
+    }
+    return out;
   }
-  if (fs::exists(fs::path(folder) / kSingleFileName, ec)) return {std::string(kSingleFileName)};
-  return {};
+  if (fs::exists(fs::path(folder) / kSingleFileName, ec)) out.files = out.occupied = {std::string(kSingleFileName)};
+  return out;
 }
 
 // Called once the new checkpoint is complete: files of the previous one that it
@@ -218,9 +238,8 @@ void remove_replaced_files(const std::string& folder, const std::set<std::string
   }
 }
 
-std::string published_name(const std::string& shard, const std::string& set_id,
-                           const std::set<std::string>& previous) {
-  return previous.count(shard) ? staged_name(shard, set_id) : shard;
+std::string published_name(const std::string& shard, const std::string& set_id, const Checkpoint& previous) {
+  return previous.occupied.count(shard) ? staged_name(shard, set_id) : shard;
 }
 
 StagedShards::StagedShards(std::string folder, std::string set_id)
@@ -259,20 +278,19 @@ void StagedShards::write(const NamedTensors& tensors, const std::string& name, c
   files_.emplace_back(std::move(staged), name);
 }
 
-void StagedShards::commit(bool fsync, const std::set<std::string>& previous) {
+void StagedShards::commit(bool fsync, const Checkpoint& previous) {
   // Undoes this commit: the previous checkpoint stays the folder's only one.
   auto unpublish = [&] {
     for (std::size_t i = 0; i < published_; ++i)
-      if (!previous.count(files_[i].second)) ::unlink((fs::path(folder_) / files_[i].second).c_str());
+      if (!previous.occupied.count(files_[i].second)) ::unlink((fs::path(folder_) / files_[i].second).c_str());
     published_ = 0;
   };
-  std::set<std::string> may_stay = previous;
-  for (const auto& [staged, name] : files_)
-    if (!previous.count(name)) may_stay.insert(name);
+  std::set<std::string> may_stay = previous.files;
+  for (const auto& [staged, name] : files_) may_stay.insert(name);
   record(may_stay);
   for (; published_ < files_.size(); ++published_) {
     const auto& [staged, name] = files_[published_];
-    if (previous.count(name)) continue;  // the previous checkpoint's file: see published_name
+    if (previous.occupied.count(name)) continue;  // see published_name
     const std::string target = (fs::path(folder_) / name).string();
     if (std::rename(staged.c_str(), target.c_str()) != 0) {
       const int err = errno;
@@ -292,7 +310,7 @@ void StagedShards::commit(bool fsync, const std::set<std::string>& previous) {
 
 std::vector<std::string> commit_set(const std::string& folder, const std::vector<std::string>& names,
                                     const std::map<std::string, std::string>& weight_map, std::uint64_t total_size,
-                                    const std::string& set_id, const std::set<std::string>& previous, bool fsync) {
+                                    const std::string& set_id, const Checkpoint& previous, bool fsync) {
   const std::string index_path = (fs::path(folder) / kIndexFileName).string();
   const auto path_of = [&](const std::string& name) { return (fs::path(folder) / name).string(); };
   std::map<std::string, std::size_t> shard_index;
@@ -320,7 +338,12 @@ std::vector<std::string> commit_set(const std::string& folder, const std::vector
       throw;
     }
   }
-  remove_replaced_files(folder, previous, listed);
+  // The files at the new names that were kept for the switch go with the
+  // previous checkpoint's.
+  std::set<std::string> replaced = previous.files;
+  for (const std::string& name : names)
+    if (previous.occupied.count(name)) replaced.insert(name);
+  remove_replaced_files(folder, replaced, listed);
 
   // Shards published under their staged names take their final names, whose
   // files of the previous checkpoint are gone now: a second name each, the
@@ -563,12 +586,12 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   const std::vector<NamedTensors> shards = pack(tensors, options.max_shard_size());
   const std::string index_path = (fs::path(folder) / kIndexFileName).string();
   remove_dead_writers_shards(folder);
-  const std::set<std::string> previous = current_checkpoint_files(folder);
+  const Checkpoint previous = current_checkpoint(folder);
 
   const SaveOptions file_options = SaveOptions().fsync(options.fsync());
   if (shards.size() <= 1) {
     StagedShards lock(folder, new_set_id());  // stages nothing: the record of what to remove
-    lock.record(previous);
+    lock.record(previous.files);
     save_file(shards.empty() ? NamedTensors{} : shards.front(), (fs::path(folder) / kSingleFileName).string(),
               meta, SaveOptions(file_options).progress(options.progress()));
     // An index left by an earlier sharded save would take precedence over the new file.
@@ -576,7 +599,7 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
     fs::remove(index_path, ec);
     if (ec) throw Error(ErrorCode::Io, index_path, "", "cannot remove the stale index: " + ec.message());
     std::vector<std::string> names = {std::string(kSingleFileName)};
-    remove_replaced_files(folder, previous, names);
+    remove_replaced_files(folder, previous.files, names);
     return names;
   }
 

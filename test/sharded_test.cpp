@@ -843,6 +843,107 @@ TEST(ShardedSave, TheNextSaveFinishesTheCleanupOfADeadOne) {
   EXPECT_EQ(classify(folder, 6, detail), Loaded::New) << detail;
 }
 
+// ---------------------------------------------------------------- what other saves and dead ones left
+
+// What a loader that reads only the index's weight_map (as the Hugging Face
+// ones do, ignoring total_size) loads from `folder`: see classify.
+Loaded classify_by_weight_map(const std::string& folder, int tensors, std::string& detail) {
+  try {
+    const nlohmann::json index = read_json(folder + "/" + std::string(kIndexFileName));
+    int old_values = 0, new_values = 0;
+    for (const auto& [tensor, file] : index.at("weight_map").items()) {
+      const torch::Tensor t = SafeOpen(folder + "/" + file.get<std::string>()).get_tensor(tensor);
+      old_values += torch::equal(t, torch::zeros({10}));
+      new_values += torch::equal(t, torch::ones({10}));
+    }
+    if (old_values == tensors && index["weight_map"].size() == static_cast<std::size_t>(tensors)) return Loaded::Old;
+    if (new_values == tensors && index["weight_map"].size() == static_cast<std::size_t>(tensors)) return Loaded::New;
+    detail = std::to_string(old_values) + " old and " + std::to_string(new_values) + " new tensors";
+    return Loaded::Mixed;
+  } catch (const std::exception& e) {
+    detail = e.what();
+    return Loaded::Refused;
+  }
+}
+
+// An index with a total_size other software wrote as a string: this reader
+// refuses it, a loader that ignores total_size loads it.
+void spell_total_size_as_a_string(const std::string& folder) {
+  const std::string index = folder + "/" + std::string(kIndexFileName);
+  nlohmann::json doc = read_json(index);
+  doc["metadata"]["total_size"] = std::to_string(doc["metadata"]["total_size"].get<std::uint64_t>());
+  write_bytes(index, doc.dump(2));
+}
+
+// A save over a set whose index this reader refuses, killed at random moments:
+// until its switch, no new shard takes a name of the old set (any visible
+// *.safetensors file may be one), so a loader that reads the old index's
+// weight_map never loads a mix; the next save leaves nothing behind.
+TEST(ShardedSave, AKilledSaveOverAnIndexThisReaderRefusesNeverMixesTheSets) {
+  constexpr int kShards = 12;
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  const NamedTensors next = filled_set(kShards, 1.0f);
+  const auto options = ShardedSaveOptions().max_shard_size(80).fsync(false);
+  const auto restore = [&] {
+    for (const std::string& name : dir.entries()) std::filesystem::remove(dir.file(name));
+    write_hub_style_set(folder, kShards, 0.0f);
+    spell_total_size_as_a_string(folder);
+  };
+  restore();
+  EXPECT_THROW(ShardedOpen{folder}, Error);
+  std::string detail;
+  ASSERT_EQ(classify_by_weight_map(folder, 2 * kShards, detail), Loaded::Old) << detail;
+  const auto one_save = child_save_time([&] { save_sharded(next, folder, std::nullopt, options); });
+  const auto expected = dir.entries();
+  ASSERT_EQ(expected.size(), static_cast<std::size_t>(kShards + 1));
+  std::mt19937 rng(19);
+  int counts[4] = {0, 0, 0, 0};
+  for (int trial = 0; trial < 150; ++trial) {
+    restore();
+    const auto delay = one_save * std::uniform_real_distribution<double>(0, 1)(rng);
+    const pid_t pid = test::fork_child([&] {
+      save_sharded(next, folder, std::nullopt, options);
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    std::this_thread::sleep_for(delay);
+    ::kill(pid, SIGKILL);
+    test::wait_child(pid);
+    detail.clear();
+    const Loaded loaded = classify_by_weight_map(folder, 2 * kShards, detail);
+    ++counts[static_cast<int>(loaded)];
+    EXPECT_NE(loaded, Loaded::Mixed) << "trial " << trial << ": a silent mix: " << detail;
+    EXPECT_NE(loaded, Loaded::Refused) << "trial " << trial << ": " << detail;
+    save_sharded(next, folder, std::nullopt, options);
+    EXPECT_EQ(dir.entries(), expected) << "trial " << trial;
+  }
+  std::printf("over an index this reader refuses: old %d, new %d, refused %d, mixed %d\n", counts[0], counts[1],
+              counts[2], counts[3]);
+  EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);
+  EXPECT_GT(counts[static_cast<int>(Loaded::New)], 0);
+}
+
+// Once the new set is in place, the shards the refused index's weight_map
+// names go, as a readable index's do; other *.safetensors files (an adapter, a
+// shard no index names) stay.
+TEST(ShardedSave, ASaveOverAnIndexThisReaderRefusesRemovesOnlyTheSetItNames) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  write_hub_style_set(folder, 3, 0.0f);
+  spell_total_size_as_a_string(folder);
+  for (const char* other : {"adapter_model.safetensors", "model-00009-of-00009.safetensors"})
+    save_file({{"x", torch::zeros({1})}}, dir.file(other));
+  std::vector<std::string> expected =
+      save_sharded(filled_set(2, 1.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  ASSERT_EQ(expected.size(), 3u);
+  expected.insert(expected.end(), {"adapter_model.safetensors", "model-00009-of-00009.safetensors"});
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(dir.entries(), expected);
+  std::string detail;
+  EXPECT_EQ(classify(folder, 4, detail), Loaded::New) << detail;
+}
+
 // The same over a set the Hugging Face tools wrote (the fluxml vectors: six
 // shards named as save_sharded names them, an index without shard_set, every
 // dtype): killed at random moments, a save of other bytes under the same names

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -141,10 +142,14 @@ void collect_by_set(DIR* d, std::optional<std::string> (*set_of)(std::string_vie
 // that are not its staged shards: see StagedShards::record.
 constexpr std::size_t kMaxRecord = std::size_t{4} << 20;
 
-std::vector<std::string> recorded_files(const std::string& record) {
+// The names a lock records; nothing when it has no record yet (it is empty),
+// and nothing with `readable` false when its record is not one (being written).
+std::vector<std::string> recorded_files(const std::string& record, bool& readable) {
   std::vector<std::string> out;
+  readable = record.empty();
   const nlohmann::json files = nlohmann::json::parse(record, nullptr, false);
   if (!files.is_array()) return out;
+  readable = true;
   for (const nlohmann::json& file : files)
     if (file.is_string() && !unsafe_shard_name(file.get<std::string>())) out.push_back(file.get<std::string>());
   return out;
@@ -153,37 +158,79 @@ std::vector<std::string> recorded_files(const std::string& record) {
 // Staged shards are never locked themselves: their writer's lock covers them.
 // A set is live while a lock of one of its writers is held, which no pid
 // decides, so writers on other hosts (NFS) or in other PID namespaces count.
+//
+// A file a dead writer's lock records is someone else's once the folder's
+// checkpoint occupies it or a live writer's lock records it: a live writer
+// records each name before it gives a file that name. The dead lock goes after
+// its files, so that a sweep that dies (or cannot remove one) leaves the rest
+// recorded for the next. The live writers' records are read last, just before
+// the removals (a live writer that records and creates a file between that read
+// and a removal is not seen); while one cannot be read (being written, or its
+// lock cannot be opened) no recorded file is removed.
 void remove_dead_writers_shards(const std::string& folder) {
   DIR* d = ::opendir(folder.c_str());
   if (!d) return;  // best effort: a leftover is harmless to the new save
+  const int dir = ::dirfd(d);
   // Shards first, then locks: a writer locks before it stages, so every lock
   // of a staged shard seen in the first pass exists throughout the second.
   std::map<std::string, std::vector<std::string>> staged, locks;
   collect_by_set(d, staged_set_of, staged);
   collect_by_set(d, lock_set_of, locks);
-  std::map<std::string, std::vector<std::string>> dead;  // set -> its files to remove
+  struct Lock {
+    std::string name;
+    std::shared_ptr<FdGuard> fd;  // while a dead one is open, it is shared-locked
+  };
+  std::vector<Lock> live;                         // every lock of a live set
+  std::map<std::string, std::vector<Lock>> dead;  // by set: a set is dead when none of its locks is held
   for (const auto& [set, names] : locks) {
-    bool live = false;
-    std::vector<std::string> files;
+    std::vector<Lock> found;
+    bool held = false;
     for (const std::string& name : names) {
-      std::string record;
-      const Leftover found = remove_if_unlocked(::dirfd(d), name.c_str(), &record, kMaxRecord);
-      live |= found == Leftover::InUse;
-      for (std::string& file : recorded_files(record)) files.push_back(std::move(file));
+      const LockProbe probe = probe_lock(dir, name.c_str());
+      auto fd = std::make_shared<FdGuard>(probe.fd);
+      if (probe.absent) continue;
+      held |= probe.held;
+      found.push_back({name, std::move(fd)});
     }
-    if (!live) dead[set] = std::move(files);
+    if (held) {
+      live.insert(live.end(), found.begin(), found.end());
+    } else {
+      dead[set] = std::move(found);
+    }
   }
-  for (const auto& [set, names] : staged) {
-    if (locks.count(set) && !dead.count(set)) continue;
-    dead[set].insert(dead[set].end(), names.begin(), names.end());
-  }
+  for (const auto& [set, names] : staged)
+    if (!locks.count(set)) dead[set];  // no lock at all: dead
   // Read after the locks: a writer that finished meanwhile switched its index
   // before it let go of its lock. The files of a dead save that the folder's
   // checkpoint occupies (it died after its switch, or before it) stay.
-  const std::set<std::string> in_use = current_checkpoint(folder).occupied;
-  for (const auto& [set, files] : dead)
+  std::set<std::string> spared = current_checkpoint(folder).occupied;
+  bool records_known = true;  // else no recorded file is removed this time
+  for (const Lock& lock : live) {
+    bool readable = lock.fd->get() >= 0;
+    if (readable)
+      for (std::string& file : recorded_files(read_prefix(lock.fd->get(), kMaxRecord), readable))
+        spared.insert(std::move(file));
+    records_known &= readable;
+  }
+  for (const auto& [set, set_locks] : dead) {
+    // Its staged names carry its id: no live writer makes them.
+    std::vector<std::string> files;
+    if (const auto it = staged.find(set); it != staged.end()) files = it->second;
+    bool complete = true;
+    for (const Lock& lock : set_locks) {
+      bool ignored = false;  // a dead writer's record that is no JSON (it died writing it) names nothing
+      const std::vector<std::string> recorded = recorded_files(read_prefix(lock.fd->get(), kMaxRecord), ignored);
+      if (records_known) {
+        files.insert(files.end(), recorded.begin(), recorded.end());
+      } else {
+        complete &= recorded.empty();  // kept, with its lock, for a later sweep
+      }
+    }
     for (const std::string& file : files)
-      if (!in_use.count(file)) ::unlinkat(::dirfd(d), file.c_str(), 0);
+      if (!spared.count(file) && ::unlinkat(dir, file.c_str(), 0) != 0 && errno != ENOENT) complete = false;
+    if (complete)
+      for (const Lock& lock : set_locks) unlink_if_same(dir, lock.name.c_str(), lock.fd->get());
+  }
   ::closedir(d);
 }
 
@@ -257,10 +304,13 @@ StagedShards::StagedShards(std::string folder, std::string set_id)
                     errno_text(errno));
 }
 
+// A sweep reads the record at any moment: written over the old one, then cut
+// to size, it is the old record, the new one, or no JSON (which a sweep takes
+// as unknown), never an empty one.
 void StagedShards::record(const std::set<std::string>& files) {
   const std::string text = nlohmann::json(files).dump();
-  if (::ftruncate(lock_fd_, 0) != 0 ||
-      ::pwrite(lock_fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+  if (::pwrite(lock_fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()) ||
+      ::ftruncate(lock_fd_, static_cast<off_t>(text.size())) != 0)
     throw Error(ErrorCode::Io, lock_path_, "", "cannot write the save's lock: " + errno_text(errno));
 }
 
@@ -590,12 +640,20 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
 
   const SaveOptions file_options = SaveOptions().fsync(options.fsync());
   if (shards.size() <= 1) {
-    StagedShards lock(folder, new_set_id());  // stages nothing: the record of what to remove
-    lock.record(previous.files);
-    save_file(shards.empty() ? NamedTensors{} : shards.front(), (fs::path(folder) / kSingleFileName).string(),
-              meta, SaveOptions(file_options).progress(options.progress()));
-    // An index left by an earlier sharded save would take precedence over the new file.
+    // Stages nothing: the lock is the record of what a death leaves, the new
+    // file beside the previous set included. A model.safetensors already there
+    // that the previous checkpoint does not use is not this save's to remove
+    // until this save has replaced it.
+    const std::string single = (fs::path(folder) / kSingleFileName).string();
+    StagedShards lock(folder, new_set_id());
+    std::set<std::string> leaves = previous.files;
     std::error_code ec;
+    if (!fs::exists(fs::symlink_status(single, ec))) leaves.emplace(kSingleFileName);
+    lock.record(leaves);
+    save_file(shards.empty() ? NamedTensors{} : shards.front(), single, meta,
+              SaveOptions(file_options).progress(options.progress()));
+    if (leaves.emplace(kSingleFileName).second) lock.record(leaves);
+    // An index left by an earlier sharded save would take precedence over the new file.
     fs::remove(index_path, ec);
     if (ec) throw Error(ErrorCode::Io, index_path, "", "cannot remove the stale index: " + ec.message());
     std::vector<std::string> names = {std::string(kSingleFileName)};

@@ -35,7 +35,8 @@ Checkpoint current_checkpoint(const std::string& folder);
 
 /// Removes the staged shards of saves none of whose writers holds its lock any
 /// more (on any host), and the files their locks record, except those the
-/// folder's checkpoint occupies.
+/// folder's checkpoint occupies and those a live writer's lock records; a dead
+/// writer's lock goes once its files are gone.
 void remove_dead_writers_shards(const std::string& folder);
 /// Removes the files of `previous` that `kept` does not name. Best effort.
 void remove_replaced_files(const std::string& folder, const std::set<std::string>& previous,
@@ -62,10 +63,10 @@ class StagedShards {
   StagedShards(const StagedShards&) = delete;
   StagedShards& operator=(const StagedShards&) = delete;
 
-  /// Records in the lock the files outside the folder's checkpoint this save
-  /// may leave if it dies (those of the previous checkpoint, shards it moves
-  /// into place before its index): a later save's sweep removes those the
-  /// checkpoint it finds does not occupy. commit() records them itself.
+  /// Records in the lock every file this save may leave if it dies, before it
+  /// creates any (those of the previous checkpoint, each name it gives a file):
+  /// a later save's sweep removes those the checkpoint it finds does not occupy
+  /// and no live save records. commit() records its own.
   void record(const std::set<std::string>& files);
   /// Stages one shard; it takes the permissions of the file it replaces.
   void write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,

@@ -493,13 +493,14 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
   // Before anyone stages a shard: leftovers of dead writers, and what the new
   // checkpoint replaces.
   // Every rank reads the previous checkpoint (which no rank changes before the
-  // index is written), since it decides the names shards are published under.
+  // index is written, and rank 0's sweep leaves what it occupies), since it
+  // decides the names shards are published under.
   std::string set_id;
   if (rank == 0) {
     detail::remove_dead_writers_shards(folder);
     set_id = detail::new_set_id();
   }
-  const std::set<std::string> previous = detail::current_checkpoint_files(folder);
+  const detail::Checkpoint previous = detail::current_checkpoint(folder);
 
   // Every rank describes what it holds; all check the same things.
   std::vector<RankState> states;

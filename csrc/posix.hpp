@@ -26,6 +26,7 @@ class FdGuard {
   }
   FdGuard(const FdGuard&) = delete;
   FdGuard& operator=(const FdGuard&) = delete;
+  int get() const noexcept { return fd_; }
   int release() noexcept {
     int fd = fd_;
     fd_ = -1;
@@ -63,10 +64,23 @@ enum class Leftover { Removed, InUse, Absent };
 
 /// Removes the regular file `name` in the folder `dirfd` if no writer holds a
 /// lock on it (see create_locked): its writer is gone. A file that cannot be
-/// opened or locked counts as in use. With `content`, a removed file's first
-/// `max_content` bytes are read into it first.
-Leftover remove_if_unlocked(int dirfd, const char* name, std::string* content = nullptr,
-                            std::size_t max_content = 0);
+/// opened or locked counts as in use.
+Leftover remove_if_unlocked(int dirfd, const char* name);
+/// A writer's lock file as a sweep finds it, opened at `fd` (the caller closes
+/// it; -1 when absent). `held`: its writer holds its lock, or it cannot be
+/// locked or is not a regular file, so its writer counts as alive. Otherwise
+/// `fd` holds a shared lock on it, which other sweeps may hold too: no writer
+/// takes a lock it has let go again.
+struct LockProbe {
+  int fd = -1;
+  bool absent = false;  // gone, or another file under the name, since it was listed
+  bool held = false;
+};
+LockProbe probe_lock(int dirfd, const char* name);
+/// The first `max` bytes of the file open at `fd`, which may be short.
+std::string read_prefix(int fd, std::size_t max);
+/// Removes `name` in `dirfd` if it still is the file open at `fd`.
+void unlink_if_same(int dirfd, const char* name, int fd);
 /// Flushes a folder's entries (renames, links) to disk. 0 or the errno.
 int fsync_folder_errno(const std::string& folder);
 /// The same, throwing Error(Io) naming the folder.

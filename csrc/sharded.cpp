@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -142,10 +143,14 @@ void collect_by_set(DIR* d, std::optional<std::string> (*set_of)(std::string_vie
 // that are not its staged shards: see StagedShards::record.
 constexpr std::size_t kMaxRecord = std::size_t{4} << 20;
 
-std::vector<std::string> recorded_files(const std::string& record) {
+// The names a lock records; nothing when it has no record yet (it is empty),
+// and nothing with `readable` false when its record is not one (being written).
+std::vector<std::string> recorded_files(const std::string& record, bool& readable) {
   std::vector<std::string> out;
+  readable = record.empty();
   const nlohmann::json files = nlohmann::json::parse(record, nullptr, false);
   if (!files.is_array()) return out;
+  readable = true;
   for (const nlohmann::json& file : files)
     if (file.is_string() && !unsafe_shard_name(file.get<std::string>())) out.push_back(file.get<std::string>());
   return out;
@@ -154,56 +159,118 @@ std::vector<std::string> recorded_files(const std::string& record) {
 // Staged shards are never locked themselves: their writer's lock covers them.
 // A set is live while a lock of one of its writers is held, which no pid
 // decides, so writers on other hosts (NFS) or in other PID namespaces count.
+//
+// A file a dead writer's lock records is someone else's once the folder's
+// checkpoint occupies it or a live writer's lock records it: a live writer
+// records each name before it gives a file that name. The dead lock goes after
+// its files, so that a sweep that dies (or cannot remove one) leaves the rest
+// recorded for the next. The live writers' records are read last, just before
+// the removals (a live writer that records and creates a file between that read
+// and a removal is not seen); while one cannot be read (being written, or its
+// lock cannot be opened) no recorded file is removed.
 void remove_dead_writers_shards(const std::string& folder) {
   DIR* d = ::opendir(folder.c_str());
   if (!d) return;  // best effort: a leftover is harmless to the new save
+  const int dir = ::dirfd(d);
   // Shards first, then locks: a writer locks before it stages, so every lock
   // of a staged shard seen in the first pass exists throughout the second.
   std::map<std::string, std::vector<std::string>> staged, locks;
   collect_by_set(d, staged_set_of, staged);
   collect_by_set(d, lock_set_of, locks);
-  std::map<std::string, std::vector<std::string>> dead;  // set -> its files to remove
+  struct Lock {
+    std::string name;
+    std::shared_ptr<FdGuard> fd;  // while a dead one is open, it is shared-locked
+  };
+  std::vector<Lock> live;                         // every lock of a live set
+  std::map<std::string, std::vector<Lock>> dead;  // by set: a set is dead when none of its locks is held
   for (const auto& [set, names] : locks) {
-    bool live = false;
-    std::vector<std::string> files;
+    std::vector<Lock> found;
+    bool held = false;
     for (const std::string& name : names) {
-      std::string record;
-      const Leftover found = remove_if_unlocked(::dirfd(d), name.c_str(), &record, kMaxRecord);
-      live |= found == Leftover::InUse;
-      for (std::string& file : recorded_files(record)) files.push_back(std::move(file));
+      const LockProbe probe = probe_lock(dir, name.c_str());
+      auto fd = std::make_shared<FdGuard>(probe.fd);
+      if (probe.absent) continue;
+      held |= probe.held;
+      found.push_back({name, std::move(fd)});
     }
-    if (!live) dead[set] = std::move(files);
+    if (held) {
+      live.insert(live.end(), found.begin(), found.end());
+    } else {
+      dead[set] = std::move(found);
+    }
   }
-  for (const auto& [set, names] : staged) {
-    if (locks.count(set) && !dead.count(set)) continue;
-    dead[set].insert(dead[set].end(), names.begin(), names.end());
-  }
+  for (const auto& [set, names] : staged)
+    if (!locks.count(set)) dead[set];  // no lock at all: dead
   // Read after the locks: a writer that finished meanwhile switched its index
   // before it let go of its lock. The files of a dead save that the folder's
-  // checkpoint uses (it died after its switch, or before it) stay.
-  const std::set<std::string> in_use = current_checkpoint_files(folder);
-  for (const auto& [set, files] : dead)
+  // checkpoint occupies (it died after its switch, or before it) stay.
+  std::set<std::string> spared = current_checkpoint(folder).occupied;
+  bool records_known = true;  // else no recorded file is removed this time
+  for (const Lock& lock : live) {
+    bool readable = lock.fd->get() >= 0;
+    if (readable)
+      for (std::string& file : recorded_files(read_prefix(lock.fd->get(), kMaxRecord), readable))
+        spared.insert(std::move(file));
+    records_known &= readable;
+  }
+  for (const auto& [set, set_locks] : dead) {
+    // Its staged names carry its id: no live writer makes them.
+    std::vector<std::string> files;
+    if (const auto it = staged.find(set); it != staged.end()) files = it->second;
+    bool complete = true;
+    for (const Lock& lock : set_locks) {
+      bool ignored = false;  // a dead writer's record that is no JSON (it died writing it) names nothing
+      const std::vector<std::string> recorded = recorded_files(read_prefix(lock.fd->get(), kMaxRecord), ignored);
+      if (records_known) {
+        files.insert(files.end(), recorded.begin(), recorded.end());
+      } else {
+        complete &= recorded.empty();  // kept, with its lock, for a later sweep
+      }
+    }
     for (const std::string& file : files)
-      if (!in_use.count(file)) ::unlinkat(::dirfd(d), file.c_str(), 0);
+      if (!spared.count(file) && ::unlinkat(dir, file.c_str(), 0) != 0 && errno != ENOENT) complete = false;
+    if (complete)
+      for (const Lock& lock : set_locks) unlink_if_same(dir, lock.name.c_str(), lock.fd->get());
+  }
   ::closedir(d);
 }
 
 // The files of the checkpoint the folder holds now, as a loader would pick it:
-// the shards its index lists, or else model.safetensors. An index that cannot
-// be read names nothing, so nothing is removed on its account.
-std::set<std::string> current_checkpoint_files(const std::string& folder) {
+// the shards its index lists, or else model.safetensors. An index this reader
+// refuses (a total_size other software wrote as a string, say) may still load
+// in a loader that reads only its weight_map: the names its weight_map gives,
+// as far as they can be read, are the checkpoint's files, and any visible
+// *.safetensors file may be one of them, so a new shard never takes such a name
+// before the switch. Hidden files are not: staged shards and temporary files
+// are hidden, and a loader never picks them unless an index names them.
+Checkpoint current_checkpoint(const std::string& folder) {
+  Checkpoint out;
   std::error_code ec;
   const fs::path index = fs::path(folder) / kIndexFileName;
   if (fs::exists(index, ec)) {
     try {
       const std::vector<std::string> shards = read_index(index.string()).shard_files();
-      return {shards.begin(), shards.end()};
+      out.files = {shards.begin(), shards.end()};
+      out.occupied = out.files;
+      return out;
     } catch (const Error&) {
-      return {};
     }
+    std::ifstream in(index, std::ios::binary);
+    const nlohmann::json doc = nlohmann::json::parse(std::istreambuf_iterator<char>(in),
+                                                     std::istreambuf_iterator<char>(), nullptr, false);
+    if (doc.is_object() && doc.contains("weight_map") && doc["weight_map"].is_object())
+      for (const auto& entry : doc["weight_map"].items())
+        if (entry.value().is_string() && !unsafe_shard_name(entry.value().get<std::string>()))
+          out.files.insert(fs::path(entry.value().get<std::string>()).lexically_normal().generic_string());
+    out.occupied = out.files;
+    for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      if (name.front() != '.' && ends_with(name, kShardExtension)) out.occupied.insert(name);
+    }
+    return out;
   }
-  if (fs::exists(fs::path(folder) / kSingleFileName, ec)) return {std::string(kSingleFileName)};
-  return {};
+  if (fs::exists(fs::path(folder) / kSingleFileName, ec)) out.files = out.occupied = {std::string(kSingleFileName)};
+  return out;
 }
 
 // Called once the new checkpoint is complete: files of the previous one that it
@@ -219,9 +286,8 @@ void remove_replaced_files(const std::string& folder, const std::set<std::string
   }
 }
 
-std::string published_name(const std::string& shard, const std::string& set_id,
-                           const std::set<std::string>& previous) {
-  return previous.count(shard) ? staged_name(shard, set_id) : shard;
+std::string published_name(const std::string& shard, const std::string& set_id, const Checkpoint& previous) {
+  return previous.occupied.count(shard) ? staged_name(shard, set_id) : shard;
 }
 
 StagedShards::StagedShards(std::string folder, std::string set_id)
@@ -239,10 +305,13 @@ StagedShards::StagedShards(std::string folder, std::string set_id)
                     errno_text(errno));
 }
 
+// A sweep reads the record at any moment: written over the old one, then cut
+// to size, it is the old record, the new one, or no JSON (which a sweep takes
+// as unknown), never an empty one.
 void StagedShards::record(const std::set<std::string>& files) {
   const std::string text = nlohmann::json(files).dump();
-  if (::ftruncate(lock_fd_, 0) != 0 ||
-      ::pwrite(lock_fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+  if (::pwrite(lock_fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()) ||
+      ::ftruncate(lock_fd_, static_cast<off_t>(text.size())) != 0)
     throw Error(ErrorCode::Io, lock_path_, "", "cannot write the save's lock: " + errno_text(errno));
 }
 
@@ -260,20 +329,19 @@ void StagedShards::write(const NamedTensors& tensors, const std::string& name, c
   files_.emplace_back(std::move(staged), name);
 }
 
-void StagedShards::commit(bool fsync, const std::set<std::string>& previous) {
+void StagedShards::commit(bool fsync, const Checkpoint& previous) {
   // Undoes this commit: the previous checkpoint stays the folder's only one.
   auto unpublish = [&] {
     for (std::size_t i = 0; i < published_; ++i)
-      if (!previous.count(files_[i].second)) ::unlink((fs::path(folder_) / files_[i].second).c_str());
+      if (!previous.occupied.count(files_[i].second)) ::unlink((fs::path(folder_) / files_[i].second).c_str());
     published_ = 0;
   };
-  std::set<std::string> may_stay = previous;
-  for (const auto& [staged, name] : files_)
-    if (!previous.count(name)) may_stay.insert(name);
+  std::set<std::string> may_stay = previous.files;
+  for (const auto& [staged, name] : files_) may_stay.insert(name);
   record(may_stay);
   for (; published_ < files_.size(); ++published_) {
     const auto& [staged, name] = files_[published_];
-    if (previous.count(name)) continue;  // the previous checkpoint's file: see published_name
+    if (previous.occupied.count(name)) continue;  // see published_name
     const std::string target = (fs::path(folder_) / name).string();
     if (std::rename(staged.c_str(), target.c_str()) != 0) {
       const int err = errno;
@@ -293,7 +361,7 @@ void StagedShards::commit(bool fsync, const std::set<std::string>& previous) {
 
 std::vector<std::string> commit_set(const std::string& folder, const std::vector<std::string>& names,
                                     const std::map<std::string, std::string>& weight_map, std::uint64_t total_size,
-                                    const std::string& set_id, const std::set<std::string>& previous, bool fsync) {
+                                    const std::string& set_id, const Checkpoint& previous, bool fsync) {
   const std::string index_path = (fs::path(folder) / kIndexFileName).string();
   const auto path_of = [&](const std::string& name) { return (fs::path(folder) / name).string(); };
   std::map<std::string, std::size_t> shard_index;
@@ -321,7 +389,12 @@ std::vector<std::string> commit_set(const std::string& folder, const std::vector
       throw;
     }
   }
-  remove_replaced_files(folder, previous, listed);
+  // The files at the new names that were kept for the switch go with the
+  // previous checkpoint's.
+  std::set<std::string> replaced = previous.files;
+  for (const std::string& name : names)
+    if (previous.occupied.count(name)) replaced.insert(name);
+  remove_replaced_files(folder, replaced, listed);
 
   // Shards published under their staged names take their final names, whose
   // files of the previous checkpoint are gone now: a second name each, the
@@ -564,20 +637,28 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   const std::vector<NamedTensors> shards = pack(tensors, options.max_shard_size());
   const std::string index_path = (fs::path(folder) / kIndexFileName).string();
   remove_dead_writers_shards(folder);
-  const std::set<std::string> previous = current_checkpoint_files(folder);
+  const Checkpoint previous = current_checkpoint(folder);
 
   const SaveOptions file_options = SaveOptions().fsync(options.fsync());
   if (shards.size() <= 1) {
-    StagedShards lock(folder, new_set_id());  // stages nothing: the record of what to remove
-    lock.record(previous);
-    save_file(shards.empty() ? NamedTensors{} : shards.front(), (fs::path(folder) / kSingleFileName).string(),
-              meta, SaveOptions(file_options).progress(options.progress()));
-    // An index left by an earlier sharded save would take precedence over the new file.
+    // Stages nothing: the lock is the record of what a death leaves, the new
+    // file beside the previous set included. A model.safetensors already there
+    // that the previous checkpoint does not use is not this save's to remove
+    // until this save has replaced it.
+    const std::string single = (fs::path(folder) / kSingleFileName).string();
+    StagedShards lock(folder, new_set_id());
+    std::set<std::string> leaves = previous.files;
     std::error_code ec;
+    if (!fs::exists(fs::symlink_status(single, ec))) leaves.emplace(kSingleFileName);
+    lock.record(leaves);
+    save_file(shards.empty() ? NamedTensors{} : shards.front(), single, meta,
+              SaveOptions(file_options).progress(options.progress()));
+    if (leaves.emplace(kSingleFileName).second) lock.record(leaves);
+    // An index left by an earlier sharded save would take precedence over the new file.
     fs::remove(index_path, ec);
     if (ec) throw Error(ErrorCode::Io, index_path, "", "cannot remove the stale index: " + ec.message());
     std::vector<std::string> names = {std::string(kSingleFileName)};
-    remove_replaced_files(folder, previous, names);
+    remove_replaced_files(folder, previous.files, names);
     return names;
   }
 

@@ -19,12 +19,25 @@ namespace safetensors::detail {
 std::string shard_file_name(std::size_t i, std::size_t n);
 /// A random id naming one save (kShardSetKey).
 std::string new_set_id();
+/// The checkpoint a folder holds, as a loader would pick it.
+struct Checkpoint {
+  /// Its files: those its index lists, or model.safetensors. A save replaces
+  /// them: it removes them once its own checkpoint is in place.
+  std::set<std::string> files;
+  /// The names no file may take before the switch to a new checkpoint, since a
+  /// loader may read them as this one: `files`, and where the index is one this
+  /// reader refuses (which another loader may still load), every visible
+  /// *.safetensors file in the folder.
+  std::set<std::string> occupied;
+};
+/// The folder's checkpoint now.
+Checkpoint current_checkpoint(const std::string& folder);
+
 /// Removes the staged shards of saves none of whose writers holds its lock any
 /// more (on any host), and the files their locks record, except those the
-/// folder's checkpoint uses.
+/// folder's checkpoint occupies and those a live writer's lock records; a dead
+/// writer's lock goes once its files are gone.
 void remove_dead_writers_shards(const std::string& folder);
-/// The files of the checkpoint the folder holds now, as a loader would pick it.
-std::set<std::string> current_checkpoint_files(const std::string& folder);
 /// Removes the files of `previous` that `kept` does not name. Best effort.
 void remove_replaced_files(const std::string& folder, const std::set<std::string>& previous,
                            const std::vector<std::string>& kept);
@@ -33,11 +46,10 @@ std::string index_json(const std::map<std::string, std::string>& weight_map, std
                        const std::string& set_id);
 
 /// The name under which shard `shard` of save `set_id` is published before the
-/// index switches to it: its own where no file of the previous checkpoint has
+/// index switches to it: its own where the previous checkpoint does not occupy
 /// it, else its staged name, so that the previous checkpoint stays whole until
 /// the switch.
-std::string published_name(const std::string& shard, const std::string& set_id,
-                           const std::set<std::string>& previous);
+std::string published_name(const std::string& shard, const std::string& set_id, const Checkpoint& previous);
 
 /// Shards written under temporary (staged) names. The writer holds a lock in
 /// the folder from construction to destruction, which tells every later save
@@ -51,17 +63,17 @@ class StagedShards {
   StagedShards(const StagedShards&) = delete;
   StagedShards& operator=(const StagedShards&) = delete;
 
-  /// Records in the lock the files outside the folder's checkpoint this save
-  /// may leave if it dies (those of the previous checkpoint, shards it moves
-  /// into place before its index): a later save's sweep removes those the
-  /// checkpoint it finds does not use. commit() records them itself.
+  /// Records in the lock every file this save may leave if it dies, before it
+  /// creates any (those of the previous checkpoint, each name it gives a file):
+  /// a later save's sweep removes those the checkpoint it finds does not occupy
+  /// and no live save records. commit() records its own.
   void record(const std::set<std::string>& files);
   /// Stages one shard; it takes the permissions of the file it replaces.
   void write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
              const SaveOptions& options);
   /// Publishes every staged shard under published_name(), and flushes the
   /// folder. On failure nothing stays published.
-  void commit(bool fsync, const std::set<std::string>& previous);
+  void commit(bool fsync, const Checkpoint& previous);
 
  private:
   std::string folder_;
@@ -74,7 +86,8 @@ class StagedShards {
 
 /// Makes a published set (`names`, the final shard names in order; `weight_map`
 /// names them too) the folder's checkpoint: writes the index over the
-/// published names (the switch), removes the files of `previous`, then gives
+/// published names (the switch), removes the files of `previous` and those at
+/// the names of the set that it occupied, then gives
 /// shards published under staged names their final names (hard links, the
 /// index again, the staged names removed). At every moment the folder loads as
 /// the previous checkpoint or the new one. Returns the shard names the index
@@ -82,6 +95,6 @@ class StagedShards {
 /// links. If the switch fails, the published shards are removed.
 std::vector<std::string> commit_set(const std::string& folder, const std::vector<std::string>& names,
                                     const std::map<std::string, std::string>& weight_map, std::uint64_t total_size,
-                                    const std::string& set_id, const std::set<std::string>& previous, bool fsync);
+                                    const std::string& set_id, const Checkpoint& previous, bool fsync);
 
 }  // namespace safetensors::detail

@@ -225,23 +225,48 @@ int create_locked(const std::string& path, int flags, mode_t mode) {
   return fd;
 }
 
-Leftover remove_if_unlocked(int dirfd, const char* name, std::string* content, std::size_t max_content) {
-  const int fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-  if (fd < 0) return errno == ENOENT ? Leftover::Absent : Leftover::InUse;
-  FdGuard guard(fd);
-  struct stat held, named;
-  if (::fstat(fd, &held) != 0 || !S_ISREG(held.st_mode) || !lock_file(fd, false, false)) return Leftover::InUse;
-  // Still the file opened (not one created since under the same name)?
-  if (::fstatat(dirfd, name, &named, AT_SYMLINK_NOFOLLOW) != 0 || named.st_dev != held.st_dev ||
-      named.st_ino != held.st_ino)
-    return Leftover::Absent;
-  if (content) {
-    content->assign(std::min<std::uint64_t>(static_cast<std::uint64_t>(held.st_size), max_content), '\0');
-    std::size_t got = 0;
-    for (ssize_t n; got < content->size(); got += static_cast<std::size_t>(n))
-      if ((n = ::pread(fd, content->data() + got, content->size() - got, static_cast<off_t>(got))) <= 0) break;
-    content->resize(got);
+LockProbe probe_lock(int dirfd, const char* name) {
+  LockProbe probe;
+  probe.fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (probe.fd < 0) {
+    (errno == ENOENT ? probe.absent : probe.held) = true;
+    return probe;
   }
+  struct stat held, named;
+  if (::fstat(probe.fd, &held) != 0 || !S_ISREG(held.st_mode) || !lock_file(probe.fd, false, false)) {
+    probe.held = true;
+    return probe;
+  }
+  // Still the file opened (not one created since under the same name)?
+  probe.absent = ::fstatat(dirfd, name, &named, AT_SYMLINK_NOFOLLOW) != 0 || named.st_dev != held.st_dev ||
+                 named.st_ino != held.st_ino;
+  return probe;
+}
+
+std::string read_prefix(int fd, std::size_t max) {
+  std::string content;
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return content;
+  content.assign(std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size), max), '\0');
+  std::size_t got = 0;
+  for (ssize_t n; got < content.size(); got += static_cast<std::size_t>(n))
+    if ((n = ::pread(fd, content.data() + got, content.size() - got, static_cast<off_t>(got))) <= 0) break;
+  content.resize(got);
+  return content;
+}
+
+void unlink_if_same(int dirfd, const char* name, int fd) {
+  struct stat held, named;
+  if (::fstat(fd, &held) == 0 && ::fstatat(dirfd, name, &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+      named.st_dev == held.st_dev && named.st_ino == held.st_ino)
+    ::unlinkat(dirfd, name, 0);
+}
+
+Leftover remove_if_unlocked(int dirfd, const char* name) {
+  const LockProbe probe = probe_lock(dirfd, name);
+  FdGuard guard(probe.fd);
+  if (probe.absent) return Leftover::Absent;
+  if (probe.held) return Leftover::InUse;
   if (::unlinkat(dirfd, name, 0) != 0) return errno == ENOENT ? Leftover::Absent : Leftover::InUse;
   return Leftover::Removed;
 }

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -843,6 +844,265 @@ TEST(ShardedSave, TheNextSaveFinishesTheCleanupOfADeadOne) {
   EXPECT_EQ(dir.entries(), expected);
   std::string detail;
   EXPECT_EQ(classify(folder, 6, detail), Loaded::New) << detail;
+}
+
+// ---------------------------------------------------------------- what other saves and dead ones left
+
+// What a loader that reads only the index's weight_map (as the Hugging Face
+// ones do, ignoring total_size) loads from `folder`: see classify.
+Loaded classify_by_weight_map(const std::string& folder, int tensors, std::string& detail) {
+  try {
+    const nlohmann::json index = read_json(folder + "/" + std::string(kIndexFileName));
+    int old_values = 0, new_values = 0;
+    for (const auto& [tensor, file] : index.at("weight_map").items()) {
+      const torch::Tensor t = SafeOpen(folder + "/" + file.get<std::string>()).get_tensor(tensor);
+      old_values += torch::equal(t, torch::zeros({10}));
+      new_values += torch::equal(t, torch::ones({10}));
+    }
+    if (old_values == tensors && index["weight_map"].size() == static_cast<std::size_t>(tensors)) return Loaded::Old;
+    if (new_values == tensors && index["weight_map"].size() == static_cast<std::size_t>(tensors)) return Loaded::New;
+    detail = std::to_string(old_values) + " old and " + std::to_string(new_values) + " new tensors";
+    return Loaded::Mixed;
+  } catch (const std::exception& e) {
+    detail = e.what();
+    return Loaded::Refused;
+  }
+}
+
+// An index with a total_size other software wrote as a string: this reader
+// refuses it, a loader that ignores total_size loads it.
+void spell_total_size_as_a_string(const std::string& folder) {
+  const std::string index = folder + "/" + std::string(kIndexFileName);
+  nlohmann::json doc = read_json(index);
+  doc["metadata"]["total_size"] = std::to_string(doc["metadata"]["total_size"].get<std::uint64_t>());
+  write_bytes(index, doc.dump(2));
+}
+
+// A save over a set whose index this reader refuses, killed at random moments:
+// until its switch, no new shard takes a name of the old set (any visible
+// *.safetensors file may be one), so a loader that reads the old index's
+// weight_map never loads a mix; the next save leaves nothing behind.
+TEST(ShardedSave, AKilledSaveOverAnIndexThisReaderRefusesNeverMixesTheSets) {
+  constexpr int kShards = 12;
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  const NamedTensors next = filled_set(kShards, 1.0f);
+  const auto options = ShardedSaveOptions().max_shard_size(80).fsync(false);
+  const auto restore = [&] {
+    for (const std::string& name : dir.entries()) std::filesystem::remove(dir.file(name));
+    write_hub_style_set(folder, kShards, 0.0f);
+    spell_total_size_as_a_string(folder);
+  };
+  restore();
+  EXPECT_THROW(ShardedOpen{folder}, Error);
+  std::string detail;
+  ASSERT_EQ(classify_by_weight_map(folder, 2 * kShards, detail), Loaded::Old) << detail;
+  const auto one_save = child_save_time([&] { save_sharded(next, folder, std::nullopt, options); });
+  const auto expected = dir.entries();
+  ASSERT_EQ(expected.size(), static_cast<std::size_t>(kShards + 1));
+  std::mt19937 rng(19);
+  int counts[4] = {0, 0, 0, 0};
+  for (int trial = 0; trial < 150; ++trial) {
+    restore();
+    const auto delay = one_save * std::uniform_real_distribution<double>(0, 1)(rng);
+    const pid_t pid = test::fork_child([&] {
+      save_sharded(next, folder, std::nullopt, options);
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    std::this_thread::sleep_for(delay);
+    ::kill(pid, SIGKILL);
+    test::wait_child(pid);
+    detail.clear();
+    const Loaded loaded = classify_by_weight_map(folder, 2 * kShards, detail);
+    ++counts[static_cast<int>(loaded)];
+    EXPECT_NE(loaded, Loaded::Mixed) << "trial " << trial << ": a silent mix: " << detail;
+    EXPECT_NE(loaded, Loaded::Refused) << "trial " << trial << ": " << detail;
+    save_sharded(next, folder, std::nullopt, options);
+    EXPECT_EQ(dir.entries(), expected) << "trial " << trial;
+  }
+  std::printf("over an index this reader refuses: old %d, new %d, refused %d, mixed %d\n", counts[0], counts[1],
+              counts[2], counts[3]);
+  EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);
+  EXPECT_GT(counts[static_cast<int>(Loaded::New)], 0);
+}
+
+// Once the new set is in place, the shards the refused index's weight_map
+// names go, as a readable index's do; other *.safetensors files (an adapter, a
+// shard no index names) stay.
+TEST(ShardedSave, ASaveOverAnIndexThisReaderRefusesRemovesOnlyTheSetItNames) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  write_hub_style_set(folder, 3, 0.0f);
+  spell_total_size_as_a_string(folder);
+  for (const char* other : {"adapter_model.safetensors", "model-00009-of-00009.safetensors"})
+    save_file({{"x", torch::zeros({1})}}, dir.file(other));
+  std::vector<std::string> expected =
+      save_sharded(filled_set(2, 1.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  ASSERT_EQ(expected.size(), 3u);
+  expected.insert(expected.end(), {"adapter_model.safetensors", "model-00009-of-00009.safetensors"});
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(dir.entries(), expected);
+  std::string detail;
+  EXPECT_EQ(classify(folder, 4, detail), Loaded::New) << detail;
+}
+
+// A dead save's lock may record a name that a live save has given a file
+// since (it records each before it creates it): the sweep keeps every file a
+// live writer's lock records, and its staged shards, and the dead lock goes.
+TEST(ShardedSave, TheSweepKeepsTheFilesALiveSaveRecords) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  save_sharded(filled_set(2, 0.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  const std::string live_set = "fedcba9876543210fedcba9876543210", dead_set = "0123456789abcdef0123456789abcdef";
+  const std::string published = test_shard_name(0, 3), staged = staged_shard_name(test_shard_name(1, 3), live_set);
+  const std::string live_lock = writer_lock_name(live_set, "00000000000000aa");
+  const std::string dead_lock = writer_lock_name(dead_set, "0123456789abcdef");
+  write_bytes(dir.file(dead_lock), nlohmann::json{published, test_shard_name(2, 3)}.dump());
+  write_bytes(dir.file(live_lock), nlohmann::json{test_shard_name(0, 2), test_shard_name(1, 2), published,
+                                                  test_shard_name(1, 3), test_shard_name(2, 3)}
+                                       .dump());
+  for (const std::string& name : {published, staged}) write_bytes(dir.file(name), "the live save's");
+  test::HeldLock writer(dir.file(live_lock));
+  std::vector<std::string> expected =
+      save_sharded(ten_tensors(), folder, std::nullopt, ShardedSaveOptions().max_shard_size(100));  // 5 shards
+  expected.insert(expected.end(), {published, staged, live_lock});
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(dir.entries(), expected);
+  EXPECT_EQ(read_bytes(dir.file(published)), "the live save's");
+}
+
+// A lock whose writer is gone is removed after the files it records: a sweep
+// killed at any moment leaves each of them it has not removed recorded by a
+// lock still there, for the next sweep.
+TEST(ShardedSave, ASweepKilledMidwayLeavesTheFilesItKeptRecorded) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  constexpr int kFiles = 300;
+  const std::string dead_lock = writer_lock_name("0123456789abcdef0123456789abcdef", "0123456789abcdef");
+  nlohmann::json record = nlohmann::json::array();
+  for (int i = 0; i < kFiles; ++i) record.push_back(test_shard_name(i, kFiles));
+  const auto restore = [&] {
+    for (const std::string& name : dir.entries()) std::filesystem::remove(dir.file(name));
+    for (int i = 0; i < kFiles; ++i) write_bytes(dir.file(test_shard_name(i, kFiles)), "");
+    write_bytes(dir.file(dead_lock), record.dump());
+  };
+  const NamedTensors tiny = {{"t", torch::zeros({1})}};
+  const auto options = ShardedSaveOptions().fsync(false);
+  // The kills spread over the save itself, timed here (a child is a copy).
+  std::chrono::microseconds one_save{0};
+  for (int i = 0; i < 3; ++i) {
+    restore();
+    const auto started = std::chrono::steady_clock::now();
+    save_sharded(tiny, folder, std::nullopt, options);
+    one_save += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started);
+  }
+  one_save /= 3;
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{std::string(kSingleFileName)});
+  std::mt19937 rng(23);
+  int midway = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    restore();
+    const auto delay = one_save * std::uniform_real_distribution<double>(0, 1)(rng);
+    test::Signal saving;
+    const pid_t pid = test::fork_child([&] {
+      saving.notify();
+      save_sharded(tiny, folder, std::nullopt, options);
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    saving.wait();
+    std::this_thread::sleep_for(delay);
+    ::kill(pid, SIGKILL);
+    test::wait_child(pid);
+    std::set<std::string> recorded;
+    int left = 0;
+    for (const std::string& name : dir.entries()) {
+      if (name.rfind(".saving-", 0) == 0)
+        for (const auto& file : nlohmann::json::parse(read_bytes(dir.file(name)), nullptr, false))
+          if (file.is_string()) recorded.insert(file.get<std::string>());
+      left += name.rfind("model-", 0) == 0;
+    }
+    midway += left > 0 && left < kFiles;
+    for (int i = 0; i < kFiles; ++i) {
+      const std::string name = test_shard_name(i, kFiles);
+      if (std::filesystem::exists(dir.file(name)) && !recorded.count(name)) {
+        ADD_FAILURE() << "trial " << trial << ": " << name << " is left and no lock records it";
+        break;
+      }
+    }
+    save_sharded(tiny, folder, std::nullopt, options);
+    EXPECT_EQ(dir.entries(), std::vector<std::string>{std::string(kSingleFileName)}) << "trial " << trial;
+  }
+  std::printf("sweeps killed midway: %d of 60; one save: %lld us\n", midway,
+              static_cast<long long>(one_save.count()));
+  EXPECT_GT(midway, 0);
+}
+
+// The lock of a save of one file records, before the file is made, every file
+// the save may leave: the previous set's and model.safetensors, which beside
+// the previous index (killed before removing it) is no checkpoint's.
+TEST(ShardedSave, ASaveOfOneFileRecordsTheFileItMayLeaveBesideTheSet) {
+  TempDir dir;
+  const std::string folder = dir.path().string();
+  save_sharded(filled_set(2, 0.0f), folder, std::nullopt, ShardedSaveOptions().max_shard_size(80));
+  std::set<std::string> recorded;
+  save_sharded(ten_tensors(), folder, std::nullopt,
+               ShardedSaveOptions().progress([&](std::uint64_t, std::uint64_t) {
+                 for (const std::string& name : dir.entries())
+                   if (name.rfind(".saving-", 0) == 0)
+                     for (const auto& file : read_json(dir.file(name))) recorded.insert(file.get<std::string>());
+               }));
+  EXPECT_EQ(recorded, (std::set<std::string>{test_shard_name(0, 2), test_shard_name(1, 2),
+                                             std::string(kSingleFileName)}));
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{std::string(kSingleFileName)});
+}
+
+// A save from a set to one file, and from one file to a set, killed at random
+// moments: the folder loads as the old checkpoint or the new one, and a save
+// of the old layout after it leaves nothing of the killed one.
+TEST(ShardedSave, AKilledSaveBetweenASetAndOneFileLoadsAsTheOldOrTheNew) {
+  const auto as_set = ShardedSaveOptions().max_shard_size(80).fsync(false);
+  const auto as_one = ShardedSaveOptions().fsync(false);
+  for (const bool to_one : {true, false}) {
+    TempDir dir;
+    const std::string folder = dir.path().string();
+    const auto& old_options = to_one ? as_set : as_one;
+    const auto& new_options = to_one ? as_one : as_set;
+    const auto restore = [&] {
+      for (const std::string& name : dir.entries()) std::filesystem::remove(dir.file(name));
+      save_sharded(filled_set(6, 0.0f), folder, std::nullopt, old_options);
+    };
+    restore();
+    const std::vector<std::string> expected = dir.entries();
+    const NamedTensors next = filled_set(6, 1.0f);
+    const auto one_save = child_save_time([&] { save_sharded(next, folder, std::nullopt, new_options); });
+    std::mt19937 rng(29);
+    int counts[4] = {0, 0, 0, 0};
+    for (int trial = 0; trial < 150; ++trial) {
+      restore();
+      const auto delay = one_save * std::uniform_real_distribution<double>(0, 1)(rng);
+      const pid_t pid = test::fork_child([&] {
+        save_sharded(next, folder, std::nullopt, new_options);
+        return 0;
+      });
+      ASSERT_GE(pid, 0);
+      std::this_thread::sleep_for(delay);
+      ::kill(pid, SIGKILL);
+      test::wait_child(pid);
+      std::string detail;
+      const Loaded loaded = classify(folder, 12, detail);
+      ++counts[static_cast<int>(loaded)];
+      EXPECT_TRUE(loaded == Loaded::Old || loaded == Loaded::New)
+          << (to_one ? "to one file" : "to a set") << ", trial " << trial << ": " << detail;
+      save_sharded(filled_set(6, 0.0f), folder, std::nullopt, old_options);
+      EXPECT_EQ(dir.entries(), expected) << (to_one ? "to one file" : "to a set") << ", trial " << trial;
+    }
+    std::printf("%s: old %d, new %d, refused %d, mixed %d\n", to_one ? "a set to one file" : "one file to a set",
+                counts[0], counts[1], counts[2], counts[3]);
+    EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);
+    EXPECT_GT(counts[static_cast<int>(Loaded::New)], 0);
+  }
 }
 
 // The same over a set the Hugging Face tools wrote (the fluxml vectors: six

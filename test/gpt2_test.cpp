@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../examples/gpt2_model.hpp"
+#include "gpt2_model.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/module.hpp"
 #include "test_util.hpp"

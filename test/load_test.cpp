@@ -14,7 +14,7 @@
 
 #include <ATen/core/grad_mode.h>
 
-#include "../csrc/upload.hpp"
+#include "upload.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/save.hpp"
 #include "safetensors/sharded.hpp"

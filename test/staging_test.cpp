@@ -19,7 +19,7 @@
 #include <set>
 #include <thread>
 
-#include "../csrc/upload.hpp"
+#include "upload.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/save.hpp"

@@ -77,8 +77,7 @@ double thread_seconds() {
 void expect_outcome(const std::string& what, std::optional<ErrorCode> expected, std::uint64_t file_size,
                     double seconds, const std::function<void()>& read, std::uint64_t memory = 0) {
   if (kMeasureMemory) {
-    // Writing 5 resets the peak (VmHWM) to the current resident size.
-    std::ofstream("/proc/self/clear_refs") << "5";
+    test::reset_peak_memory();
   }
   const std::uint64_t before = kMeasureMemory ? status_bytes("VmRSS") : 0;
   const double start = thread_seconds();

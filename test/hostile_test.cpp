@@ -142,9 +142,11 @@ std::vector<std::pair<std::string, std::string>> corpus_rows(const std::string& 
     listed.insert(file);
     rows.emplace_back(file, outcome);
   }
-  for (const auto& entry : fs::directory_iterator(kCorpus))
-    if (entry.path().extension() == extension)
+  for (const auto& entry : fs::directory_iterator(kCorpus)) {
+    if (entry.path().extension() == extension) {
       EXPECT_TRUE(listed.count(entry.path().filename().string())) << entry.path() << " is not in " << tsv_name;
+    }
+  }
   return rows;
 }
 

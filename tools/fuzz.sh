@@ -40,7 +40,7 @@ find "$root/test/data/pickle" "$root/test/data/vectors" "$root/test/data/hostile
   \( -name '*.pt' -o -name '*.pth' -o -name '*.bin' -o -name '*.pkl' \) -size -65k \
   -exec cp -t "$seeds/checkpoint" {} + 2>/dev/null || true
 # The hostile checkpoints of the corpus, made small enough to be mutated whole.
-python3 "$root/tools/make_hostile_corpus.py" --fuzz-seeds "$seeds/checkpoint"
+python3 "$root/test/data/hostile/make_corpus.py" --fuzz-seeds "$seeds/checkpoint"
 python3 - "$seeds/checkpoint" <<'PY' || true
 import pathlib, sys, zipfile
 folder = pathlib.Path(sys.argv[1])

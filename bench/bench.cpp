@@ -44,6 +44,9 @@
 
 #include <safetensors/safetensors.hpp>
 
+#include "support/memory.hpp"
+#include "support/module.hpp"
+
 namespace st = safetensors;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -126,46 +129,13 @@ long peak_rss_kb() {
   return usage.ru_maxrss;
 }
 
-// A field of /proc/self/status, in kB.
-long status_kb(const char* field) {
-  std::FILE* f = std::fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  long kb = -1;
-  const std::size_t n = std::strlen(field);
-  while (std::fgets(line, sizeof line, f))
-    if (std::strncmp(line, field, n) == 0 && line[n] == ':') kb = std::atol(line + n + 1);
-  std::fclose(f);
-  return kb;
-}
-
-// The resident memory an operation adds at its peak, in MB: the kernel's
-// high-water mark is reset first (Linux: "5" into clear_refs). Mapped file
-// pages that the operation touches count, as they do for the process.
-double peak_added_mb(const std::function<void()>& f) {
-  if (std::FILE* clear = std::fopen("/proc/self/clear_refs", "w")) {
-    std::fputs("5", clear);
-    std::fclose(clear);
-  }
-  const long before = status_kb("VmRSS");
-  f();
-  return (status_kb("VmHWM") - before) / 1e3;
-}
+// The resident memory an operation adds at its peak, in MB (mapped file pages
+// that the operation touches count, as they do for the process).
+double peak_added_mb(const std::function<void()>& f) { return st::test::peak_added_kb(f) / 1e3; }
 
 // A module holding the tensors under their dotted names (fresh memory).
 std::shared_ptr<torch::nn::Module> make_module(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
-  auto root = std::make_shared<torch::nn::Module>();
-  for (const auto& [name, tensor] : tensors) {
-    std::shared_ptr<torch::nn::Module> m = root;
-    std::string rest = name;
-    for (std::size_t dot; (dot = rest.find('.')) != std::string::npos; rest.erase(0, dot + 1)) {
-      const std::string part = rest.substr(0, dot);
-      auto children = m->named_children();
-      m = children.contains(part) ? children[part] : m->register_module(part, std::make_shared<torch::nn::Module>());
-    }
-    m->register_parameter(rest, tensor.clone());
-  }
-  return root;
+  return st::test::make_module(tensors, st::test::ModuleFill::copies);
 }
 
 // Reads a byte of every cache line so that lazily mapped pages are really

@@ -15,7 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include "../csrc/pickle/unpickler.hpp"
+#include "pickle/unpickler.hpp"
 #include "memfile.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/migrate.hpp"

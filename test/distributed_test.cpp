@@ -29,6 +29,7 @@
 #include "safetensors/module.hpp"
 #include "safetensors/save.hpp"
 #include "safetensors/sharded.hpp"
+#include "support/module.hpp"
 #include "test_util.hpp"
 
 extern char** environ;
@@ -90,26 +91,10 @@ torch::Tensor expected_part(const std::string& name, const torch::Tensor& whole,
   return whole.narrow(dim, range->start, range->length).contiguous();
 }
 
-// A module holding tensors of the given shapes and dtypes (zeros) under
+// A module holding zeros of the given tensors' shapes and dtypes under their
 // dotted names; integer tensors are buffers.
 std::shared_ptr<torch::nn::Module> make_module(const std::vector<std::pair<std::string, torch::Tensor>>& like) {
-  auto root = std::make_shared<torch::nn::Module>();
-  for (const auto& [name, tensor] : like) {
-    std::shared_ptr<torch::nn::Module> m = root;
-    std::string rest = name;
-    for (std::size_t dot; (dot = rest.find('.')) != std::string::npos; rest.erase(0, dot + 1)) {
-      const std::string part = rest.substr(0, dot);
-      auto children = m->named_children();
-      m = children.contains(part) ? children[part] : m->register_module(part, std::make_shared<torch::nn::Module>());
-    }
-    torch::Tensor zeros = torch::zeros_like(tensor);
-    if (torch::isFloatingType(tensor.scalar_type())) {
-      m->register_parameter(rest, zeros);
-    } else {
-      m->register_buffer(rest, zeros);
-    }
-  }
-  return root;
+  return st::test::make_module(like, st::test::ModuleFill::zeros);
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> local_parts(const st::TensorParallel& tp) {

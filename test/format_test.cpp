@@ -4,7 +4,7 @@
 
 #include <chrono>
 
-#include "../csrc/detail/text.hpp"
+#include "detail/text.hpp"
 #include "safetensors/header.hpp"
 #include "safetensors/writer.hpp"
 #include "test_util.hpp"

@@ -1,13 +1,13 @@
 // A real checkpoint written by Python's `transformers` (a tiny GPT-2: n_embd 2,
 // one layer, vocabulary 21) loads strictly into a C++ module with the same
 // names, and its logits are those of an independent NumPy implementation of
-// transformers' GPT-2 (test/interop/gpt2_reference.py).
+// transformers' GPT-2 (test/data/gpt2/gpt2_reference.py).
 
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
 
-#include "../examples/gpt2_model.hpp"
+#include "gpt2_model.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/module.hpp"
 #include "test_util.hpp"
@@ -66,12 +66,12 @@ TEST(Gpt2, AForwardPassRunsOnTheLoadedWeights) {
 }
 
 // The logits, position by position, of the NumPy reference for the same
-// tokens (test/data/gpt2_reference_logits.json, made by
-// `python3 test/interop/gpt2_reference.py test/data/vectors/models/lmbuddy_tiny_gpt2 1 2 3 7 20 0`).
+// tokens (test/data/gpt2/reference_logits.json, made by `python3
+// test/data/gpt2/gpt2_reference.py test/data/vectors/models/lmbuddy_tiny_gpt2 1 2 3 7 20 0`).
 // A weight loaded transposed, a tie lost or a prefix misapplied changes them.
 TEST(Gpt2, LogitsMatchAnIndependentImplementation) {
   const auto json = nlohmann::json::parse(test::read_bytes(std::string(SAFETENSORS_TEST_DATA_DIR) +
-                                                           "/gpt2_reference_logits.json"));
+                                                           "/gpt2/reference_logits.json"));
   const std::vector<std::int64_t> ids = json["ids"].get<std::vector<std::int64_t>>();
   const std::vector<std::vector<double>> rows = json["logits"].get<std::vector<std::vector<double>>>();
   std::vector<double> flat;

@@ -77,8 +77,7 @@ double thread_seconds() {
 void expect_outcome(const std::string& what, std::optional<ErrorCode> expected, std::uint64_t file_size,
                     double seconds, const std::function<void()>& read, std::uint64_t memory = 0) {
   if (kMeasureMemory) {
-    // Writing 5 resets the peak (VmHWM) to the current resident size.
-    std::ofstream("/proc/self/clear_refs") << "5";
+    test::reset_peak_memory();
   }
   const std::uint64_t before = kMeasureMemory ? status_bytes("VmRSS") : 0;
   const double start = thread_seconds();
@@ -143,9 +142,11 @@ std::vector<std::pair<std::string, std::string>> corpus_rows(const std::string& 
     listed.insert(file);
     rows.emplace_back(file, outcome);
   }
-  for (const auto& entry : fs::directory_iterator(kCorpus))
-    if (entry.path().extension() == extension)
+  for (const auto& entry : fs::directory_iterator(kCorpus)) {
+    if (entry.path().extension() == extension) {
       EXPECT_TRUE(listed.count(entry.path().filename().string())) << entry.path() << " is not in " << tsv_name;
+    }
+  }
   return rows;
 }
 

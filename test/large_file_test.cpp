@@ -26,13 +26,6 @@ namespace {
 using test::TempDir;
 using namespace at::indexing;
 
-std::uint64_t meminfo_bytes(const std::string& field) {
-  std::ifstream in("/proc/meminfo");
-  for (std::string line; std::getline(in, line);)
-    if (line.compare(0, field.size() + 1, field + ":") == 0) return std::stoull(line.substr(field.size() + 1)) * 1024;
-  return 0;
-}
-
 int overcommit_mode() {
   std::ifstream in("/proc/sys/vm/overcommit_memory");
   int mode = -1;
@@ -45,7 +38,7 @@ int overcommit_mode() {
 class LargerThanMemory : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::uint64_t memory = meminfo_bytes("MemTotal") + meminfo_bytes("SwapTotal");
+    const std::uint64_t memory = test::meminfo_bytes("MemTotal") + test::meminfo_bytes("SwapTotal");
     ASSERT_GT(memory, 0u);
     huge_bytes_ = ((2 * memory) / 4096 + 1) * 4096;
     path_ = dir_.file("larger-than-memory.safetensors");

@@ -14,7 +14,7 @@
 
 #include <ATen/core/grad_mode.h>
 
-#include "../csrc/upload.hpp"
+#include "upload.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/save.hpp"
 #include "safetensors/sharded.hpp"
@@ -341,7 +341,9 @@ TEST(LoadFile, DtypesNewerThanThisLibTorchNameTheVersionNeeded) {
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::UnsupportedDtype) << name;
       const std::string since = torch_version_with(d);
-      if (since != "none") EXPECT_NE(std::string(e.what()).find(since), std::string::npos) << e.what();
+      if (since != "none") {
+        EXPECT_NE(std::string(e.what()).find(since), std::string::npos) << e.what();
+      }
     }
     TensorDict raw = load(bytes.data(), bytes.size(), LoadOptions().unsupported_as_bytes(true));
     EXPECT_EQ(raw["t"].scalar_type(), at::kByte);

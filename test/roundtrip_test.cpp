@@ -118,7 +118,9 @@ TEST(RoundTrip, RandomFilesWithRandomNames) {
     SafeOpen f(copy_buffer(bytes.data(), bytes.size()));
     ASSERT_EQ(f.size(), tensors.size());
     EXPECT_EQ(f.header().has_metadata(), metadata.has_value());
-    if (metadata) EXPECT_EQ(f.metadata(), *metadata);
+    if (metadata) {
+      EXPECT_EQ(f.metadata(), *metadata);
+    }
     for (const auto& [name, t] : tensors) EXPECT_TRUE(bitwise_equal(f.get_tensor(name), t)) << name;
     // The same tensors give the same bytes: saving is deterministic.
     EXPECT_EQ(save(f.tensors(), metadata), bytes);

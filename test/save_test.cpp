@@ -401,7 +401,9 @@ TEST(SaveFile, AFolderThatCannotBeFlushedIsAnIoError) {
   ASSERT_EQ(::chmod(dir.path().c_str(), 0711), 0);
   const std::string folder = dir.file("write-only");
   std::filesystem::create_directory(folder);
-  if (::geteuid() == 0) ASSERT_EQ(::chown(folder.c_str(), 65534, 65534), 0);
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown(folder.c_str(), 65534, 65534), 0);
+  }
   ASSERT_EQ(::chmod(folder.c_str(), 0300), 0);
   const std::optional<std::string> skipped = test::without_privileges([&](test::SmallFilesystem& checks) {
     const std::string path = folder + "/m.safetensors";

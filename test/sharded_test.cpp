@@ -455,7 +455,9 @@ TEST(ShardedStateDict, TiedWeightsSavedAsShardsLoadInBothModesStrictOrNot) {
       EXPECT_TRUE(torch::equal(tied->head->weight, saved->embed->weight));
       EXPECT_TRUE(torch::equal(tied->mid->weight, saved->mid->weight));
       EXPECT_EQ(tied->head->weight.data_ptr(), tied->embed->weight.data_ptr()) << "the tie was broken";
-      if (mode == LoadMode::ZeroCopy) EXPECT_EQ(tied->head->weight.data_ptr(), set.get_tensor("embed.weight").data_ptr());
+      if (mode == LoadMode::ZeroCopy) {
+        EXPECT_EQ(tied->head->weight.data_ptr(), set.get_tensor("embed.weight").data_ptr());
+      }
 
       Tied untied(/*tie=*/false);
       r = load_state_dict(*untied, dir.path().string(), StateDictLoadOptions().mode(mode).strict(strict));

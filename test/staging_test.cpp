@@ -19,8 +19,8 @@
 #include <set>
 #include <thread>
 
-#include "../csrc/detail/staging.hpp"
-#include "../csrc/upload.hpp"
+#include "detail/staging.hpp"
+#include "upload.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/save.hpp"
@@ -528,8 +528,12 @@ TEST(ReadParallel, SplitsTheBytesEvenlyAndExactly) {
       EXPECT_EQ(read_bytes, total);
       const bool parallel = threads > 1 && total >= (std::size_t{1} << 20);
       EXPECT_LE(calls.size(), nonempty + (parallel ? threads - 1 : 0));
-      if (parallel) EXPECT_GE(calls.size(), static_cast<std::size_t>(threads)) << "every thread reads";
-      if (parallel && detail::reads_can_run_in_parallel()) EXPECT_GE(source.threads_seen(), 2u);
+      if (parallel) {
+        EXPECT_GE(calls.size(), static_cast<std::size_t>(threads)) << "every thread reads";
+      }
+      if (parallel && detail::reads_can_run_in_parallel()) {
+        EXPECT_GE(source.threads_seen(), 2u);
+      }
     }
   }
 }

@@ -1,6 +1,7 @@
 #pragma once
 // Helpers shared by the test suites: temporary folders, raw files, bitwise
-// tensor comparison, a small filesystem of the test's own.
+// tensor comparison, a small filesystem of the test's own. What needs no
+// GoogleTest and serves the benchmark too is in support/.
 
 #include <fcntl.h>
 #include <sched.h>
@@ -30,6 +31,7 @@
 #include <vector>
 
 #include "safetensors/error.hpp"
+#include "support/memory.hpp"
 
 namespace safetensors::test {
 
@@ -130,27 +132,6 @@ ErrorCode error_code_of(F&& f) {
   }
   ADD_FAILURE() << "did not throw";
   throw std::runtime_error("did not throw");
-}
-
-/// A field of /proc/self/status, in kB (-1 if absent).
-inline long status_kb(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  for (std::string line; std::getline(in, line);)
-    if (line.compare(0, field.size() + 1, field + ":") == 0) return std::stol(line.substr(field.size() + 1));
-  return -1;
-}
-
-/// The resident memory `f` adds at its peak, in kB: the kernel's high-water
-/// mark (VmHWM) is reset first. File pages mapped into the process count.
-template <class F>
-long peak_added_kb(F&& f) {
-  {
-    std::ofstream clear("/proc/self/clear_refs");
-    clear << "5";
-  }
-  const long before = status_kb("VmRSS");
-  f();
-  return status_kb("VmHWM") - before;
 }
 
 /// A real filesystem of `bytes` bytes (a tmpfs) for tests of a full or

@@ -11,6 +11,7 @@
 # The corpus grows in build-fuzz/corpus/TARGET and is reused by later runs;
 # findings are written to build-fuzz/findings/. To fuzz longer, pass a larger
 # time, or run a target by hand (README "Hardening").
+# SAFETENSORS_TORCH_WERROR=ON makes warnings errors (tools/test.sh sets it).
 set -euo pipefail
 
 seconds=${1:-60}
@@ -25,7 +26,7 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" \
   -DSAFETENSORS_TORCH_BUILD_FUZZERS=ON -DSAFETENSORS_TORCH_BUILD_TESTS=OFF \
   -DSAFETENSORS_TORCH_BUILD_CLI=OFF -DSAFETENSORS_TORCH_BUILD_EXAMPLES=OFF \
-  -DSAFETENSORS_TORCH_INSTALL=OFF >/dev/null
+  -DSAFETENSORS_TORCH_INSTALL=OFF -DSAFETENSORS_TORCH_WERROR="${SAFETENSORS_TORCH_WERROR:-OFF}" >/dev/null
 cmake --build "$build" -j "${JOBS:-2}" --target "${targets[@]}"
 
 # Seeds: every test file small enough to mutate quickly (larger ones would be
@@ -39,7 +40,7 @@ find "$root/test/data/pickle" "$root/test/data/vectors" "$root/test/data/hostile
   \( -name '*.pt' -o -name '*.pth' -o -name '*.bin' -o -name '*.pkl' \) -size -65k \
   -exec cp -t "$seeds/checkpoint" {} + 2>/dev/null || true
 # The hostile checkpoints of the corpus, made small enough to be mutated whole.
-python3 "$root/tools/make_hostile_corpus.py" --fuzz-seeds "$seeds/checkpoint"
+python3 "$root/test/data/hostile/make_corpus.py" --fuzz-seeds "$seeds/checkpoint"
 python3 - "$seeds/checkpoint" <<'PY' || true
 import pathlib, sys, zipfile
 folder = pathlib.Path(sys.argv[1])

@@ -5,6 +5,8 @@
 # LibTorch itself is not instrumented; ASan still sees its allocations.
 #
 #   tools/sanitize.sh [asan|tsan]...     default: both
+#
+# SAFETENSORS_TORCH_WERROR=ON makes warnings errors (tools/test.sh sets it).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +19,8 @@ configure() {  # DIR FLAGS [CMAKE_ARGS...]
   echo "== configure $1: $2"
   cmake -S "$root" -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$2" -DCMAKE_SHARED_LINKER_FLAGS="$2" \
-    -DSAFETENSORS_TORCH_BUILD_EXAMPLES=OFF "${@:3}" >/dev/null
+    -DSAFETENSORS_TORCH_BUILD_EXAMPLES=OFF -DSAFETENSORS_TORCH_WERROR="${SAFETENSORS_TORCH_WERROR:-OFF}" \
+    "${@:3}" >/dev/null
 }
 
 for step in "${steps[@]}"; do

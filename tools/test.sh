@@ -10,6 +10,8 @@
 #   tools/test.sh [--quick] [--no-deps]
 #
 # --quick runs step 1 only; --no-deps skips installing Debian packages.
+# Every step builds with warnings as errors (SAFETENSORS_TORCH_WERROR=ON, which
+# the other scripts read from the environment).
 # Exits non-zero when any step fails; prints a line per step and their times.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,6 +24,8 @@ for arg in "$@"; do
     *) echo "usage: $0 [--quick] [--no-deps]" >&2; exit 2 ;;
   esac
 done
+
+export SAFETENSORS_TORCH_WERROR=ON
 
 summary=()
 failed=0
@@ -37,7 +41,7 @@ step() {
 }
 
 build_and_test() {
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAFETENSORS_TORCH_WERROR=ON >/dev/null
   cmake --build build -j2
   ctest --test-dir build -j2 --output-on-failure
 }

@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../detail/text.hpp"
+#include "detail/text.hpp"
 #include "commands.hpp"
 #include "safetensors/load.hpp"
 

@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "../checked.hpp"
-#include "../detail/text.hpp"
+#include "detail/text.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/header.hpp"
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes test/data/hostile/: files that break the format's rules, one at a time
+"""Writes this folder, test/data/hostile/: files that break the format's rules, one at a time
 and several at once, each with the error code a reader must refuse it with
 (expected.tsv: file, code, what it breaks). Python standard library only.
 
@@ -11,8 +11,8 @@ a stride-0 view of 2^40 bytes, and zip entries that share their bytes.
 The huge cases (a million nesting levels, a million tensors, keys of many
 megabytes) are made by test/hostile_test.cpp at run time instead of stored.
 
-    tools/make_hostile_corpus.py [OUT_DIR]
-    tools/make_hostile_corpus.py --fuzz-seeds DIR    (smaller hostile checkpoints, for fuzzing)
+    python3 test/data/hostile/make_corpus.py [OUT_DIR]       (default: its own folder)
+    python3 test/data/hostile/make_corpus.py --fuzz-seeds DIR    (smaller hostile checkpoints, for fuzzing)
 """
 import io
 import json
@@ -403,13 +403,12 @@ def write_fuzz_seeds(out):
 
 
 def main():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if len(sys.argv) > 2 and sys.argv[1] == "--fuzz-seeds":
         return write_fuzz_seeds(sys.argv[2])
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "test", "data", "hostile")
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
     os.makedirs(out, exist_ok=True)
     names = set()
-    lines = ["# file\tcode\twhat it breaks (written by tools/make_hostile_corpus.py)"]
+    lines = ["# file\tcode\twhat it breaks (written by make_corpus.py)"]
     for name, code, why, content in CASES:
         assert name not in names, name
         names.add(name)
@@ -418,7 +417,7 @@ def main():
         lines.append(f"{name}.safetensors\t{code}\t{why}")
     with open(os.path.join(out, "expected.tsv"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    lines = ["# file\tcode or accepted\twhat it does (written by tools/make_hostile_corpus.py)"]
+    lines = ["# file\tcode or accepted\twhat it does (written by make_corpus.py)"]
     for name, expected, why, content in CHECKPOINTS:
         assert name not in names, name
         names.add(name)

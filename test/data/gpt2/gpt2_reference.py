@@ -6,7 +6,7 @@ parsed with json and struct, the maths follows transformers' GPT2LMHeadModel
 1/sqrt(head size), layer norms with the config's epsilon, the head tied to
 the token embedding).
 
-    python3 gpt2_reference.py MODEL_FOLDER ID... > logits.json
+    python3 gpt2_reference.py MODEL_FOLDER ID... > reference_logits.json
 """
 import json
 import math

@@ -83,7 +83,7 @@ std::string escape_control(std::string_view text, Escaped already) {
       ++i;
     } else if (const char32_t cp = code_point(p + i, len);
                (cp >= 0x80 && cp < 0xA0) || is_format_character(cp)) {
-      char escaped[7];  // C1 controls (0x9b is a terminal's CSI), format characters
+      char escaped[12];  // C1 controls (0x9b is a terminal's CSI), format characters
       std::snprintf(escaped, sizeof escaped, "\\u%04x", static_cast<unsigned>(cp));
       out += escaped;
       i += len;

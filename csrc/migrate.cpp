@@ -42,10 +42,27 @@ constexpr std::int64_t kLegacyProtocolVersion = 1001;
 // Name given to a checkpoint that is a single tensor (torch.save(t, f)).
 constexpr const char* kLoneTensorName = "tensor";
 // What flattening charges for each entry it makes besides the bytes of its
-// name and description: a tensor's handle and the name's place in the index,
-// or a reported entry's place in its list.
-constexpr std::uint64_t kTensorEntryCost = 128;
+// name and description, each heap block with the allocator's 16 bytes: for a
+// tensor, its TensorImpl, its place among the views made (a hash node) and in
+// the checkpoint (an item of a vector that may have doubled, an index node),
+// find_shared's key and extent for it and, should it be an alias, its entry in
+// `aliases`; its sizes and strides when it has more than a TensorImpl keeps
+// inline. For a reported entry, its place in its list.
+constexpr std::uint64_t kHeapBlockCost = 16;
+constexpr std::uint64_t kTensorEntryCost =
+    (sizeof(c10::TensorImpl) + kHeapBlockCost) + (3 * sizeof(void*) + sizeof(at::Tensor) + kHeapBlockCost) +
+    2 * (sizeof(std::string) + sizeof(at::Tensor)) + (sizeof(std::string) + 4 * sizeof(void*) + kHeapBlockCost) +
+    (6 * sizeof(void*) + kHeapBlockCost) + 2 * 3 * sizeof(std::uint64_t) +
+    (4 * sizeof(void*) + 2 * sizeof(std::string) + kHeapBlockCost);
+constexpr std::size_t kInlineRank = 5;  // c10::SizesAndStrides keeps this many inline
 constexpr std::uint64_t kOtherEntryCost = sizeof(NonTensorEntry);
+
+// The bytes a tensor entry of `rank` dimensions holds (see kTensorEntryCost);
+// its name is held by the checkpoint's item and index and by an alias entry.
+std::uint64_t tensor_entry_cost(std::size_t rank, std::size_t name_size) {
+  const std::uint64_t dims = rank > kInlineRank ? 2 * sizeof(std::int64_t) * rank + kHeapBlockCost : 0;
+  return kTensorEntryCost + dims + 3 * static_cast<std::uint64_t>(name_size);
+}
 
 // A name as errors show it: names built from a hostile pickle can be huge.
 std::string shown(const std::string& name) {
@@ -340,10 +357,10 @@ class Flattener {
   }
 
   void add_tensor(const Value& v, const std::string& name) {
-    charge(kTensorEntryCost + 2 * name.size(), name);
+    const pickle::TensorRef& ref = *v.tensor;
+    charge(tensor_entry_cost(ref.size.size(), name.size()), name);
     if (out_.tensors.contains(name))
       throw Error(ErrorCode::DuplicateKey, file_, shown(name), "two entries flatten to this name");
-    const pickle::TensorRef& ref = *v.tensor;
     auto made = views_.find(&v);
     if (made == views_.end()) {
       // Bounded before the view is made: the same value under several names
@@ -365,7 +382,11 @@ class Flattener {
       const at::Tensor storage = storages_.get(*ref.storage, name);
       const std::vector<std::int64_t> size(ref.size.begin(), ref.size.end());
       const std::vector<std::int64_t> stride(ref.stride.begin(), ref.stride.end());
-      made = views_.emplace(&v, storage.as_strided(size, stride, static_cast<std::int64_t>(ref.offset))).first;
+      // As torch.load makes it: a tensor over the storage, not an autograd view of it (whose view
+      // metadata would be held for every tensor).
+      at::Tensor view = at::empty({0}, storage.options());
+      view.set_(storage.storage(), static_cast<std::int64_t>(ref.offset), size, stride);
+      made = views_.emplace(&v, std::move(view)).first;
     }
     out_.tensors.insert(name, made->second);
   }
@@ -522,45 +543,52 @@ void read_torch_legacy(const std::shared_ptr<Source>& source, const CheckpointOp
 // whose bytes overlap cannot share bytes in a safetensors file: each is saved
 // as its own copy. Disjoint views (chunks of one storage) need nothing.
 void find_shared(Checkpoint& ckpt) {
-  using View = std::tuple<const void*, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>,
-                          c10::ScalarType>;
+  // Keys and extents refer to the tensors by position: a checkpoint may hold
+  // many views of high rank, whose sizes and names are not copied again.
+  const auto& items = ckpt.tensors.items();
+  auto less = [&](std::size_t i, std::size_t j) {
+    const at::Tensor &a = items[i].value(), &b = items[j].value();
+    const void *sa = a.storage().unsafeGetStorageImpl(), *sb = b.storage().unsafeGetStorageImpl();
+    if (sa != sb) return std::less<const void*>()(sa, sb);
+    if (a.storage_offset() != b.storage_offset()) return a.storage_offset() < b.storage_offset();
+    if (a.scalar_type() != b.scalar_type()) return a.scalar_type() < b.scalar_type();
+    if (a.sizes() != b.sizes())
+      return std::lexicographical_compare(a.sizes().begin(), a.sizes().end(), b.sizes().begin(), b.sizes().end());
+    return std::lexicographical_compare(a.strides().begin(), a.strides().end(), b.strides().begin(),
+                                        b.strides().end());
+  };
   struct Extent {
     std::uint64_t begin, end;
-    std::string name;
+    std::size_t index;
   };
-  std::map<View, std::string> first_of_view;
+  std::set<std::size_t, decltype(less)> first_of_view(less);
   std::map<const void*, std::vector<Extent>> extents;
-  for (const auto& item : ckpt.tensors) {
-    const at::Tensor& t = item.value();
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const at::Tensor& t = items[i].value();
     if (!t.has_storage() || t.numel() == 0) continue;
-    const void* storage = t.storage().unsafeGetStorageImpl();
-    auto [it, inserted] = first_of_view.emplace(
-        View{storage, t.storage_offset(), t.sizes().vec(), t.strides().vec(), t.scalar_type()}, item.key());
+    auto [it, inserted] = first_of_view.insert(i);
     if (!inserted) {
-      ckpt.aliases[item.key()] = it->second;
+      ckpt.aliases[items[i].key()] = items[*it].key();
       continue;
     }
     std::uint64_t span = 1;
     for (std::int64_t d = 0; d < t.dim(); ++d)
       span += static_cast<std::uint64_t>(t.size(d) - 1) * static_cast<std::uint64_t>(t.stride(d));
     const std::uint64_t begin = static_cast<std::uint64_t>(t.storage_offset()) * t.element_size();
-    extents[storage].push_back({begin, begin + span * t.element_size(), item.key()});
+    extents[t.storage().unsafeGetStorageImpl()].push_back({begin, begin + span * t.element_size(), i});
   }
-  std::set<std::string> overlapping;
+  std::vector<bool> overlapping(items.size());
   for (auto& [storage, list] : extents) {
     std::sort(list.begin(), list.end(), [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
     std::uint64_t reach = 0;
     const Extent* reaching = nullptr;
     for (const Extent& e : list) {
-      if (reaching && e.begin < reach) {
-        overlapping.insert(e.name);
-        overlapping.insert(reaching->name);
-      }
+      if (reaching && e.begin < reach) overlapping[e.index] = overlapping[reaching->index] = true;
       if (!reaching || e.end > reach) reach = e.end, reaching = &e;
     }
   }
-  for (const auto& item : ckpt.tensors)
-    if (overlapping.count(item.key())) ckpt.copied_views.push_back(item.key());
+  for (std::size_t i = 0; i < items.size(); ++i)
+    if (overlapping[i]) ckpt.copied_views.push_back(items[i].key());
 }
 
 // Safetensors inputs: dtypes this LibTorch lacks arrive as raw bytes; their

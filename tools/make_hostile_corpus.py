@@ -362,7 +362,17 @@ def mib(n):
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 
 
-def amplifying(key_bytes, repeats, depth, storage_bytes, views):
+def many_views(count, rank):
+    """`count` views of rank `rank` of one byte, 16 pickle bytes each: the
+    function, storage, size and stride tuples and hooks are memo references."""
+    first = (glob("torch._utils", "_rebuild_tensor_v2") + b"q\x01(" + storage_pid("Byte", "0", 1) + b"q\x02" +
+             binint(0) + b"(" + b"K\x01" * rank + b"tq\x03" + b"(" + b"K\x01" * rank + b"tq\x04\x89" +
+             glob("collections", "OrderedDict") + b")Rq\x05tR")
+    again = b"h\x01(h\x02K\x00h\x03h\x04\x89h\x05tR"
+    return torch_save(b"\x80\x02]q\x00(" + first + again * (count - 1) + b"e.", [("0", b"\0")])
+
+
+def amplifying(key_bytes, repeats, depth, storage_bytes, views, rank24_views):
     """The checkpoints that multiply a small file (name, code, why, bytes),
     at the scale of the corpus or, smaller, of fuzzing seeds."""
     key = binunicode("k" * key_bytes)
@@ -386,18 +396,21 @@ def amplifying(key_bytes, repeats, depth, storage_bytes, views):
         ("overlapping_entries", "InvalidCheckpoint",
          f"4 zip entries each holding the next: one {mib(storage_bytes // 16)} stretch backs 4 storages",
          overlapping_entries(storage_bytes // 16)),
+        ("rank24_views", "LimitExceeded",
+         f"{rank24_views:,} views of rank 24 of one byte, 16 pickle bytes each",
+         many_views(rank24_views, 24)),
     ]
 
 
-for name, code, why, content in amplifying(1 << 20, 300_000, 200, 1 << 20, 64):
+for name, code, why, content in amplifying(1 << 20, 300_000, 200, 1 << 20, 64, 100_000):
     checkpoint({"repeated_key": "repeated_key_1mib", "nested_key": "nested_key_1mib",
-                "expand": "expand_2p40"}.get(name, name), code, why, content)
+                "expand": "expand_2p40", "rank24_views": "rank24_views_100k"}.get(name, name), code, why, content)
 
 
 def write_fuzz_seeds(out):
     """Smaller copies of the hostile checkpoints, within fuzz_checkpoint's -max_len."""
     os.makedirs(out, exist_ok=True)
-    for name, _, _, content in amplifying(4 << 10, 4000, 16, 16 << 10, 16) + CHECKPOINTS[:1]:
+    for name, _, _, content in amplifying(4 << 10, 4000, 16, 16 << 10, 16, 2000) + CHECKPOINTS[:1]:
         with open(os.path.join(out, "hostile-" + name + ".pt"), "wb") as f:
             f.write(content)
 

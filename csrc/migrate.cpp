@@ -48,7 +48,7 @@ constexpr const char* kLoneTensorName = "tensor";
 // find_shared's key and extent for it and, should it be an alias, its entry in
 // `aliases`; its sizes and strides when it has more than a TensorImpl keeps
 // inline. For a reported entry, its place in its list.
-constexpr std::uint64_t kHeapBlockCost = 16;
+using pickle::kHeapBlockCost;
 constexpr std::uint64_t kTensorEntryCost =
     (sizeof(c10::TensorImpl) + kHeapBlockCost) + (3 * sizeof(void*) + sizeof(at::Tensor) + kHeapBlockCost) +
     2 * (sizeof(std::string) + sizeof(at::Tensor)) + (sizeof(std::string) + 4 * sizeof(void*) + kHeapBlockCost) +
@@ -358,7 +358,7 @@ class Flattener {
 
   void add_tensor(const Value& v, const std::string& name) {
     const pickle::TensorRef& ref = *v.tensor;
-    charge(tensor_entry_cost(ref.size.size(), name.size()), name);
+    charge(tensor_entry_cost(ref.rank(), name.size()), name);
     if (out_.tensors.contains(name))
       throw Error(ErrorCode::DuplicateKey, file_, shown(name), "two entries flatten to this name");
     auto made = views_.find(&v);
@@ -367,8 +367,10 @@ class Flattener {
       // (tied weights) is written once and counted once.
       std::uint64_t bytes = dtype_bits(ref.storage->dtype) / 8;
       bool overflow = false;
-      for (std::uint64_t d : ref.size)
+      for (std::size_t i = 0; i < ref.rank(); ++i) {
+        const std::uint64_t d = ref.size_at(i);
         overflow = overflow || d > static_cast<std::uint64_t>(INT64_MAX) || __builtin_mul_overflow(bytes, d, &bytes);
+      }
       const std::uint64_t limit = kViewBytesFloor + kMaxViewExpansion * file_size_;
       if (overflow || bytes > limit - written_)
         throw Error(ErrorCode::LimitExceeded, file_, shown(name),
@@ -380,8 +382,11 @@ class Flattener {
                         " MiB) once written out: views (stride 0, overlaps) may not expand a checkpoint further");
       written_ += bytes;
       const at::Tensor storage = storages_.get(*ref.storage, name);
-      const std::vector<std::int64_t> size(ref.size.begin(), ref.size.end());
-      const std::vector<std::int64_t> stride(ref.stride.begin(), ref.stride.end());
+      std::vector<std::int64_t> size(ref.rank()), stride(ref.rank());
+      for (std::size_t i = 0; i < ref.rank(); ++i) {
+        size[i] = static_cast<std::int64_t>(ref.size_at(i));
+        stride[i] = static_cast<std::int64_t>(ref.stride_at(i));
+      }
       // As torch.load makes it: a tensor over the storage, not an autograd view of it (whose view
       // metadata would be held for every tensor).
       at::Tensor view = at::empty({0}, storage.options());

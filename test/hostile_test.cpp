@@ -232,6 +232,25 @@ TEST(HostileCheckpoints, APickleOfOneByteValues) {
   expect_every_migration(path, ErrorCode::LimitExceeded, 4.0, (16u << 20) + 48 * n + (16u << 20));
 }
 
+// What a value holds is charged, not just its size: a 20 MB pickle of 10
+// million empty dicts each popped at once (`}0`) went past its 48 bytes per
+// byte of pickle, plus 16 MiB (by 70 MB with the mapped pickle and its copy),
+// before LimitExceeded, 120 bytes charged for each of its values and 126 held.
+TEST(HostileCheckpoints, APickleOfTinyContainers) {
+  TempDir dir;
+  const std::string path = dir.file("dicts.pt");
+  std::string pickle = "\x80\x02";
+  for (int i = 0; i < 10'000'000 / kShrink; ++i) pickle += "}0";
+  test::write_bytes(path, archive_of(pickle + "N."));
+  const std::uint64_t size = fs::file_size(path);
+  const std::uint64_t budget = (16u << 20) + 48 * size;
+  expect_outcome("mmap", ErrorCode::LimitExceeded, size, 4.0, [&] { read_checkpoint(path); },
+                 budget + 2 * size + (8u << 20));
+  expect_outcome("pread", ErrorCode::LimitExceeded, size, 4.0,
+                 [&] { read_checkpoint(path, CheckpointOptions().backend(Backend::Pread)); },
+                 budget + size + (8u << 20));
+}
+
 // Selecting a key compares the keys in place: a 1 MiB key repeated 300,000
 // times through the memo is not copied once per entry (13.9 s before).
 TEST(HostileCheckpoints, SelectingAKeyDoesNotCopyRepeatedKeys) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <initializer_list>
 #include <cstdio>
 #include <cstring>
 
@@ -11,6 +12,12 @@
 
 namespace safetensors::pickle {
 namespace {
+
+// What a Value takes in the arena: itself and its share of the header of
+// the deque's block (as many Values as fit 512 bytes, or one) and of that
+// block's slot in the deque's map.
+constexpr std::uint64_t kValuesPerBlock = sizeof(Value) < 512 ? 512 / sizeof(Value) : 1;
+constexpr std::uint64_t kValueCost = sizeof(Value) + (kHeapBlockCost + sizeof(void*) + kValuesPerBlock - 1) / kValuesPerBlock;
 
 // The first window read of a pickle from a source without a mapping; doubled
 // until the pickle fits.
@@ -79,7 +86,8 @@ class Machine {
     throw Truncated(ErrorCode::InvalidCheckpoint, file_, "", message("truncated: " + detail));
   }
 
-  // --- memory: every value, string, container slot and memo slot is charged ---
+  // --- memory: every value, string, container slot and memo slot is charged
+  // what it holds, heap blocks with the allocator's overhead ---
   void charge(std::uint64_t bytes) {
     if (bytes > budget_ - used_)
       fail("its values need more than " + std::to_string(budget_) + " bytes of memory (" +
@@ -92,7 +100,7 @@ class Machine {
   template <class T, class... Args>
   void grow(std::vector<T>& v, Args&&... args) {
     const std::size_t before = v.capacity();
-    if (v.size() == before) charge(sizeof(T) * std::max<std::size_t>(before, 1));
+    if (v.size() == before) charge(sizeof(T) * std::max<std::size_t>(before, 1) + (before ? 0 : kHeapBlockCost));
     v.emplace_back(std::forward<Args>(args)...);
   }
   template <class T>
@@ -101,7 +109,7 @@ class Machine {
     const std::size_t n = static_cast<std::size_t>(last - first);
     if (v.size() + n > v.capacity()) {
       const std::size_t capacity = std::max(v.size() + n, 2 * v.capacity());
-      charge(sizeof(T) * (capacity - v.capacity()));
+      charge(sizeof(T) * (capacity - v.capacity()) + (v.capacity() ? 0 : kHeapBlockCost));
       v.reserve(capacity);
     }
     v.insert(v.end(), first, last);
@@ -130,7 +138,7 @@ class Machine {
 
   // --- values and the stack ---
   Value* make(Value::Kind kind) {
-    charge(sizeof(Value));
+    charge(kValueCost);
     Value& v = pickle_.arena.emplace_back();
     v.kind = kind;
     return &v;
@@ -199,7 +207,7 @@ class Machine {
       const std::size_t size = static_cast<std::size_t>(index) + 1;
       if (size > memo_.capacity()) {
         const std::size_t capacity = std::max(size, 2 * memo_.capacity());
-        charge(sizeof(Value*) * (capacity - memo_.capacity()));
+        charge(sizeof(Value*) * (capacity - memo_.capacity()) + (memo_.capacity() ? 0 : kHeapBlockCost));
         memo_.reserve(capacity);
       }
       memo_.resize(size, nullptr);
@@ -217,7 +225,7 @@ class Machine {
   Value* resolve_global(std::string_view module, std::string_view name);
   Value* call(Value* callable, Value* args);
   Value* object(const std::string& type, const Value* state) {
-    charge(type.size());
+    charge(string_heap_cost(type.size()));
     Value* o = make(Value::Kind::Object);
     o->text = type;
     o->state = state;
@@ -259,9 +267,13 @@ class Machine {
   void op_empty_tuple() { push(shared(empty_tuple_, Value::Kind::Tuple)); }
   void op_empty_dict() { push(make(Value::Kind::Dict)); }
   void op_tuple() { push_tuple(pop_mark()); }
-  void op_tuple1() { Value* a = pop(); push_tuple({a}); }
-  void op_tuple2() { Value* b = pop(); Value* a = pop(); push_tuple({a, b}); }
-  void op_tuple3() { Value* c = pop(); Value* b = pop(); Value* a = pop(); push_tuple({a, b, c}); }
+  void op_tuple1() { Value* a = pop(); push_small_tuple({a}); }
+  void op_tuple2() { Value* b = pop(); Value* a = pop(); push_small_tuple({a, b}); }
+  void op_tuple3() { Value* c = pop(); Value* b = pop(); Value* a = pop(); push_small_tuple({a, b, c}); }
+  void push_small_tuple(std::initializer_list<Value*> items) {
+    charge(sizeof(Value*) * items.size() + kHeapBlockCost);
+    push_tuple(items);
+  }
   void op_append();
   void op_appends();
   void op_setitem();
@@ -432,7 +444,7 @@ void Machine::op_binfloat() {
 
 void Machine::push_text(Value::Kind kind, std::string_view s) {
   if (kind == Value::Kind::String && !is_valid_utf8(s)) fail("a string is not valid UTF-8");
-  charge(s.size());
+  charge(string_heap_cost(s.size()));
   Value* v = make(kind);
   v->text = std::string(s);
   push(v);
@@ -463,7 +475,7 @@ void Machine::op_setitems() {
 
 Value* Machine::resolve_global(std::string_view module, std::string_view name) {
   const std::string full = std::string(module) + "." + std::string(name);
-  charge(full.size());
+  charge(string_heap_cost(full.size()));
   Value* g = make(Value::Kind::Global);
   g->text = full;
   if (full == "collections.OrderedDict") {
@@ -590,7 +602,8 @@ Value* Machine::persistent_load(Value* pid) {
          "the file with a newer torch");
   Value* type = expect(f[1], Value::Kind::Global, "storage type");
   if (type->callable != Callable::StorageType) fail("'" + type->text + "' is not a storage type");
-  charge(sizeof(StorageRef) + f[2]->text.size() + f[3]->text.size());
+  charge(sizeof(StorageRef) + kHeapBlockCost + string_heap_cost(f[2]->text.size()) +
+         string_heap_cost(f[3]->text.size()));
   auto storage = std::make_unique<StorageRef>();
   storage->dtype = type->storage_dtype;
   storage->key = expect(f[2], Value::Kind::String, "storage key")->text;
@@ -611,15 +624,17 @@ Value* Machine::rebuild_tensor(const std::vector<Value*>& a) {
   auto t = std::make_unique<TensorRef>();
   t->storage = expect(a[0], Value::Kind::Storage, "tensor storage")->storage.get();
   t->offset = non_negative(a[1], "storage offset");
-  const auto& size = expect(a[2], Value::Kind::Tuple, "tensor size")->items;
-  const auto& stride = expect(a[3], Value::Kind::Tuple, "tensor stride")->items;
-  if (size.size() != stride.size()) fail("tensor size and stride differ in rank");
-  if (size.size() > kMaxRank)
-    fail("tensor of rank " + std::to_string(size.size()) + " (at most " + std::to_string(kMaxRank) + ")", ErrorCode::LimitExceeded);
-  charge(sizeof(TensorRef) + 2 * sizeof(std::uint64_t) * size.size());
-  for (std::size_t i = 0; i < size.size(); ++i) {
-    t->size.push_back(non_negative(size[i], "tensor size"));
-    t->stride.push_back(non_negative(stride[i], "tensor stride"));
+  t->size = expect(a[2], Value::Kind::Tuple, "tensor size");
+  t->stride = expect(a[3], Value::Kind::Tuple, "tensor stride");
+  const std::size_t rank = t->size->items.size();
+  if (rank != t->stride->items.size()) fail("tensor size and stride differ in rank");
+  if (rank > kMaxRank)
+    fail("tensor of rank " + std::to_string(rank) + " (at most " + std::to_string(kMaxRank) + ")", ErrorCode::LimitExceeded);
+  charge(sizeof(TensorRef) + kHeapBlockCost);
+  std::vector<std::uint64_t> size(rank);
+  for (std::size_t i = 0; i < rank; ++i) {
+    size[i] = non_negative(t->size->items[i], "tensor size");
+    (void)non_negative(t->stride->items[i], "tensor stride");
   }
   t->requires_grad = expect(a[4], Value::Kind::Bool, "requires_grad")->boolean;
   if (a[5]->kind != Value::Kind::Dict || !a[5]->entries.empty())
@@ -627,12 +642,12 @@ Value* Machine::rebuild_tensor(const std::vector<Value*>& a) {
 
   // The last element the view reaches must be inside the storage.
   std::uint64_t numel = 0;
-  if (!checked_numel_bits(t->size, 1, numel)) fail("tensor size overflows", ErrorCode::ValidationOverflow);
+  if (!checked_numel_bits(size, 1, numel)) fail("tensor size overflows", ErrorCode::ValidationOverflow);
   if (numel > 0) {
     std::uint64_t last = t->offset;
-    for (std::size_t i = 0; i < t->size.size(); ++i) {
+    for (std::size_t i = 0; i < rank; ++i) {
       std::uint64_t step = 0;
-      if (__builtin_mul_overflow(t->size[i] - 1, t->stride[i], &step) || __builtin_add_overflow(last, step, &last))
+      if (__builtin_mul_overflow(size[i] - 1, t->stride_at(i), &step) || __builtin_add_overflow(last, step, &last))
         fail("tensor extent overflows", ErrorCode::ValidationOverflow);
     }
     if (last >= t->storage->numel)

@@ -68,7 +68,7 @@ class Machine {
   // pickle's start, on which the memory budget is based.
   Machine(std::string_view data, std::size_t offset, const std::string& file, std::uint64_t available,
           std::uint64_t base = 0)
-      : data_(data), pos_(offset), base_(base), file_(file),
+      : data_(data), pos_(offset), base_(base), end_(offset + available), file_(file),
         budget_(kValueBytesFloor + kValueBytesPerPickleByte * available) {}
 
   Pickle run(std::size_t& offset);
@@ -236,8 +236,14 @@ class Machine {
 
   // --- opcode handlers, in the order of the table ---
   void op_proto();
-  void op_frame() {  // a size hint only; the opcodes inside are read as usual
-    if (read_uint(8) > data_.size() - pos_) truncated("a frame runs past the end");
+  // A size hint only; the opcodes inside are read as usual. Its claim is
+  // checked against the input's bytes, not the window's: a window grows for
+  // the opcodes that are read, never for a claim.
+  void op_frame() {
+    const std::uint64_t n = read_uint(8);
+    if (n > end_ - pos_)
+      fail("a frame of " + std::to_string(n) + " bytes runs past the end of the input (" +
+           std::to_string(end_ - pos_) + " bytes left)");
   }
   void op_stop() { stopped_ = true; }
   void op_mark() { grow(marks_, stack_.size()); }
@@ -296,6 +302,7 @@ class Machine {
   std::size_t pos_;
   std::size_t op_pos_ = 0;
   std::uint64_t base_;
+  std::uint64_t end_;  // where the input ends, in the coordinates of data_ (past it for a window)
   const std::string& file_;
   std::uint64_t budget_;
   std::uint64_t used_ = 0;

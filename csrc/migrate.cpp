@@ -45,14 +45,15 @@ constexpr const char* kLoneTensorName = "tensor";
 // name and description, each heap block with the allocator's 16 bytes: for a
 // tensor, its TensorImpl, its place among the views made (a hash node) and in
 // the checkpoint (an item of a vector that may have doubled, an index node),
-// find_shared's key and extent for it and, should it be an alias, its entry in
-// `aliases`; its sizes and strides when it has more than a TensorImpl keeps
-// inline. For a reported entry, its place in its list.
+// its place among the views counted (a tree node), find_shared's key and
+// extent for it and, should it be an alias, its entry in `aliases`; its sizes
+// and strides when it has more than a TensorImpl keeps inline. For a reported
+// entry, its place in its list.
 using pickle::kHeapBlockCost;
 constexpr std::uint64_t kTensorEntryCost =
     (sizeof(c10::TensorImpl) + kHeapBlockCost) + (3 * sizeof(void*) + sizeof(at::Tensor) + kHeapBlockCost) +
     2 * (sizeof(std::string) + sizeof(at::Tensor)) + (sizeof(std::string) + 4 * sizeof(void*) + kHeapBlockCost) +
-    (6 * sizeof(void*) + kHeapBlockCost) + 2 * 3 * sizeof(std::uint64_t) +
+    2 * (6 * sizeof(void*) + kHeapBlockCost) + 2 * 3 * sizeof(std::uint64_t) +
     (4 * sizeof(void*) + 2 * sizeof(std::string) + kHeapBlockCost);
 constexpr std::size_t kInlineRank = 5;  // c10::SizesAndStrides keeps this many inline
 constexpr std::uint64_t kOtherEntryCost = sizeof(NonTensorEntry);
@@ -363,25 +364,8 @@ class Flattener {
       throw Error(ErrorCode::DuplicateKey, file_, shown(name), "two entries flatten to this name");
     auto made = views_.find(&v);
     if (made == views_.end()) {
-      // Bounded before the view is made: the same value under several names
-      // (tied weights) is written once and counted once.
-      std::uint64_t bytes = dtype_bits(ref.storage->dtype) / 8;
-      bool overflow = false;
-      for (std::size_t i = 0; i < ref.rank(); ++i) {
-        const std::uint64_t d = ref.size_at(i);
-        overflow = overflow || d > static_cast<std::uint64_t>(INT64_MAX) || __builtin_mul_overflow(bytes, d, &bytes);
-      }
-      const std::uint64_t limit = kViewBytesFloor + kMaxViewExpansion * file_size_;
-      if (overflow || bytes > limit - written_)
-        throw Error(ErrorCode::LimitExceeded, file_, shown(name),
-                    "its " + (overflow ? std::string("2^63 or more") : std::to_string(bytes)) +
-                        " bytes (a view of storage '" + ref.storage->key + "' of " +
-                        std::to_string(ref.storage->numel) + " elements) would bring the tensors to more than " +
-                        std::to_string(kMaxViewExpansion) + " times the file's " + std::to_string(file_size_) +
-                        " bytes (plus " + std::to_string(kViewBytesFloor >> 20) +
-                        " MiB) once written out: views (stride 0, overlaps) may not expand a checkpoint further");
-      written_ += bytes;
       const at::Tensor storage = storages_.get(*ref.storage, name);
+      count_bytes(ref, storage, name);
       std::vector<std::int64_t> size(ref.rank()), stride(ref.rank());
       for (std::size_t i = 0; i < ref.rank(); ++i) {
         size[i] = static_cast<std::int64_t>(ref.size_at(i));
@@ -396,6 +380,47 @@ class Flattener {
     out_.tensors.insert(name, made->second);
   }
 
+  // Bounds the bytes the tensors will take once written out, before the view
+  // is made, without overflow. The same view of a storage under several names
+  // (tied weights: one tensor, or one tensor detached per name as state_dict
+  // does) is written once and counted once.
+  void count_bytes(const pickle::TensorRef& ref, const at::Tensor& storage, const std::string& name) {
+    if (!counted_.insert({storage.storage().unsafeGetStorageImpl(), &ref}).second) return;
+    std::uint64_t bytes = dtype_bits(ref.storage->dtype) / 8;
+    bool overflow = false;
+    for (std::size_t i = 0; i < ref.rank(); ++i) {
+      const std::uint64_t d = ref.size_at(i);
+      overflow = overflow || d > static_cast<std::uint64_t>(INT64_MAX) || __builtin_mul_overflow(bytes, d, &bytes);
+    }
+    const std::uint64_t limit = kViewBytesFloor + kMaxViewExpansion * file_size_;
+    if (overflow || bytes > limit - written_)
+      throw Error(ErrorCode::LimitExceeded, file_, shown(name),
+                  "its " + (overflow ? std::string("2^63 or more") : std::to_string(bytes)) +
+                      " bytes (a view of storage '" + ref.storage->key + "' of " +
+                      std::to_string(ref.storage->numel) + " elements) would bring the tensors to more than " +
+                      std::to_string(kMaxViewExpansion) + " times the file's " + std::to_string(file_size_) +
+                      " bytes (plus " + std::to_string(kViewBytesFloor >> 20) +
+                      " MiB) once written out: views (stride 0, overlaps) may not expand a checkpoint further");
+    written_ += bytes;
+  }
+
+  // A view as find_shared tells aliases apart: its storage, offset, sizes and
+  // strides (a storage has one dtype).
+  struct CountedView {
+    const void* storage;
+    const pickle::TensorRef* ref;
+    bool operator<(const CountedView& o) const {
+      if (storage != o.storage) return std::less<const void*>()(storage, o.storage);
+      if (ref->offset != o.ref->offset) return ref->offset < o.ref->offset;
+      if (ref->rank() != o.ref->rank()) return ref->rank() < o.ref->rank();
+      for (std::size_t i = 0; i < ref->rank(); ++i) {
+        if (ref->size_at(i) != o.ref->size_at(i)) return ref->size_at(i) < o.ref->size_at(i);
+        if (ref->stride_at(i) != o.ref->stride_at(i)) return ref->stride_at(i) < o.ref->stride_at(i);
+      }
+      return false;
+    }
+  };
+
   Storages& storages_;
   const std::string& file_;
   std::uint64_t visits_left_;
@@ -406,6 +431,7 @@ class Flattener {
   // One view per tensor of the pickle: a tensor it refers to twice is one
   // tensor under two names, as torch.load makes it.
   std::unordered_map<const Value*, at::Tensor> views_;
+  std::set<CountedView> counted_;
   Checkpoint& out_;
 };
 

@@ -107,6 +107,25 @@ TEST(Migrate, FreshPythonFilesMatchPython) {
   EXPECT_EQ(loops.tensors.keys(), std::vector<std::string>{"0"});
 }
 
+// torch.save of nn.Sequential(*[nn.Linear(512, 512)] * 12).state_dict(): 24
+// names of one 1 MB weight and one bias, in a 1 MB file. Its tensors are
+// written once, so they count once against the bound on how far views may
+// expand a file (counted once per name, 12 MB went past its 9.4 MB).
+TEST(Migrate, TiedWeightsCountOnce) {
+  const std::string path = kFixtures + "tied_sequential.pt";
+  const st::Checkpoint ckpt = st::read_checkpoint(path);
+  ASSERT_EQ(ckpt.tensors.size(), 24u);
+  EXPECT_EQ(ckpt.aliases.size(), 22u);
+  EXPECT_EQ(ckpt.aliases.at("11.weight"), "0.weight");
+  TempDir dir;
+  const st::ConvertSummary summary = st::convert_checkpoint(path, dir.file("tied.safetensors"));
+  EXPECT_EQ(summary.tensors, 2u);
+  EXPECT_EQ(summary.bytes, (512u * 512 + 512) * 4);
+  const st::TensorDict out = st::load_file(dir.file("tied.safetensors"));
+  EXPECT_EQ(out.keys(), (std::vector<std::string>{"0.bias", "0.weight"}));
+  EXPECT_TRUE(bitwise_equal(out["0.weight"], ckpt.tensors["7.weight"]));
+}
+
 // TorchScript's modules are records of their attributes: a scripted module
 // whose __setstate__ never returns (written by torch.jit.save) is read and
 // converted without running it; its state is what its __getstate__ saved.

@@ -251,7 +251,10 @@ def binunicode(s):
 
 
 def binint(v):
-    return b"J" + struct.pack("<i", v)
+    """BININT, or LONG1 of 8 bytes for what does not fit 32 bits."""
+    if -2**31 <= v < 2**31:
+        return b"J" + struct.pack("<i", v)
+    return b"\x8a\x08" + struct.pack("<q", v)
 
 
 def glob(module, name):
@@ -324,6 +327,14 @@ checkpoint("torchscript_setstate_loop", "accepted",
                ("code/__torch__.py", LOOP_CODE, True),
                ("constants.pkl", b"\x80\x02).", False),
                ("version", b"3\n", False)]))
+# 3 * 768614336404564651 = 2^61 + 1 elements of 8 bytes: 2^64 + 8 bytes, which
+# wrap to 8 in 64 bits; stride 0 keeps the view inside its one element.
+checkpoint("view_bytes_past_2p64", "LimitExceeded",
+           "a stride-0 view of one double, sized [3, 768614336404564651]: 2^64 + 8 bytes, 8 once wrapped",
+           torch_save(b"\x80\x02" + rebuild_tensor("Double", "0", 1, 0, [3, 768614336404564651], [0, 0]) + b".",
+                      [("0", b"\0" * 8)]))
+
+
 def nested_entries(kernel, count):
     """`count` stored entries data/0 .. data/count-1, each one's data holding
     the next entry's local header and data: one stretch of the file backs all."""

@@ -265,11 +265,6 @@ bool is_container(const Value& v) {
   return v.kind == Value::Kind::Dict || v.kind == Value::Kind::List || v.kind == Value::Kind::Tuple;
 }
 
-// The value a TorchScript object's attributes are read from: its state.
-const Value& contents(const Value& v) {
-  return v.kind == Value::Kind::Object && v.state ? *v.state : v;
-}
-
 // Walks the value tree into dotted names. The tree may share subtrees (or even
 // hold cycles) through the pickle's memo, so the walk bounds its depth, its
 // visits (a legitimate pickle spends at least a byte per edge) and the bytes
@@ -435,28 +430,51 @@ class Flattener {
   Checkpoint& out_;
 };
 
-// The value at `key` (a path of dict keys, or a TorchScript module's
-// attribute names), or an error listing what is there.
+// What a value's names are made of, as the flattener walks it: a TorchScript
+// object's state, through objects whose state is another object.
+const Value& named_by(const Value& v) {
+  const Value* node = &v;
+  for (std::size_t i = 0; i <= kMaxCheckpointDepth && node->kind == Value::Kind::Object && node->state; ++i)
+    node = node->state;
+  return *node;
+}
+
+// The value at `key`, a path of the parts the flattener joins into names: dict
+// keys (as key_name writes them), list and tuple positions, a TorchScript
+// module's attribute names; or an error listing what is there.
 const Value& select(const Value& root, const std::vector<std::string>& key, const std::string& file) {
   const Value* node = &root;
   std::string path;
   for (const std::string& part : key) {
-    const Value& dict = contents(*node);
-    if (dict.kind != Value::Kind::Dict)
-      throw Error(ErrorCode::TensorNotFound, file, "",
-                  "'" + path + "' is a " + pickle::describe(*node) + ", not a dict");
+    const Value& parent = named_by(*node);
     const Value* next = nullptr;
     std::string keys;
-    for (const auto& [k, v] : dict.entries) {
-      // No copy of string keys: the memo can repeat a large key many times.
-      const bool match = k->kind == Value::Kind::String ? k->text == part : key_name(*k) == part;
-      if (match && next)
-        throw Error(ErrorCode::DuplicateKey, file, "", "two keys of '" + path + "' read as '" + shown(part) + "'");
-      if (match) next = v;
-      if (keys.size() < 200) keys += (keys.empty() ? "" : ", ") + shown(key_name(*k));
+    if (parent.kind == Value::Kind::Dict) {
+      for (const auto& [k, v] : parent.entries) {
+        // No copy of string keys: the memo can repeat a large key many times.
+        const bool match = k->kind == Value::Kind::String ? k->text == part : key_name(*k) == part;
+        if (match && next)
+          throw Error(ErrorCode::DuplicateKey, file, "", "two keys of '" + path + "' read as '" + shown(part) + "'");
+        if (match) next = v;
+        if (keys.size() < 200) keys += (keys.empty() ? "" : ", ") + shown(key_name(*k));
+      }
+    } else if (parent.kind == Value::Kind::List || parent.kind == Value::Kind::Tuple) {
+      // A position as the flattener writes it: decimal, without sign or leading zeros.
+      std::size_t index = 0;
+      const bool decimal = !part.empty() && part.size() <= 19 && (part == "0" || part[0] != '0') &&
+                           std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (decimal) index = static_cast<std::size_t>(std::stoull(part));
+      if (decimal && index < parent.items.size()) next = parent.items[index];
+      keys = parent.items.empty() ? "none" : "0 to " + std::to_string(parent.items.size() - 1);
+    } else {
+      throw Error(ErrorCode::TensorNotFound, file, "",
+                  "'" + path + "' is a " + pickle::describe(*node) + ", not a dict, list or tuple");
     }
     path = join(path, part);
-    if (!next) throw Error(ErrorCode::TensorNotFound, file, "", "no key '" + path + "' (keys: " + keys + ")");
+    if (!next) {
+      const char* what = parent.kind == Value::Kind::Dict ? "keys" : "positions";
+      throw Error(ErrorCode::TensorNotFound, file, "", "no key '" + path + "' (" + what + ": " + keys + ")");
+    }
     node = next;
   }
   return *node;

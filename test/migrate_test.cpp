@@ -245,6 +245,39 @@ TEST(Migrate, SelectsANestedStateDict) {
             ErrorCode::TensorNotFound);
 }
 
+// Every name the flattener makes can be selected: through lists and tuples
+// by position as well as through dicts by key.
+TEST(Migrate, SelectsThroughListsAndTuples) {
+  TempDir dir;
+  const std::string path = dir.file("lists.pt");
+  c10::impl::GenericDict inner(c10::StringType::get(), c10::TensorType::get());
+  inner.insert("u", at::full({2}, 3.0));
+  c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
+  root.insert("l", c10::List<at::Tensor>({at::full({2}, 1.0), at::full({2}, 2.0)}));
+  root.insert("t", c10::ivalue::Tuple::create({at::full({1}, 4.0), inner}));
+  const std::vector<char> bytes = torch::pickle_save(root);
+  st::test::write_bytes(path, std::string(bytes.begin(), bytes.end()));
+  EXPECT_EQ(st::read_checkpoint(path).tensors.keys(), (std::vector<std::string>{"l.0", "l.1", "t.0", "t.1.u"}));
+  const st::Checkpoint second = st::read_checkpoint(path, st::CheckpointOptions().key({"l", "1"}));
+  ASSERT_EQ(second.tensors.keys(), std::vector<std::string>{"tensor"});
+  EXPECT_TRUE(bitwise_equal(second.tensors["tensor"], at::full({2}, 2.0)));
+  EXPECT_EQ(st::read_checkpoint(path, st::CheckpointOptions().key({"t", "1"})).tensors.keys(),
+            std::vector<std::string>{"u"});
+  EXPECT_EQ(st::read_checkpoint(path, st::CheckpointOptions().key({"t", "1", "u"})).tensors.size(), 1u);
+  for (const std::string& bad : {"2", "01", "+1", "-1", "x", ""}) {
+    const st::Error e = [&] {
+      try {
+        st::read_checkpoint(path, st::CheckpointOptions().key({"l", bad}));
+      } catch (const st::Error& e) {
+        return e;
+      }
+      return st::Error(ErrorCode::Io, "", "", "accepted");
+    }();
+    EXPECT_EQ(e.code(), ErrorCode::TensorNotFound) << bad;
+    EXPECT_NE(std::string(e.what()).find("(positions: 0 to 1)"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Migrate, FindsAliasesAndOverlappingViews) {
   const st::Checkpoint ckpt = st::read_checkpoint(kFixtures + "views.pt");
   EXPECT_EQ(ckpt.aliases, (std::map<std::string, std::string>{{"same", "base"}}));

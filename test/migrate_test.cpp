@@ -41,7 +41,8 @@ const std::vector<std::string> kFixtureNames = {
     "state_dict", "plain_dict", "training", "views", "strided", "dtypes",
     "protocol2", "protocol3", "protocol4", "protocol5", "lone_tensor",
     "legacy", "legacy_state_dict", "legacy_views", "legacy_dtypes",
-    "legacy_protocol3", "legacy_protocol4", "legacy_protocol5", "dotted_keys", "legacy_many"};
+    "legacy_protocol3", "legacy_protocol4", "legacy_protocol5", "dotted_keys", "legacy_many",
+    "sizes_and_dtypes"};
 
 // torch.jit.save of a scripted and of a traced module.
 const std::vector<std::string> kTorchScriptNames = {"scripted", "traced"};
@@ -243,6 +244,17 @@ TEST(Migrate, SelectsANestedStateDict) {
             ErrorCode::TensorNotFound);
   EXPECT_EQ(error_code_of([] { st::read_checkpoint(kFixtures + "training.pt", st::CheckpointOptions().key({"epoch", "x"})); }),
             ErrorCode::TensorNotFound);
+}
+
+// torch.Size and dtypes, which torch.load(weights_only=True) accepts, are
+// read as data and reported.
+TEST(Migrate, ReadsSizesAndDtypesAsData) {
+  const st::Checkpoint ckpt = st::read_checkpoint(kFixtures + "sizes_and_dtypes.pt");
+  EXPECT_EQ(ckpt.tensors.keys(), std::vector<std::string>{"w"});
+  std::map<std::string, std::string> others;
+  for (const auto& entry : ckpt.non_tensors) others[entry.name] = entry.description;
+  EXPECT_EQ(others, (std::map<std::string, std::string>{{"shape", "torch.Size([2, 3])"},
+                                                        {"config", "dict of 2"}}));
 }
 
 // Every name the flattener makes can be selected: through lists and tuples

@@ -46,6 +46,15 @@ constexpr StorageType kStorageTypes[] = {
     {"ComplexFloatStorage", Dtype::C64}, {"UntypedStorage", Dtype::U8},
 };
 
+// The dtypes torch.load(weights_only=True) accepts as values (torch 2.6):
+// checkpoints hold them as data, e.g. a training config's dtype.
+constexpr const char* kDtypeValues[] = {
+    "bfloat16", "bits16", "bits1x8", "bits2x4", "bits4x2", "bits8", "bool", "complex128", "complex32",
+    "complex64", "float16", "float32", "float64", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+    "float8_e5m2fnuz", "int16", "int32", "int64", "int8", "qint32", "qint8", "quint2x4", "quint4x2", "quint8",
+    "uint16", "uint32", "uint64", "uint8",
+};
+
 // Storage classes torch has but the safetensors format has no dtype for.
 constexpr const char* kStorageTypesWithoutDtype[] = {
     "ComplexDoubleStorage", "ComplexHalfStorage", "QInt8Storage", "QUInt8Storage", "QInt32Storage",
@@ -505,6 +514,11 @@ Value* Machine::resolve_global(std::string_view module, std::string_view name) {
     g->callable = Callable::Device;
   } else if (full == "builtins.complex") {
     g->callable = Callable::Complex;
+  } else if (full == "torch.Size") {
+    g->callable = Callable::Size;
+  } else if (module == "torch" && std::any_of(std::begin(kDtypeValues), std::end(kDtypeValues),
+                                               [&](const char* dtype) { return name == dtype; })) {
+    g->callable = Callable::DtypeValue;
   } else {
     if (module == "torch") {
       for (const StorageType& s : kStorageTypes)
@@ -516,8 +530,8 @@ Value* Machine::resolve_global(std::string_view module, std::string_view name) {
       for (const char* s : kStorageTypesWithoutDtype)
         if (name == s) fail("torch." + std::string(name) + " has no safetensors dtype", ErrorCode::UnsupportedDtype);
     }
-    fail("global '" + full + "' is not allowed: a checkpoint may only refer to tensors, storages, OrderedDict "
-         "and TorchScript's classes and containers; nothing is imported or run");
+    fail("global '" + full + "' is not allowed: a checkpoint may only refer to tensors, storages, OrderedDict, "
+         "torch.Size, torch.device, dtypes and TorchScript's classes and containers; nothing is imported or run");
   }
   return g;
 }
@@ -590,8 +604,14 @@ Value* Machine::call(Value* callable, Value* args) {
       if (a.size() != 2 || a[0]->kind != Value::Kind::Float || a[1]->kind != Value::Kind::Float)
         fail("builtins.complex expects two floats");
       return object(callable->text, args);
+    case Callable::Size:
+      if (a.size() != 1 || (a[0]->kind != Value::Kind::Tuple && a[0]->kind != Value::Kind::List) ||
+          !std::all_of(a[0]->items.begin(), a[0]->items.end(), [](const Value* d) { return d->kind == Value::Kind::Int; }))
+        fail("torch.Size expects one tuple of ints");
+      return object(callable->text, a[0]);
     case Callable::StorageType:
     case Callable::TorchScriptClass:
+    case Callable::DtypeValue:
       break;
   }
   fail("'" + callable->text + "' cannot be called");
@@ -699,10 +719,16 @@ std::string describe(const Value& v) {
     case Value::Kind::List: return "list of " + std::to_string(v.items.size());
     case Value::Kind::Tuple: return "tuple of " + std::to_string(v.items.size());
     case Value::Kind::Dict: return (v.ordered ? "OrderedDict of " : "dict of ") + std::to_string(v.entries.size());
-    case Value::Kind::Global: return "global " + v.text;
+    case Value::Kind::Global: return (v.callable == Callable::DtypeValue ? "dtype " : "global ") + v.text;
     case Value::Kind::Storage: return "storage '" + v.storage->key + "'";
     case Value::Kind::Tensor: return "tensor";
-    case Value::Kind::Object: return "object " + v.text;
+    case Value::Kind::Object:
+      if (v.text == "torch.Size" && v.state && v.state->items.size() <= 8) {
+        std::string dims;
+        for (const Value* d : v.state->items) dims += (dims.empty() ? "" : ", ") + std::to_string(d->integer);
+        return "torch.Size([" + dims + "])";
+      }
+      return "object " + v.text;
   }
   return "value";
 }

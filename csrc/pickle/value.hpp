@@ -54,6 +54,8 @@ enum class Callable : std::uint8_t {
   RestoreTypeTag,    ///< torch.jit._pickle.restore_type_tag: the dict or list itself
   Device,            ///< torch.device: an Object holding its arguments
   Complex,           ///< builtins.complex: an Object holding (real, imag)
+  Size,              ///< torch.Size: an Object holding its tuple of ints
+  DtypeValue,        ///< torch.float16 and the other dtypes torch.load(weights_only=True) accepts: a value, never called
 };
 
 struct Value {

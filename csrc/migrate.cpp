@@ -652,7 +652,7 @@ std::map<std::string, TensorInfo> read_safetensors(std::shared_ptr<Source> sourc
     if (!to_torch_dtype(info.dtype)) raw.emplace(info.name, info);
   }
   for (const auto& [removed, kept] : file.metadata())
-    if (!out.tensors.contains(removed) && file.contains(kept) && !raw.count(kept))
+    if (removed != "format" && !out.tensors.contains(removed) && file.contains(kept) && !raw.count(kept))
       out.tensors.insert(removed, out.tensors[kept]);
   return raw;
 }
@@ -785,7 +785,21 @@ ConvertSummary convert_checkpoint(const std::string& in, const std::string& out,
   const auto start = std::chrono::steady_clock::now();
   std::map<std::string, TensorInfo> raw;
   Checkpoint ckpt = read(in, CheckpointOptions().key(options.key()).backend(options.backend()), &raw);
-  const std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
+
+  // An alias is recorded as a metadata key of its name: one whose name is a
+  // key already (the caller's or "format") is written as a copy instead.
+  Metadata metadata = options.metadata();
+  metadata.emplace("format", "pt");
+  std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
+  for (auto it = ckpt.aliases.begin(); it != ckpt.aliases.end();) {
+    if (!metadata.count(it->first)) {
+      ++it;
+      continue;
+    }
+    copies.insert(it->first);
+    it = ckpt.aliases.erase(it);
+  }
+  for (const auto& [removed, kept] : ckpt.aliases) metadata.emplace(removed, kept);
 
   ConvertSummary summary;
   NamedTensors tensors;
@@ -799,9 +813,6 @@ ConvertSummary convert_checkpoint(const std::string& in, const std::string& out,
     }
     summary.bytes += t.nbytes();
   }
-  Metadata metadata = options.metadata();
-  metadata.emplace("format", "pt");
-  for (const auto& [removed, kept] : ckpt.aliases) metadata[removed] = kept;
   if (options.max_shard_size()) {
     std::error_code ec;
     std::filesystem::create_directories(out, ec);  // save_sharded reports a folder it cannot use

@@ -299,6 +299,41 @@ TEST(Migrate, FindsAliasesAndOverlappingViews) {
             (std::vector<std::string>{"base", "rows", "transposed", "columns", "chunk0", "chunk1"}));
 }
 
+// An alias is recorded under its own name as a metadata key; one whose name
+// is already a key ("format", or one the caller gives) is written as a tensor
+// instead, so that no metadata is overwritten.
+TEST(Migrate, AliasesNeverOverwriteMetadata) {
+  TempDir dir;
+  const std::string in = dir.file("tied.pt");
+  const at::Tensor t = at::arange(4, at::kFloat);
+  c10::impl::GenericDict root(c10::StringType::get(), c10::TensorType::get());
+  root.insert("w", t);
+  root.insert("format", t);
+  root.insert("note", t);
+  root.insert("same", t);
+  const std::vector<char> bytes = torch::pickle_save(root);
+  st::test::write_bytes(in, std::string(bytes.begin(), bytes.end()));
+  ASSERT_EQ(st::read_checkpoint(in).aliases.size(), 3u);
+
+  const std::string out = dir.file("tied.safetensors");
+  const st::ConvertSummary summary =
+      st::convert_checkpoint(in, out, st::ConvertOptions().metadata({{"note", "kept"}}));
+  EXPECT_EQ(summary.aliases, (std::map<std::string, std::string>{{"same", "w"}}));
+  EXPECT_EQ(st::load_metadata(out),
+            (st::Metadata{{"format", "pt"}, {"note", "kept"}, {"same", "w"}}));
+  EXPECT_EQ(st::load_file(out).keys(), (std::vector<std::string>{"format", "note", "w"}));
+  // Read back, the names are those of the input: "format" is not an alias.
+  const st::Checkpoint back = st::read_checkpoint(out);
+  std::vector<std::string> names = back.tensors.keys();
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"format", "note", "same", "w"}));
+  EXPECT_TRUE(st::diff_checkpoints(in, out).equal());
+  // A tensor named "pt" is not read as the target of a "format" alias.
+  const std::string pt = dir.file("pt.safetensors");
+  st::save_file({{"pt", t}}, pt, st::Metadata{{"format", "pt"}});
+  EXPECT_EQ(st::read_checkpoint(pt).tensors.keys(), std::vector<std::string>{"pt"});
+}
+
 TEST(Migrate, ConvertsWithAliasesInTheMetadata) {
   TempDir dir;
   const std::string out = dir.file("views.safetensors");

@@ -43,10 +43,28 @@ constexpr std::int64_t kLegacyProtocolVersion = 1001;
 // Name given to a checkpoint that is a single tensor (torch.save(t, f)).
 constexpr const char* kLoneTensorName = "tensor";
 // What flattening charges for each entry it makes besides the bytes of its
-// name and description: a tensor's handle and the name's place in the index,
-// or a reported entry's place in its list.
-constexpr std::uint64_t kTensorEntryCost = 128;
+// name and description, each heap block with the allocator's 16 bytes: for a
+// tensor, its TensorImpl, its place among the views made (a hash node) and in
+// the checkpoint (an item of a vector that may have doubled, an index node),
+// its place among the views counted (a tree node), find_shared's key and
+// extent for it and, should it be an alias, its entry in `aliases`; its sizes
+// and strides when it has more than a TensorImpl keeps inline. For a reported
+// entry, its place in its list.
+using pickle::kHeapBlockCost;
+constexpr std::uint64_t kTensorEntryCost =
+    (sizeof(c10::TensorImpl) + kHeapBlockCost) + (3 * sizeof(void*) + sizeof(at::Tensor) + kHeapBlockCost) +
+    2 * (sizeof(std::string) + sizeof(at::Tensor)) + (sizeof(std::string) + 4 * sizeof(void*) + kHeapBlockCost) +
+    2 * (6 * sizeof(void*) + kHeapBlockCost) + 2 * 3 * sizeof(std::uint64_t) +
+    (4 * sizeof(void*) + 2 * sizeof(std::string) + kHeapBlockCost);
+constexpr std::size_t kInlineRank = 5;  // c10::SizesAndStrides keeps this many inline
 constexpr std::uint64_t kOtherEntryCost = sizeof(NonTensorEntry);
+
+// The bytes a tensor entry of `rank` dimensions holds (see kTensorEntryCost);
+// its name is held by the checkpoint's item and index and by an alias entry.
+std::uint64_t tensor_entry_cost(std::size_t rank, std::size_t name_size) {
+  const std::uint64_t dims = rank > kInlineRank ? 2 * sizeof(std::int64_t) * rank + kHeapBlockCost : 0;
+  return kTensorEntryCost + dims + 3 * static_cast<std::uint64_t>(name_size);
+}
 
 // A name as errors show it: names built from a hostile pickle can be huge.
 std::string shown(const std::string& name) {
@@ -248,11 +266,6 @@ bool is_container(const Value& v) {
   return v.kind == Value::Kind::Dict || v.kind == Value::Kind::List || v.kind == Value::Kind::Tuple;
 }
 
-// The value a TorchScript object's attributes are read from: its state.
-const Value& contents(const Value& v) {
-  return v.kind == Value::Kind::Object && v.state ? *v.state : v;
-}
-
 // Walks the value tree into dotted names. The tree may share subtrees (or even
 // hold cycles) through the pickle's memo, so the walk bounds its depth, its
 // visits (a legitimate pickle spends at least a byte per edge) and the bytes
@@ -341,35 +354,68 @@ class Flattener {
   }
 
   void add_tensor(const Value& v, const std::string& name) {
-    charge(kTensorEntryCost + 2 * name.size(), name);
+    const pickle::TensorRef& ref = *v.tensor;
+    charge(tensor_entry_cost(ref.rank(), name.size()), name);
     if (out_.tensors.contains(name))
       throw Error(ErrorCode::DuplicateKey, file_, shown(name), "two entries flatten to this name");
-    const pickle::TensorRef& ref = *v.tensor;
     auto made = views_.find(&v);
     if (made == views_.end()) {
-      // Bounded before the view is made: the same value under several names
-      // (tied weights) is written once and counted once.
-      std::uint64_t bytes = dtype_bits(ref.storage->dtype) / 8;
-      bool overflow = false;
-      for (std::uint64_t d : ref.size)
-        overflow = overflow || d > static_cast<std::uint64_t>(INT64_MAX) || __builtin_mul_overflow(bytes, d, &bytes);
-      const std::uint64_t limit = kViewBytesFloor + kMaxViewExpansion * file_size_;
-      if (overflow || bytes > limit - written_)
-        throw Error(ErrorCode::LimitExceeded, file_, shown(name),
-                    "its " + (overflow ? std::string("2^63 or more") : std::to_string(bytes)) +
-                        " bytes (a view of storage '" + ref.storage->key + "' of " +
-                        std::to_string(ref.storage->numel) + " elements) would bring the tensors to more than " +
-                        std::to_string(kMaxViewExpansion) + " times the file's " + std::to_string(file_size_) +
-                        " bytes (plus " + std::to_string(kViewBytesFloor >> 20) +
-                        " MiB) once written out: views (stride 0, overlaps) may not expand a checkpoint further");
-      written_ += bytes;
       const at::Tensor storage = storages_.get(*ref.storage, name);
-      const std::vector<std::int64_t> size(ref.size.begin(), ref.size.end());
-      const std::vector<std::int64_t> stride(ref.stride.begin(), ref.stride.end());
-      made = views_.emplace(&v, storage.as_strided(size, stride, static_cast<std::int64_t>(ref.offset))).first;
+      count_bytes(ref, storage, name);
+      std::vector<std::int64_t> size(ref.rank()), stride(ref.rank());
+      for (std::size_t i = 0; i < ref.rank(); ++i) {
+        size[i] = static_cast<std::int64_t>(ref.size_at(i));
+        stride[i] = static_cast<std::int64_t>(ref.stride_at(i));
+      }
+      // As torch.load makes it: a tensor over the storage, not an autograd view of it (whose view
+      // metadata would be held for every tensor).
+      at::Tensor view = at::empty({0}, storage.options());
+      view.set_(storage.storage(), static_cast<std::int64_t>(ref.offset), size, stride);
+      made = views_.emplace(&v, std::move(view)).first;
     }
     out_.tensors.insert(name, made->second);
   }
+
+  // Bounds the bytes the tensors will take once written out, before the view
+  // is made, without overflow. The same view of a storage under several names
+  // (tied weights: one tensor, or one tensor detached per name as state_dict
+  // does) is written once and counted once.
+  void count_bytes(const pickle::TensorRef& ref, const at::Tensor& storage, const std::string& name) {
+    if (!counted_.insert({storage.storage().unsafeGetStorageImpl(), &ref}).second) return;
+    std::uint64_t bytes = dtype_bits(ref.storage->dtype) / 8;
+    bool overflow = false;
+    for (std::size_t i = 0; i < ref.rank(); ++i) {
+      const std::uint64_t d = ref.size_at(i);
+      overflow = overflow || d > static_cast<std::uint64_t>(INT64_MAX) || __builtin_mul_overflow(bytes, d, &bytes);
+    }
+    const std::uint64_t limit = kViewBytesFloor + kMaxViewExpansion * file_size_;
+    if (overflow || bytes > limit - written_)
+      throw Error(ErrorCode::LimitExceeded, file_, shown(name),
+                  "its " + (overflow ? std::string("2^63 or more") : std::to_string(bytes)) +
+                      " bytes (a view of storage '" + ref.storage->key + "' of " +
+                      std::to_string(ref.storage->numel) + " elements) would bring the tensors to more than " +
+                      std::to_string(kMaxViewExpansion) + " times the file's " + std::to_string(file_size_) +
+                      " bytes (plus " + std::to_string(kViewBytesFloor >> 20) +
+                      " MiB) once written out: views (stride 0, overlaps) may not expand a checkpoint further");
+    written_ += bytes;
+  }
+
+  // A view as find_shared tells aliases apart: its storage, offset, sizes and
+  // strides (a storage has one dtype).
+  struct CountedView {
+    const void* storage;
+    const pickle::TensorRef* ref;
+    bool operator<(const CountedView& o) const {
+      if (storage != o.storage) return std::less<const void*>()(storage, o.storage);
+      if (ref->offset != o.ref->offset) return ref->offset < o.ref->offset;
+      if (ref->rank() != o.ref->rank()) return ref->rank() < o.ref->rank();
+      for (std::size_t i = 0; i < ref->rank(); ++i) {
+        if (ref->size_at(i) != o.ref->size_at(i)) return ref->size_at(i) < o.ref->size_at(i);
+        if (ref->stride_at(i) != o.ref->stride_at(i)) return ref->stride_at(i) < o.ref->stride_at(i);
+      }
+      return false;
+    }
+  };
 
   Storages& storages_;
   const std::string& file_;
@@ -381,31 +427,55 @@ class Flattener {
   // One view per tensor of the pickle: a tensor it refers to twice is one
   // tensor under two names, as torch.load makes it.
   std::unordered_map<const Value*, at::Tensor> views_;
+  std::set<CountedView> counted_;
   Checkpoint& out_;
 };
 
-// The value at `key` (a path of dict keys, or a TorchScript module's
-// attribute names), or an error listing what is there.
+// What a value's names are made of, as the flattener walks it: a TorchScript
+// object's state, through objects whose state is another object.
+const Value& named_by(const Value& v) {
+  const Value* node = &v;
+  for (std::size_t i = 0; i <= kMaxCheckpointDepth && node->kind == Value::Kind::Object && node->state; ++i)
+    node = node->state;
+  return *node;
+}
+
+// The value at `key`, a path of the parts the flattener joins into names: dict
+// keys (as key_name writes them), list and tuple positions, a TorchScript
+// module's attribute names; or an error listing what is there.
 const Value& select(const Value& root, const std::vector<std::string>& key, const std::string& file) {
   const Value* node = &root;
   std::string path;
   for (const std::string& part : key) {
-    const Value& dict = contents(*node);
-    if (dict.kind != Value::Kind::Dict)
-      throw Error(ErrorCode::TensorNotFound, file, "",
-                  "'" + path + "' is a " + pickle::describe(*node) + ", not a dict");
+    const Value& parent = named_by(*node);
     const Value* next = nullptr;
     std::string keys;
-    for (const auto& [k, v] : dict.entries) {
-      // No copy of string keys: the memo can repeat a large key many times.
-      const bool match = k->kind == Value::Kind::String ? k->text == part : key_name(*k) == part;
-      if (match && next)
-        throw Error(ErrorCode::DuplicateKey, file, "", "two keys of '" + path + "' read as '" + shown(part) + "'");
-      if (match) next = v;
-      if (keys.size() < 200) keys += (keys.empty() ? "" : ", ") + shown(key_name(*k));
+    if (parent.kind == Value::Kind::Dict) {
+      for (const auto& [k, v] : parent.entries) {
+        // No copy of string keys: the memo can repeat a large key many times.
+        const bool match = k->kind == Value::Kind::String ? k->text == part : key_name(*k) == part;
+        if (match && next)
+          throw Error(ErrorCode::DuplicateKey, file, "", "two keys of '" + path + "' read as '" + shown(part) + "'");
+        if (match) next = v;
+        if (keys.size() < 200) keys += (keys.empty() ? "" : ", ") + shown(key_name(*k));
+      }
+    } else if (parent.kind == Value::Kind::List || parent.kind == Value::Kind::Tuple) {
+      // A position as the flattener writes it: decimal, without sign or leading zeros.
+      std::size_t index = 0;
+      const bool decimal = !part.empty() && part.size() <= 19 && (part == "0" || part[0] != '0') &&
+                           std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (decimal) index = static_cast<std::size_t>(std::stoull(part));
+      if (decimal && index < parent.items.size()) next = parent.items[index];
+      keys = parent.items.empty() ? "none" : "0 to " + std::to_string(parent.items.size() - 1);
+    } else {
+      throw Error(ErrorCode::TensorNotFound, file, "",
+                  "'" + path + "' is a " + pickle::describe(*node) + ", not a dict, list or tuple");
     }
     path = join(path, part);
-    if (!next) throw Error(ErrorCode::TensorNotFound, file, "", "no key '" + path + "' (keys: " + keys + ")");
+    if (!next) {
+      const char* what = parent.kind == Value::Kind::Dict ? "keys" : "positions";
+      throw Error(ErrorCode::TensorNotFound, file, "", "no key '" + path + "' (" + what + ": " + keys + ")");
+    }
     node = next;
   }
   return *node;
@@ -523,45 +593,52 @@ void read_torch_legacy(const std::shared_ptr<Source>& source, const CheckpointOp
 // whose bytes overlap cannot share bytes in a safetensors file: each is saved
 // as its own copy. Disjoint views (chunks of one storage) need nothing.
 void find_shared(Checkpoint& ckpt) {
-  using View = std::tuple<const void*, std::int64_t, std::vector<std::int64_t>, std::vector<std::int64_t>,
-                          c10::ScalarType>;
+  // Keys and extents refer to the tensors by position: a checkpoint may hold
+  // many views of high rank, whose sizes and names are not copied again.
+  const auto& items = ckpt.tensors.items();
+  auto less = [&](std::size_t i, std::size_t j) {
+    const at::Tensor &a = items[i].value(), &b = items[j].value();
+    const void *sa = a.storage().unsafeGetStorageImpl(), *sb = b.storage().unsafeGetStorageImpl();
+    if (sa != sb) return std::less<const void*>()(sa, sb);
+    if (a.storage_offset() != b.storage_offset()) return a.storage_offset() < b.storage_offset();
+    if (a.scalar_type() != b.scalar_type()) return a.scalar_type() < b.scalar_type();
+    if (a.sizes() != b.sizes())
+      return std::lexicographical_compare(a.sizes().begin(), a.sizes().end(), b.sizes().begin(), b.sizes().end());
+    return std::lexicographical_compare(a.strides().begin(), a.strides().end(), b.strides().begin(),
+                                        b.strides().end());
+  };
   struct Extent {
     std::uint64_t begin, end;
-    std::string name;
+    std::size_t index;
   };
-  std::map<View, std::string> first_of_view;
+  std::set<std::size_t, decltype(less)> first_of_view(less);
   std::map<const void*, std::vector<Extent>> extents;
-  for (const auto& item : ckpt.tensors) {
-    const at::Tensor& t = item.value();
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const at::Tensor& t = items[i].value();
     if (!t.has_storage() || t.numel() == 0) continue;
-    const void* storage = t.storage().unsafeGetStorageImpl();
-    auto [it, inserted] = first_of_view.emplace(
-        View{storage, t.storage_offset(), t.sizes().vec(), t.strides().vec(), t.scalar_type()}, item.key());
+    auto [it, inserted] = first_of_view.insert(i);
     if (!inserted) {
-      ckpt.aliases[item.key()] = it->second;
+      ckpt.aliases[items[i].key()] = items[*it].key();
       continue;
     }
     std::uint64_t span = 1;
     for (std::int64_t d = 0; d < t.dim(); ++d)
       span += static_cast<std::uint64_t>(t.size(d) - 1) * static_cast<std::uint64_t>(t.stride(d));
     const std::uint64_t begin = static_cast<std::uint64_t>(t.storage_offset()) * t.element_size();
-    extents[storage].push_back({begin, begin + span * t.element_size(), item.key()});
+    extents[t.storage().unsafeGetStorageImpl()].push_back({begin, begin + span * t.element_size(), i});
   }
-  std::set<std::string> overlapping;
+  std::vector<bool> overlapping(items.size());
   for (auto& [storage, list] : extents) {
     std::sort(list.begin(), list.end(), [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
     std::uint64_t reach = 0;
     const Extent* reaching = nullptr;
     for (const Extent& e : list) {
-      if (reaching && e.begin < reach) {
-        overlapping.insert(e.name);
-        overlapping.insert(reaching->name);
-      }
+      if (reaching && e.begin < reach) overlapping[e.index] = overlapping[reaching->index] = true;
       if (!reaching || e.end > reach) reach = e.end, reaching = &e;
     }
   }
-  for (const auto& item : ckpt.tensors)
-    if (overlapping.count(item.key())) ckpt.copied_views.push_back(item.key());
+  for (std::size_t i = 0; i < items.size(); ++i)
+    if (overlapping[i]) ckpt.copied_views.push_back(items[i].key());
 }
 
 // Safetensors inputs: dtypes this LibTorch lacks arrive as raw bytes; their
@@ -576,7 +653,7 @@ std::map<std::string, TensorInfo> read_safetensors(std::shared_ptr<Source> sourc
     if (!to_torch_dtype(info.dtype)) raw.emplace(info.name, info);
   }
   for (const auto& [removed, kept] : file.metadata())
-    if (!out.tensors.contains(removed) && file.contains(kept) && !raw.count(kept))
+    if (removed != "format" && !out.tensors.contains(removed) && file.contains(kept) && !raw.count(kept))
       out.tensors.insert(removed, out.tensors[kept]);
   return raw;
 }
@@ -703,7 +780,21 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   const auto start = std::chrono::steady_clock::now();
   std::map<std::string, TensorInfo> raw;
   Checkpoint ckpt = read(in, CheckpointOptions().key(options.key()).backend(options.backend()), &raw);
-  const std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
+
+  // An alias is recorded as a metadata key of its name: one whose name is a
+  // key already (the caller's or "format") is written as a copy instead.
+  Metadata metadata = options.metadata();
+  metadata.emplace("format", "pt");
+  std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
+  for (auto it = ckpt.aliases.begin(); it != ckpt.aliases.end();) {
+    if (!metadata.count(it->first)) {
+      ++it;
+      continue;
+    }
+    copies.insert(it->first);
+    it = ckpt.aliases.erase(it);
+  }
+  for (const auto& [removed, kept] : ckpt.aliases) metadata.emplace(removed, kept);
 
   ConvertReport summary;
   NamedTensors tensors;
@@ -717,9 +808,6 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
     }
     summary.bytes += t.nbytes();
   }
-  Metadata metadata = options.metadata();
-  metadata.emplace("format", "pt");
-  for (const auto& [removed, kept] : ckpt.aliases) metadata[removed] = kept;
   if (options.max_shard_size()) {
     std::error_code ec;
     std::filesystem::create_directories(out, ec);  // save_sharded reports a folder it cannot use

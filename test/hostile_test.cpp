@@ -182,14 +182,26 @@ void expect_every_migration(const std::string& path, std::optional<ErrorCode> ex
   }
 }
 
+// The memory a checkpoint's reading may take: what its pickle's values may
+// (48 bytes per byte of pickle, see csrc/pickle/unpickler.hpp) and its names
+// and entries may (kFlattenBytesPerPickleByte), charged at what they hold,
+// plus 64 MB.
+std::uint64_t checkpoint_memory_bound(std::uint64_t file_size) {
+  return (64u << 20) + (48 + kFlattenBytesPerPickleByte) * file_size;
+}
+
+// rank24_views_100k.pt: 100,000 views of rank 24 in 1.6 MB, each holding a
+// TensorImpl, its sizes and strides and its places in the checkpoint, took
+// 202 MB before what they hold was charged.
 TEST(HostileCheckpoints, EveryCheckpointHasItsOutcome) {
   const auto rows = corpus_rows("checkpoints.tsv", ".pt");
   for (const auto& [file, code] : rows) {
     SCOPED_TRACE(file);
-    expect_every_migration((kCorpus / file).string(),
-                           code == "accepted" ? std::nullopt : std::optional<ErrorCode>(code_named(code)), 2.0);
+    const std::string path = (kCorpus / file).string();
+    expect_every_migration(path, code == "accepted" ? std::nullopt : std::optional<ErrorCode>(code_named(code)),
+                           2.0, checkpoint_memory_bound(fs::file_size(path)));
   }
-  EXPECT_GE(rows.size(), 6u);
+  EXPECT_GE(rows.size(), 7u);
 }
 
 // A torch.save-shaped archive of one pickle (and no storages), made here.
@@ -219,6 +231,81 @@ TEST(HostileCheckpoints, APickleOfOneByteValues) {
   const std::size_t n = 1u << 20;
   test::write_bytes(path, archive_of("\x80\x02" + std::string(n, ']') + "."));
   expect_every_migration(path, ErrorCode::LimitExceeded, 4.0, (16u << 20) + 48 * n + (16u << 20));
+}
+
+// What a value holds is charged, not just its size: a 20 MB pickle of 10
+// million empty dicts each popped at once (`}0`) went past its 48 bytes per
+// byte of pickle, plus 16 MiB (by 70 MB with the mapped pickle and its copy),
+// before LimitExceeded, 120 bytes charged for each of its values and 126 held.
+TEST(HostileCheckpoints, APickleOfTinyContainers) {
+  TempDir dir;
+  const std::string path = dir.file("dicts.pt");
+  std::string pickle = "\x80\x02";
+  for (int i = 0; i < 10'000'000 / kShrink; ++i) pickle += "}0";
+  test::write_bytes(path, archive_of(pickle + "N."));
+  const std::uint64_t size = fs::file_size(path);
+  const std::uint64_t budget = (16u << 20) + 48 * size;
+  expect_outcome("mmap", ErrorCode::LimitExceeded, size, 4.0, [&] { read_checkpoint(path); },
+                 budget + 2 * size + (8u << 20));
+  expect_outcome("pread", ErrorCode::LimitExceeded, size, 4.0,
+                 [&] { read_checkpoint(path, CheckpointOptions().backend(Backend::Pread)); },
+                 budget + size + (8u << 20));
+}
+
+// A legacy torch.save file whose second pickle (the protocol version) starts
+// with a FRAME that claims 2^40 bytes, followed by `padding` bytes of zeros:
+// a claim to check against the file, never to read a window for.
+std::string legacy_with_lying_frame(const TempDir& dir, std::uint64_t padding) {
+  const std::string path = dir.file("frame.pt");
+  const std::string magic = "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
+  std::string frame = "\x80\x04\x95";
+  for (int i = 0; i < 8; ++i) frame += static_cast<char>(((std::uint64_t{1} << 40) >> (8 * i)) & 0xff);
+  test::write_bytes(path, magic + frame + "M\xe9\x03.");
+  fs::resize_file(path, fs::file_size(path) + padding);
+  return path;
+}
+
+// The pread backend read windows of a legacy file doubled until a FRAME's
+// claim fit: the whole file (461 MB for a 160 MB one, 162 MB mapped).
+TEST(HostileCheckpoints, AFrameClaimIsCheckedAgainstTheFile) {
+  TempDir dir;
+  const std::string path = legacy_with_lying_frame(dir, 256u << 20);
+  for (Backend backend : {Backend::Mmap, Backend::Pread})
+    expect_outcome(backend == Backend::Mmap ? "mmap" : "pread", ErrorCode::InvalidCheckpoint,
+                   fs::file_size(path), 2.0, [&] { read_checkpoint(path, CheckpointOptions().backend(backend)); },
+                   16u << 20);
+  // Under an address-space limit 128 MB above what the process uses, where a
+  // window of the file's size cannot be allocated.
+  const pid_t child = test::fork_child([&] {
+    const long used = test::status_kb("VmSize");
+    if (used < 0) return 4;
+    struct rlimit limit {};
+    ::getrlimit(RLIMIT_AS, &limit);
+    limit.rlim_cur = static_cast<rlim_t>(used) * 1024 + (128u << 20);
+    if (::setrlimit(RLIMIT_AS, &limit) != 0) return 5;
+    try {
+      read_checkpoint(path, CheckpointOptions().backend(Backend::Pread));
+    } catch (const Error& e) {
+      return e.code() == ErrorCode::InvalidCheckpoint ? 0 : 2;
+    } catch (const std::bad_alloc&) {
+      return 3;
+    }
+    return 6;
+  });
+  ASSERT_GT(child, 0);
+  EXPECT_EQ(test::wait_child(child), 0) << "2: another error, 3: bad_alloc, 6: accepted";
+}
+
+// A data.pkl that ends inside the FRAME after its PROTO: detecting a
+// TorchScript archive read past its head (std::out_of_range).
+TEST(HostileCheckpoints, AFrameAtTheEndOfAShortPickle) {
+  TempDir dir;
+  for (const std::string pickle : {"\x80\x02\x95", "\x80\x02\x95\x01\x00", "\x80\x04\x95\x00\x00\x00\x00"}) {
+    const std::string path = dir.file("short.pt");
+    test::write_bytes(path, archive_of(pickle));
+    expect_every_migration(path, ErrorCode::InvalidCheckpoint, 2.0);
+    EXPECT_EQ(detect_format(path), CheckpointFormat::TorchZip);
+  }
 }
 
 // Selecting a key compares the keys in place: a 1 MiB key repeated 300,000

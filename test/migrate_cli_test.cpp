@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/serialize.h>
+
 #include "safetensors/safetensors.hpp"
 #include "cli_util.hpp"
 
@@ -100,6 +102,24 @@ TEST_F(MigrateCliTest, ConvertsATorchScriptModuleWithoutRunningItsCode) {
   ASSERT_EQ(scripted.code, 0) << scripted.err;
   const Result same = run({"diff", kFixtures + "scripted.expected.safetensors", dir_.file("scripted.safetensors")});
   EXPECT_EQ(same.code, 0) << same.out << same.err;
+}
+
+// --key selects every name convert makes, positions in lists included.
+TEST_F(MigrateCliTest, KeysThroughLists) {
+  const std::string in = dir_.file("lists.pt");
+  c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
+  root.insert("l", c10::List<at::Tensor>({at::zeros({2}), at::ones({3})}));
+  const std::vector<char> bytes = torch::pickle_save(root);
+  st::test::write_bytes(in, std::string(bytes.begin(), bytes.end()));
+  const std::string out = dir_.file("l1.safetensors");
+  const Result r = run({"convert", in, out, "--key", "l.1"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(st::load_file(out)["tensor"].equal(at::ones({3})));
+  const Result diff = run({"diff", in, out, "--key-a", "l.1"});
+  EXPECT_EQ(diff.code, 0) << diff.out << diff.err;
+  const Result missing = run({"convert", in, dir_.file("x.safetensors"), "--key", "l.2"});
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_TRUE(contains(missing.err, "no key 'l.2' (positions: 0 to 1)")) << missing.err;
 }
 
 // A key that holds a dot is written with the dot escaped; an unescaped dot

@@ -42,7 +42,8 @@ const std::vector<std::string> kFixtureNames = {
     "state_dict", "plain_dict", "training", "views", "strided", "dtypes",
     "protocol2", "protocol3", "protocol4", "protocol5", "lone_tensor",
     "legacy", "legacy_state_dict", "legacy_views", "legacy_dtypes",
-    "legacy_protocol3", "legacy_protocol4", "legacy_protocol5", "dotted_keys", "legacy_many"};
+    "legacy_protocol3", "legacy_protocol4", "legacy_protocol5", "dotted_keys", "legacy_many",
+    "sizes_and_dtypes"};
 
 // torch.jit.save of a scripted and of a traced module.
 const std::vector<std::string> kTorchScriptNames = {"scripted", "traced"};
@@ -106,6 +107,25 @@ TEST(Migrate, FreshPythonFilesMatchPython) {
   // torch.jit.load would hang in this module's __setstate__; it is read as data.
   const st::Checkpoint loops = st::read_checkpoint(dir.file("hostile_setstate.pt"));
   EXPECT_EQ(loops.tensors.keys(), std::vector<std::string>{"0"});
+}
+
+// torch.save of nn.Sequential(*[nn.Linear(512, 512)] * 12).state_dict(): 24
+// names of one 1 MB weight and one bias, in a 1 MB file. Its tensors are
+// written once, so they count once against the bound on how far views may
+// expand a file (counted once per name, 12 MB went past its 9.4 MB).
+TEST(Migrate, TiedWeightsCountOnce) {
+  const std::string path = kFixtures + "tied_sequential.pt";
+  const st::Checkpoint ckpt = st::read_checkpoint(path);
+  ASSERT_EQ(ckpt.tensors.size(), 24u);
+  EXPECT_EQ(ckpt.aliases.size(), 22u);
+  EXPECT_EQ(ckpt.aliases.at("11.weight"), "0.weight");
+  TempDir dir;
+  const st::ConvertSummary summary = st::convert_checkpoint(path, dir.file("tied.safetensors"));
+  EXPECT_EQ(summary.tensors, 2u);
+  EXPECT_EQ(summary.bytes, (512u * 512 + 512) * 4);
+  const st::TensorDict out = st::load_file(dir.file("tied.safetensors"));
+  EXPECT_EQ(out.keys(), (std::vector<std::string>{"0.bias", "0.weight"}));
+  EXPECT_TRUE(bitwise_equal(out["0.weight"], ckpt.tensors["7.weight"]));
 }
 
 // TorchScript's modules are records of their attributes: a scripted module
@@ -227,6 +247,50 @@ TEST(Migrate, SelectsANestedStateDict) {
             ErrorCode::TensorNotFound);
 }
 
+// torch.Size and dtypes, which torch.load(weights_only=True) accepts, are
+// read as data and reported.
+TEST(Migrate, ReadsSizesAndDtypesAsData) {
+  const st::Checkpoint ckpt = st::read_checkpoint(kFixtures + "sizes_and_dtypes.pt");
+  EXPECT_EQ(ckpt.tensors.keys(), std::vector<std::string>{"w"});
+  std::map<std::string, std::string> others;
+  for (const auto& entry : ckpt.non_tensors) others[entry.name] = entry.description;
+  EXPECT_EQ(others, (std::map<std::string, std::string>{{"shape", "torch.Size([2, 3])"},
+                                                        {"config", "dict of 2"}}));
+}
+
+// Every name the flattener makes can be selected: through lists and tuples
+// by position as well as through dicts by key.
+TEST(Migrate, SelectsThroughListsAndTuples) {
+  TempDir dir;
+  const std::string path = dir.file("lists.pt");
+  c10::impl::GenericDict inner(c10::StringType::get(), c10::TensorType::get());
+  inner.insert("u", at::full({2}, 3.0));
+  c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
+  root.insert("l", c10::List<at::Tensor>({at::full({2}, 1.0), at::full({2}, 2.0)}));
+  root.insert("t", c10::ivalue::Tuple::create({at::full({1}, 4.0), inner}));
+  const std::vector<char> bytes = torch::pickle_save(root);
+  st::test::write_bytes(path, std::string(bytes.begin(), bytes.end()));
+  EXPECT_EQ(st::read_checkpoint(path).tensors.keys(), (std::vector<std::string>{"l.0", "l.1", "t.0", "t.1.u"}));
+  const st::Checkpoint second = st::read_checkpoint(path, st::CheckpointOptions().key({"l", "1"}));
+  ASSERT_EQ(second.tensors.keys(), std::vector<std::string>{"tensor"});
+  EXPECT_TRUE(bitwise_equal(second.tensors["tensor"], at::full({2}, 2.0)));
+  EXPECT_EQ(st::read_checkpoint(path, st::CheckpointOptions().key({"t", "1"})).tensors.keys(),
+            std::vector<std::string>{"u"});
+  EXPECT_EQ(st::read_checkpoint(path, st::CheckpointOptions().key({"t", "1", "u"})).tensors.size(), 1u);
+  for (const std::string& bad : {"2", "01", "+1", "-1", "x", ""}) {
+    const st::Error e = [&] {
+      try {
+        st::read_checkpoint(path, st::CheckpointOptions().key({"l", bad}));
+      } catch (const st::Error& e) {
+        return e;
+      }
+      return st::Error(ErrorCode::Io, "", "", "accepted");
+    }();
+    EXPECT_EQ(e.code(), ErrorCode::TensorNotFound) << bad;
+    EXPECT_NE(std::string(e.what()).find("(positions: 0 to 1)"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Migrate, FindsAliasesAndOverlappingViews) {
   const st::Checkpoint ckpt = st::read_checkpoint(kFixtures + "views.pt");
   EXPECT_EQ(ckpt.aliases, (std::map<std::string, std::string>{{"same", "base"}}));
@@ -246,6 +310,41 @@ TEST(Migrate, TheNameOfRelease01StillWorks) {
   EXPECT_EQ(summary.tensors, 6u);
 }
 #pragma GCC diagnostic pop
+
+// An alias is recorded under its own name as a metadata key; one whose name
+// is already a key ("format", or one the caller gives) is written as a tensor
+// instead, so that no metadata is overwritten.
+TEST(Migrate, AliasesNeverOverwriteMetadata) {
+  TempDir dir;
+  const std::string in = dir.file("tied.pt");
+  const at::Tensor t = at::arange(4, at::kFloat);
+  c10::impl::GenericDict root(c10::StringType::get(), c10::TensorType::get());
+  root.insert("w", t);
+  root.insert("format", t);
+  root.insert("note", t);
+  root.insert("same", t);
+  const std::vector<char> bytes = torch::pickle_save(root);
+  st::test::write_bytes(in, std::string(bytes.begin(), bytes.end()));
+  ASSERT_EQ(st::read_checkpoint(in).aliases.size(), 3u);
+
+  const std::string out = dir.file("tied.safetensors");
+  const st::ConvertSummary summary =
+      st::convert_checkpoint(in, out, st::ConvertOptions().metadata({{"note", "kept"}}));
+  EXPECT_EQ(summary.aliases, (std::map<std::string, std::string>{{"same", "w"}}));
+  EXPECT_EQ(st::load_metadata(out),
+            (st::Metadata{{"format", "pt"}, {"note", "kept"}, {"same", "w"}}));
+  EXPECT_EQ(st::load_file(out).keys(), (std::vector<std::string>{"format", "note", "w"}));
+  // Read back, the names are those of the input: "format" is not an alias.
+  const st::Checkpoint back = st::read_checkpoint(out);
+  std::vector<std::string> names = back.tensors.keys();
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"format", "note", "same", "w"}));
+  EXPECT_TRUE(st::diff_checkpoints(in, out).equal());
+  // A tensor named "pt" is not read as the target of a "format" alias.
+  const std::string pt = dir.file("pt.safetensors");
+  st::save_file({{"pt", t}}, pt, st::Metadata{{"format", "pt"}});
+  EXPECT_EQ(st::read_checkpoint(pt).tensors.keys(), std::vector<std::string>{"pt"});
+}
 
 TEST(Migrate, ConvertsWithAliasesInTheMetadata) {
   TempDir dir;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <initializer_list>
 #include <cstdio>
 #include <cstring>
 
@@ -12,6 +13,12 @@
 
 namespace safetensors::pickle {
 namespace {
+
+// What a Value takes in the arena: itself and its share of the header of
+// the deque's block (as many Values as fit 512 bytes, or one) and of that
+// block's slot in the deque's map.
+constexpr std::uint64_t kValuesPerBlock = sizeof(Value) < 512 ? 512 / sizeof(Value) : 1;
+constexpr std::uint64_t kValueCost = sizeof(Value) + (kHeapBlockCost + sizeof(void*) + kValuesPerBlock - 1) / kValuesPerBlock;
 
 // The first window read of a pickle from a source without a mapping; doubled
 // until the pickle fits.
@@ -40,6 +47,15 @@ constexpr StorageType kStorageTypes[] = {
     {"ComplexFloatStorage", Dtype::C64}, {"UntypedStorage", Dtype::U8},
 };
 
+// The dtypes torch.load(weights_only=True) accepts as values (torch 2.6):
+// checkpoints hold them as data, e.g. a training config's dtype.
+constexpr const char* kDtypeValues[] = {
+    "bfloat16", "bits16", "bits1x8", "bits2x4", "bits4x2", "bits8", "bool", "complex128", "complex32",
+    "complex64", "float16", "float32", "float64", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+    "float8_e5m2fnuz", "int16", "int32", "int64", "int8", "qint32", "qint8", "quint2x4", "quint4x2", "quint8",
+    "uint16", "uint32", "uint64", "uint8",
+};
+
 // Storage classes torch has but the safetensors format has no dtype for.
 constexpr const char* kStorageTypesWithoutDtype[] = {
     "ComplexDoubleStorage", "ComplexHalfStorage", "QInt8Storage", "QUInt8Storage", "QInt32Storage",
@@ -62,7 +78,7 @@ class Machine {
   // pickle's start, on which the memory budget is based.
   Machine(std::string_view data, std::size_t offset, const std::string& file, std::uint64_t available,
           std::uint64_t base = 0)
-      : data_(data), pos_(offset), base_(base), file_(file),
+      : data_(data), pos_(offset), base_(base), end_(offset + available), file_(file),
         budget_(kValueBytesFloor + kValueBytesPerPickleByte * available) {}
 
   Pickle run(std::size_t& offset);
@@ -80,7 +96,8 @@ class Machine {
     throw Truncated(ErrorCode::InvalidCheckpoint, file_, "", message("truncated: " + detail));
   }
 
-  // --- memory: every value, string, container slot and memo slot is charged ---
+  // --- memory: every value, string, container slot and memo slot is charged
+  // what it holds, heap blocks with the allocator's overhead ---
   void charge(std::uint64_t bytes) {
     if (bytes > budget_ - used_)
       fail("its values need more than " + std::to_string(budget_) + " bytes of memory (" +
@@ -93,7 +110,7 @@ class Machine {
   template <class T, class... Args>
   void grow(std::vector<T>& v, Args&&... args) {
     const std::size_t before = v.capacity();
-    if (v.size() == before) charge(sizeof(T) * std::max<std::size_t>(before, 1));
+    if (v.size() == before) charge(sizeof(T) * std::max<std::size_t>(before, 1) + (before ? 0 : kHeapBlockCost));
     v.emplace_back(std::forward<Args>(args)...);
   }
   template <class T>
@@ -102,7 +119,7 @@ class Machine {
     const std::size_t n = static_cast<std::size_t>(last - first);
     if (v.size() + n > v.capacity()) {
       const std::size_t capacity = std::max(v.size() + n, 2 * v.capacity());
-      charge(sizeof(T) * (capacity - v.capacity()));
+      charge(sizeof(T) * (capacity - v.capacity()) + (v.capacity() ? 0 : kHeapBlockCost));
       v.reserve(capacity);
     }
     v.insert(v.end(), first, last);
@@ -131,7 +148,7 @@ class Machine {
 
   // --- values and the stack ---
   Value* make(Value::Kind kind) {
-    charge(sizeof(Value));
+    charge(kValueCost);
     Value& v = pickle_.arena.emplace_back();
     v.kind = kind;
     return &v;
@@ -200,7 +217,7 @@ class Machine {
       const std::size_t size = static_cast<std::size_t>(index) + 1;
       if (size > memo_.capacity()) {
         const std::size_t capacity = std::max(size, 2 * memo_.capacity());
-        charge(sizeof(Value*) * (capacity - memo_.capacity()));
+        charge(sizeof(Value*) * (capacity - memo_.capacity()) + (memo_.capacity() ? 0 : kHeapBlockCost));
         memo_.reserve(capacity);
       }
       memo_.resize(size, nullptr);
@@ -218,7 +235,7 @@ class Machine {
   Value* resolve_global(std::string_view module, std::string_view name);
   Value* call(Value* callable, Value* args);
   Value* object(const std::string& type, const Value* state) {
-    charge(type.size());
+    charge(string_heap_cost(type.size()));
     Value* o = make(Value::Kind::Object);
     o->text = type;
     o->state = state;
@@ -229,8 +246,14 @@ class Machine {
 
   // --- opcode handlers, in the order of the table ---
   void op_proto();
-  void op_frame() {  // a size hint only; the opcodes inside are read as usual
-    if (read_uint(8) > data_.size() - pos_) truncated("a frame runs past the end");
+  // A size hint only; the opcodes inside are read as usual. Its claim is
+  // checked against the input's bytes, not the window's: a window grows for
+  // the opcodes that are read, never for a claim.
+  void op_frame() {
+    const std::uint64_t n = read_uint(8);
+    if (n > end_ - pos_)
+      fail("a frame of " + std::to_string(n) + " bytes runs past the end of the input (" +
+           std::to_string(end_ - pos_) + " bytes left)");
   }
   void op_stop() { stopped_ = true; }
   void op_mark() { grow(marks_, stack_.size()); }
@@ -260,9 +283,13 @@ class Machine {
   void op_empty_tuple() { push(shared(empty_tuple_, Value::Kind::Tuple)); }
   void op_empty_dict() { push(make(Value::Kind::Dict)); }
   void op_tuple() { push_tuple(pop_mark()); }
-  void op_tuple1() { Value* a = pop(); push_tuple({a}); }
-  void op_tuple2() { Value* b = pop(); Value* a = pop(); push_tuple({a, b}); }
-  void op_tuple3() { Value* c = pop(); Value* b = pop(); Value* a = pop(); push_tuple({a, b, c}); }
+  void op_tuple1() { Value* a = pop(); push_small_tuple({a}); }
+  void op_tuple2() { Value* b = pop(); Value* a = pop(); push_small_tuple({a, b}); }
+  void op_tuple3() { Value* c = pop(); Value* b = pop(); Value* a = pop(); push_small_tuple({a, b, c}); }
+  void push_small_tuple(std::initializer_list<Value*> items) {
+    charge(sizeof(Value*) * items.size() + kHeapBlockCost);
+    push_tuple(items);
+  }
   void op_append();
   void op_appends();
   void op_setitem();
@@ -285,6 +312,7 @@ class Machine {
   std::size_t pos_;
   std::size_t op_pos_ = 0;
   std::uint64_t base_;
+  std::uint64_t end_;  // where the input ends, in the coordinates of data_ (past it for a window)
   const std::string& file_;
   std::uint64_t budget_;
   std::uint64_t used_ = 0;
@@ -433,7 +461,7 @@ void Machine::op_binfloat() {
 
 void Machine::push_text(Value::Kind kind, std::string_view s) {
   if (kind == Value::Kind::String && !detail::is_valid_utf8(s)) fail("a string is not valid UTF-8");
-  charge(s.size());
+  charge(string_heap_cost(s.size()));
   Value* v = make(kind);
   v->text = std::string(s);
   push(v);
@@ -464,7 +492,7 @@ void Machine::op_setitems() {
 
 Value* Machine::resolve_global(std::string_view module, std::string_view name) {
   const std::string full = std::string(module) + "." + std::string(name);
-  charge(full.size());
+  charge(string_heap_cost(full.size()));
   Value* g = make(Value::Kind::Global);
   g->text = full;
   if (full == "collections.OrderedDict") {
@@ -487,6 +515,11 @@ Value* Machine::resolve_global(std::string_view module, std::string_view name) {
     g->callable = Callable::Device;
   } else if (full == "builtins.complex") {
     g->callable = Callable::Complex;
+  } else if (full == "torch.Size") {
+    g->callable = Callable::Size;
+  } else if (module == "torch" && std::any_of(std::begin(kDtypeValues), std::end(kDtypeValues),
+                                               [&](const char* dtype) { return name == dtype; })) {
+    g->callable = Callable::DtypeValue;
   } else {
     if (module == "torch") {
       for (const StorageType& s : kStorageTypes)
@@ -498,8 +531,8 @@ Value* Machine::resolve_global(std::string_view module, std::string_view name) {
       for (const char* s : kStorageTypesWithoutDtype)
         if (name == s) fail("torch." + std::string(name) + " has no safetensors dtype", ErrorCode::UnsupportedDtype);
     }
-    fail("global '" + full + "' is not allowed: a checkpoint may only refer to tensors, storages, OrderedDict "
-         "and TorchScript's classes and containers; nothing is imported or run");
+    fail("global '" + full + "' is not allowed: a checkpoint may only refer to tensors, storages, OrderedDict, "
+         "torch.Size, torch.device, dtypes and TorchScript's classes and containers; nothing is imported or run");
   }
   return g;
 }
@@ -572,8 +605,14 @@ Value* Machine::call(Value* callable, Value* args) {
       if (a.size() != 2 || a[0]->kind != Value::Kind::Float || a[1]->kind != Value::Kind::Float)
         fail("builtins.complex expects two floats");
       return object(callable->text, args);
+    case Callable::Size:
+      if (a.size() != 1 || (a[0]->kind != Value::Kind::Tuple && a[0]->kind != Value::Kind::List) ||
+          !std::all_of(a[0]->items.begin(), a[0]->items.end(), [](const Value* d) { return d->kind == Value::Kind::Int; }))
+        fail("torch.Size expects one tuple of ints");
+      return object(callable->text, a[0]);
     case Callable::StorageType:
     case Callable::TorchScriptClass:
+    case Callable::DtypeValue:
       break;
   }
   fail("'" + callable->text + "' cannot be called");
@@ -591,7 +630,8 @@ Value* Machine::persistent_load(Value* pid) {
          "the file with a newer torch");
   Value* type = expect(f[1], Value::Kind::Global, "storage type");
   if (type->callable != Callable::StorageType) fail("'" + type->text + "' is not a storage type");
-  charge(sizeof(StorageRef) + f[2]->text.size() + f[3]->text.size());
+  charge(sizeof(StorageRef) + kHeapBlockCost + string_heap_cost(f[2]->text.size()) +
+         string_heap_cost(f[3]->text.size()));
   auto storage = std::make_unique<StorageRef>();
   storage->dtype = type->storage_dtype;
   storage->key = expect(f[2], Value::Kind::String, "storage key")->text;
@@ -612,15 +652,17 @@ Value* Machine::rebuild_tensor(const std::vector<Value*>& a) {
   auto t = std::make_unique<TensorRef>();
   t->storage = expect(a[0], Value::Kind::Storage, "tensor storage")->storage.get();
   t->offset = non_negative(a[1], "storage offset");
-  const auto& size = expect(a[2], Value::Kind::Tuple, "tensor size")->items;
-  const auto& stride = expect(a[3], Value::Kind::Tuple, "tensor stride")->items;
-  if (size.size() != stride.size()) fail("tensor size and stride differ in rank");
-  if (size.size() > kMaxRank)
-    fail("tensor of rank " + std::to_string(size.size()) + " (at most " + std::to_string(kMaxRank) + ")", ErrorCode::LimitExceeded);
-  charge(sizeof(TensorRef) + 2 * sizeof(std::uint64_t) * size.size());
-  for (std::size_t i = 0; i < size.size(); ++i) {
-    t->size.push_back(non_negative(size[i], "tensor size"));
-    t->stride.push_back(non_negative(stride[i], "tensor stride"));
+  t->size = expect(a[2], Value::Kind::Tuple, "tensor size");
+  t->stride = expect(a[3], Value::Kind::Tuple, "tensor stride");
+  const std::size_t rank = t->size->items.size();
+  if (rank != t->stride->items.size()) fail("tensor size and stride differ in rank");
+  if (rank > kMaxRank)
+    fail("tensor of rank " + std::to_string(rank) + " (at most " + std::to_string(kMaxRank) + ")", ErrorCode::LimitExceeded);
+  charge(sizeof(TensorRef) + kHeapBlockCost);
+  std::vector<std::uint64_t> size(rank);
+  for (std::size_t i = 0; i < rank; ++i) {
+    size[i] = non_negative(t->size->items[i], "tensor size");
+    (void)non_negative(t->stride->items[i], "tensor stride");
   }
   t->requires_grad = expect(a[4], Value::Kind::Bool, "requires_grad")->boolean;
   if (a[5]->kind != Value::Kind::Dict || !a[5]->entries.empty())
@@ -628,12 +670,12 @@ Value* Machine::rebuild_tensor(const std::vector<Value*>& a) {
 
   // The last element the view reaches must be inside the storage.
   std::uint64_t numel = 0;
-  if (!checked_numel_bits(t->size, 1, numel)) fail("tensor size overflows", ErrorCode::ValidationOverflow);
+  if (!checked_numel_bits(size, 1, numel)) fail("tensor size overflows", ErrorCode::ValidationOverflow);
   if (numel > 0) {
     std::uint64_t last = t->offset;
-    for (std::size_t i = 0; i < t->size.size(); ++i) {
+    for (std::size_t i = 0; i < rank; ++i) {
       std::uint64_t step = 0;
-      if (__builtin_mul_overflow(t->size[i] - 1, t->stride[i], &step) || __builtin_add_overflow(last, step, &last))
+      if (__builtin_mul_overflow(size[i] - 1, t->stride_at(i), &step) || __builtin_add_overflow(last, step, &last))
         fail("tensor extent overflows", ErrorCode::ValidationOverflow);
     }
     if (last >= t->storage->numel)
@@ -678,10 +720,16 @@ std::string describe(const Value& v) {
     case Value::Kind::List: return "list of " + std::to_string(v.items.size());
     case Value::Kind::Tuple: return "tuple of " + std::to_string(v.items.size());
     case Value::Kind::Dict: return (v.ordered ? "OrderedDict of " : "dict of ") + std::to_string(v.entries.size());
-    case Value::Kind::Global: return "global " + v.text;
+    case Value::Kind::Global: return (v.callable == Callable::DtypeValue ? "dtype " : "global ") + v.text;
     case Value::Kind::Storage: return "storage '" + v.storage->key + "'";
     case Value::Kind::Tensor: return "tensor";
-    case Value::Kind::Object: return "object " + v.text;
+    case Value::Kind::Object:
+      if (v.text == "torch.Size" && v.state && v.state->items.size() <= 8) {
+        std::string dims;
+        for (const Value* d : v.state->items) dims += (dims.empty() ? "" : ", ") + std::to_string(d->integer);
+        return "torch.Size([" + dims + "])";
+      }
+      return "object " + v.text;
   }
   return "value";
 }

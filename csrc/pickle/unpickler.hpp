@@ -30,6 +30,14 @@ inline constexpr std::size_t kMaxIntegerBytes = 8;
 /// need 128. Beyond: LimitExceeded.
 inline constexpr std::uint64_t kValueBytesPerPickleByte = 48;
 inline constexpr std::uint64_t kValueBytesFloor = 16 << 20;
+/// What the allocator adds to each block it hands out (its header and
+/// rounding), charged with every block that memory bounds count.
+inline constexpr std::uint64_t kHeapBlockCost = 16;
+/// The heap bytes a std::string of `n` characters holds: none within its
+/// inline buffer, else its characters and terminator, rounded, and a block.
+constexpr std::uint64_t string_heap_cost(std::uint64_t n) {
+  return n < 16 ? 0 : (n + 1 + 15) / 16 * 16 + kHeapBlockCost;
+}
 
 /// Interprets one pickle starting at `data[offset]`, up to and including its
 /// STOP opcode; `offset` is left just past it (the legacy format puts several

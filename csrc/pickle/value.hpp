@@ -24,14 +24,22 @@ struct StorageRef {
   std::string location;  ///< the device it was saved from ("cpu", "cuda:0")
 };
 
+struct Value;
+
 /// A tensor as torch._utils._rebuild_tensor_v2 would build it: a strided view
 /// of a storage, in elements. Validated to lie inside the storage's declared size.
 struct TensorRef {
   const StorageRef* storage = nullptr;  ///< owned by the Storage value of the same pickle
   std::uint64_t offset = 0;
-  std::vector<std::uint64_t> size;
-  std::vector<std::uint64_t> stride;
+  /// The pickle's size and stride tuples, of one length, of non-negative ints:
+  /// referred to, not copied, as many tensors may share them through the memo.
+  const Value* size = nullptr;
+  const Value* stride = nullptr;
   bool requires_grad = false;
+
+  std::size_t rank() const;
+  std::uint64_t size_at(std::size_t dim) const;
+  std::uint64_t stride_at(std::size_t dim) const;
 };
 
 /// Whitelisted globals; any other is refused. None of them is ever imported or
@@ -46,6 +54,8 @@ enum class Callable : std::uint8_t {
   RestoreTypeTag,    ///< torch.jit._pickle.restore_type_tag: the dict or list itself
   Device,            ///< torch.device: an Object holding its arguments
   Complex,           ///< builtins.complex: an Object holding (real, imag)
+  Size,              ///< torch.Size: an Object holding its tuple of ints
+  DtypeValue,        ///< torch.float16 and the other dtypes torch.load(weights_only=True) accepts: a value, never called
 };
 
 struct Value {
@@ -69,6 +79,14 @@ struct Value {
   std::unique_ptr<StorageRef> storage;          ///< Storage
   std::unique_ptr<TensorRef> tensor;            ///< Tensor
 };
+
+inline std::size_t TensorRef::rank() const { return size->items.size(); }
+inline std::uint64_t TensorRef::size_at(std::size_t dim) const {
+  return static_cast<std::uint64_t>(size->items[dim]->integer);
+}
+inline std::uint64_t TensorRef::stride_at(std::size_t dim) const {
+  return static_cast<std::uint64_t>(stride->items[dim]->integer);
+}
 
 /// A short description for messages: "int 3", "str 'adam'", "list of 4".
 std::string describe(const Value& value);

@@ -251,7 +251,10 @@ def binunicode(s):
 
 
 def binint(v):
-    return b"J" + struct.pack("<i", v)
+    """BININT, or LONG1 of 8 bytes for what does not fit 32 bits."""
+    if -2**31 <= v < 2**31:
+        return b"J" + struct.pack("<i", v)
+    return b"\x8a\x08" + struct.pack("<q", v)
 
 
 def glob(module, name):
@@ -324,6 +327,14 @@ checkpoint("torchscript_setstate_loop", "accepted",
                ("code/__torch__.py", LOOP_CODE, True),
                ("constants.pkl", b"\x80\x02).", False),
                ("version", b"3\n", False)]))
+# 3 * 768614336404564651 = 2^61 + 1 elements of 8 bytes: 2^64 + 8 bytes, which
+# wrap to 8 in 64 bits; stride 0 keeps the view inside its one element.
+checkpoint("view_bytes_past_2p64", "LimitExceeded",
+           "a stride-0 view of one double, sized [3, 768614336404564651]: 2^64 + 8 bytes, 8 once wrapped",
+           torch_save(b"\x80\x02" + rebuild_tensor("Double", "0", 1, 0, [3, 768614336404564651], [0, 0]) + b".",
+                      [("0", b"\0" * 8)]))
+
+
 def nested_entries(kernel, count):
     """`count` stored entries data/0 .. data/count-1, each one's data holding
     the next entry's local header and data: one stretch of the file backs all."""
@@ -362,7 +373,17 @@ def mib(n):
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 
 
-def amplifying(key_bytes, repeats, depth, storage_bytes, views):
+def many_views(count, rank):
+    """`count` views of rank `rank` of one byte, 16 pickle bytes each: the
+    function, storage, size and stride tuples and hooks are memo references."""
+    first = (glob("torch._utils", "_rebuild_tensor_v2") + b"q\x01(" + storage_pid("Byte", "0", 1) + b"q\x02" +
+             binint(0) + b"(" + b"K\x01" * rank + b"tq\x03" + b"(" + b"K\x01" * rank + b"tq\x04\x89" +
+             glob("collections", "OrderedDict") + b")Rq\x05tR")
+    again = b"h\x01(h\x02K\x00h\x03h\x04\x89h\x05tR"
+    return torch_save(b"\x80\x02]q\x00(" + first + again * (count - 1) + b"e.", [("0", b"\0")])
+
+
+def amplifying(key_bytes, repeats, depth, storage_bytes, views, rank24_views):
     """The checkpoints that multiply a small file (name, code, why, bytes),
     at the scale of the corpus or, smaller, of fuzzing seeds."""
     key = binunicode("k" * key_bytes)
@@ -386,18 +407,21 @@ def amplifying(key_bytes, repeats, depth, storage_bytes, views):
         ("overlapping_entries", "InvalidCheckpoint",
          f"4 zip entries each holding the next: one {mib(storage_bytes // 16)} stretch backs 4 storages",
          overlapping_entries(storage_bytes // 16)),
+        ("rank24_views", "LimitExceeded",
+         f"{rank24_views:,} views of rank 24 of one byte, 16 pickle bytes each",
+         many_views(rank24_views, 24)),
     ]
 
 
-for name, code, why, content in amplifying(1 << 20, 300_000, 200, 1 << 20, 64):
+for name, code, why, content in amplifying(1 << 20, 300_000, 200, 1 << 20, 64, 100_000):
     checkpoint({"repeated_key": "repeated_key_1mib", "nested_key": "nested_key_1mib",
-                "expand": "expand_2p40"}.get(name, name), code, why, content)
+                "expand": "expand_2p40", "rank24_views": "rank24_views_100k"}.get(name, name), code, why, content)
 
 
 def write_fuzz_seeds(out):
     """Smaller copies of the hostile checkpoints, within fuzz_checkpoint's -max_len."""
     os.makedirs(out, exist_ok=True)
-    for name, _, _, content in amplifying(4 << 10, 4000, 16, 16 << 10, 16) + CHECKPOINTS[:1]:
+    for name, _, _, content in amplifying(4 << 10, 4000, 16, 16 << 10, 16, 2000) + CHECKPOINTS[:1]:
         with open(os.path.join(out, "hostile-" + name + ".pt"), "wb") as f:
             f.write(content)
 

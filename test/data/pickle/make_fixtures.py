@@ -179,6 +179,14 @@ def main(outdir):
     # A legacy object pickle larger than the first window a positional read takes.
     save(outdir, "legacy_many", {f"t{i}": torch.full((2,), i, dtype=torch.int16) for i in range(1500)},
          _use_new_zipfile_serialization=False)
+    # What torch.load(weights_only=True) accepts besides tensors: torch.Size and dtypes.
+    save(outdir, "sizes_and_dtypes", {"w": torch.randn(2, 3), "shape": torch.Size([2, 3]),
+                                      "config": {"dtype": torch.float16, "dtypes": [torch.bfloat16, torch.bool]}})
+    # One Linear twelve times: 24 names of one 1 MB weight and one bias in a
+    # 1 MB file, its tensors written once (zeros, so that the file compresses).
+    tied = torch.nn.Linear(512, 512)
+    torch.nn.init.zeros_(tied.weight)
+    torch.save(torch.nn.Sequential(*[tied] * 12).state_dict(), os.path.join(outdir, "tied_sequential.pt"))
     scripted = Scripted()
     save_torchscript(outdir, "scripted", torch.jit.script(scripted))
     save_torchscript(outdir, "traced", torch.jit.trace(scripted, (torch.randn(4, 4), torch.tensor([1, 2]))))

@@ -295,6 +295,31 @@ TEST(HostileCheckpoints, AFrameClaimIsCheckedAgainstTheFile) {
   EXPECT_EQ(test::wait_child(child), 0) << "2: another error, 3: bad_alloc, 6: accepted";
 }
 
+// A legacy torch.save file whose object pickle makes `n` empty lists, drops
+// them (POP_MARK) and is None, followed by `padding` bytes of zeros after its
+// empty storage list.
+std::string legacy_of_lists(const TempDir& dir, std::size_t n, std::uint64_t padding) {
+  const std::string path = dir.file("lists_legacy.pt");
+  const std::string magic = "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
+  const std::string version = "\x80\x02M\xe9\x03.";
+  const std::string sys_info = std::string("\x80\x02}X\x0d\x00\x00\x00little_endian\x88s.", 24);
+  test::write_bytes(path, magic + version + sys_info + "\x80\x02(" + std::string(n, ']') + "1N." + "\x80\x02].");
+  fs::resize_file(path, fs::file_size(path) + padding);
+  return path;
+}
+
+// A legacy file holds its pickles back to back: each pickle's values were
+// allowed 48 bytes per byte of the rest of the file, so zeros after a 1 MiB
+// pickle of EMPTY_LIST let it make every value (1.64 GB for a 50 MB file with
+// a 10 MB pickle). Its values may take 48 bytes per byte of the pickle, plus 16 MiB.
+TEST(HostileCheckpoints, ALegacyPickleIsBudgetedOnItsOwnBytes) {
+  TempDir dir;
+  const std::size_t n = 1u << 20;
+  const std::string path = legacy_of_lists(dir, n, 256u << 20);
+  EXPECT_EQ(detect_format(path), CheckpointFormat::TorchLegacy);
+  expect_every_migration(path, ErrorCode::LimitExceeded, 4.0, (16u << 20) + 48 * n + (16u << 20));
+}
+
 // A data.pkl that ends inside the FRAME after its PROTO: detecting a
 // TorchScript archive read past its head (std::out_of_range).
 TEST(HostileCheckpoints, AFrameAtTheEndOfAShortPickle) {

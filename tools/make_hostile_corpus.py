@@ -407,6 +407,20 @@ for name, code, why, content in amplifying(1 << 20, 300_000, 200, 1 << 20, 64, 1
                 "expand": "expand_2p40", "rank24_views": "rank24_views_100k"}.get(name, name), code, why, content)
 
 
+def legacy_save(pickle, padding=0):
+    """A legacy torch.save file: the magic number, protocol version and sys_info
+    pickles, `pickle` (the object), an empty storage list, `padding` zeros."""
+    sys_info = b"\x80\x02}" + binunicode("little_endian") + b"\x88s."
+    return (b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19." + b"\x80\x02M\xe9\x03." + sys_info +
+            pickle + b"\x80\x02]." + bytes(padding))
+
+
+checkpoint("legacy_lists_400k", "LimitExceeded",
+           "a legacy file: a pickle of 400,000 EMPTY_LIST dropped by POP_MARK, then 1 MiB of zeros that do not "
+           "widen its memory budget",
+           legacy_save(b"\x80\x02(" + b"]" * 400_000 + b"1N.", 1 << 20))
+
+
 def write_fuzz_seeds(out):
     """Smaller copies of the hostile checkpoints, within fuzz_checkpoint's -max_len."""
     os.makedirs(out, exist_ok=True)

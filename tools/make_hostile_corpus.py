@@ -421,6 +421,19 @@ checkpoint("legacy_lists_400k", "LimitExceeded",
            legacy_save(b"\x80\x02(" + b"]" * 400_000 + b"1N.", 1 << 20))
 
 
+def tied_expand(names, rows, columns):
+    """A dict of `names` entries that all refer, through the memo, to one
+    stride-0 view of a byte: rows x columns bytes under every name."""
+    view = rebuild_tensor("Byte", "0", 1, 0, [rows, columns], [0, 0])
+    entries = b"".join(binunicode(f"w{i}") + (view + b"q\x00" if i == 0 else b"h\x00") for i in range(names))
+    return torch_save(b"\x80\x02}(" + entries + b"u.", [("0", b"\0")])
+
+
+checkpoint("tied_expand_20k", "accepted",
+           "one 2 MiB stride-0 view of a byte under 20,000 names: compared once by diff, not 20,000 times",
+           tied_expand(20_000, 1024, 2048))
+
+
 def write_fuzz_seeds(out):
     """Smaller copies of the hostile checkpoints, within fuzz_checkpoint's -max_len."""
     os.makedirs(out, exist_ok=True)

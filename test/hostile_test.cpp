@@ -358,6 +358,77 @@ TEST(HostileCheckpoints, DiffComparesASharedViewOnce) {
   }
 }
 
+// A safetensors file of one tensor and a million metadata entries naming it as
+// a removed tie (`"f4240":"t"`, 11 bytes each).
+std::string many_metadata_aliases(const TempDir& dir, std::size_t n) {
+  std::string json = R"({"t":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"__metadata__":{)";
+  char key[32];
+  for (std::size_t i = 0; i < n; ++i) {
+    std::snprintf(key, sizeof key, "%s\"%zx\":\"t\"", i ? "," : "", i);
+    json += key;
+  }
+  const std::string path = dir.file("aliases.safetensors");
+  test::write_bytes(path, make_file(json + "}}", "abcd"));
+  return path;
+}
+
+// The resident memory `f` adds at its peak, in bytes, measured in a child
+// process (so that memory this one freed earlier and kept does not hide it);
+// `f` must be accepted.
+std::uint64_t peak_in_child(const std::function<void()>& f) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  const pid_t child = test::fork_child([&] {
+    const long kb = test::peak_added_kb(f);
+    return ::write(fds[1], &kb, sizeof kb) == sizeof kb ? 0 : 1;
+  });
+  long kb = -1;
+  if (child < 0 || test::wait_child(child) != 0 || ::read(fds[0], &kb, sizeof kb) != sizeof kb) kb = -1;
+  ::close(fds[0]);
+  ::close(fds[1]);
+  EXPECT_GE(kb, 0) << "the child failed";
+  return kb > 0 ? static_cast<std::uint64_t>(kb) * 1024 : 0;
+}
+
+// A metadata entry takes a std::map node, whatever its text: 112 bytes with
+// the allocator's, for 6 bytes of header at the least (`"":"",`).
+constexpr std::uint64_t kMetadataEntryBytes = 112;
+
+// A million metadata entries naming the one tensor as a removed tie: each
+// became a tensor of the checkpoint with its places in it (1.09 GB to diff a
+// 25 MB file of 2 million). The parser holds one std::map node per entry; a
+// checkpoint read from the file holds them as its aliases besides, and
+// convert and diff hold one more copy.
+TEST(HostileCheckpoints, AMillionMetadataAliases) {
+  if (!kMeasureMemory) GTEST_SKIP() << "memory is not measured under sanitizers";
+  TempDir dir;
+  const std::size_t n = 1'000'000;
+  const std::string path = many_metadata_aliases(dir, n);
+  const std::uint64_t size = fs::file_size(path);
+  const std::uint64_t floor = (64u << 20) + 4 * size;
+  const std::string bytes = test::read_bytes(path);
+  auto check = [&](const std::string& what, int copies, const std::function<void()>& f) {
+    const std::uint64_t grew = peak_in_child(f);
+    EXPECT_LT(grew, floor + copies * kMetadataEntryBytes * n) << what << ": peak memory grew by " << grew;
+  };
+  check("parse_header", 1, [&] { parse_header(bytes.data(), bytes.size(), path); });
+  for (Backend backend : {Backend::Mmap, Backend::Pread})
+    check("SafeOpen", 1, [&] { SafeOpen(path, LoadOptions().backend(backend)).tensors(); });
+  check("read_checkpoint", 2, [&] {
+    const Checkpoint c = read_checkpoint(path);
+    if (c.tensors.size() != 1 || c.aliases.size() != n) std::_Exit(3);
+  });
+  check("diff_checkpoints", 3, [&] {
+    if (diff_checkpoints(path, path).identical != n + 1) std::_Exit(3);
+  });
+  check("convert_checkpoint", 3,
+        [&] { convert_checkpoint(path, dir.file("o.safetensors"), ConvertOptions().fsync(false)); });
+  // save_sharded takes a copy of the metadata it is given.
+  check("convert_checkpoint, sharded", 4, [&] {
+    convert_checkpoint(path, dir.file("o"), ConvertOptions().fsync(false).max_shard_size(2));
+  });
+}
+
 // ------------------------------------------------------- huge, generated here
 
 class HugeFile : public ::testing::Test {

@@ -14,10 +14,12 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <set>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 
 #include "detail/text.hpp"
 #include "pickle/unpickler.hpp"
@@ -644,7 +646,8 @@ void find_shared(Checkpoint& ckpt) {
 // Safetensors inputs: dtypes this LibTorch lacks arrive as raw bytes; their
 // real dtypes are returned so that a conversion keeps them. Names that a
 // state-dict saver removed as tied weights (metadata `removed -> kept`) come
-// back as the kept tensor, so that every checkpoint lists every name.
+// back as aliases of the kept tensor, not as tensors of their own: a header of
+// millions of short entries would otherwise make a tensor and its places for each.
 std::map<std::string, TensorInfo> read_safetensors(std::shared_ptr<Source> source, Checkpoint& out) {
   SafeOpen file(std::move(source), LoadOptions().unsupported_as_bytes(true));
   std::map<std::string, TensorInfo> raw;
@@ -654,7 +657,7 @@ std::map<std::string, TensorInfo> read_safetensors(std::shared_ptr<Source> sourc
   }
   for (const auto& [removed, kept] : file.metadata())
     if (removed != "format" && !out.tensors.contains(removed) && file.contains(kept) && !raw.count(kept))
-      out.tensors.insert(removed, out.tensors[kept]);
+      out.aliases.emplace_hint(out.aliases.end(), removed, kept);
   return raw;
 }
 
@@ -746,6 +749,14 @@ class Comparison {
   std::int64_t max_int_ = 0;
 };
 
+// The tensor compared for `name` in `c`: that of the first name of its view
+// (for an alias, its kept name, whether or not the alias is a tensor of its
+// own), or nullptr when `c` has no such name.
+const at::Tensor* first_of_view(const Checkpoint& c, const std::string& name) {
+  const auto alias = c.aliases.find(name);
+  return c.tensors.find(alias == c.aliases.end() ? name : alias->second);
+}
+
 // Why two tensors of one name differ, or "" when they are bitwise identical.
 std::string difference(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != b.scalar_type()) return "dtype " + dtype_text(a) + " vs " + dtype_text(b);
@@ -811,7 +822,7 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   if (options.max_shard_size()) {
     std::error_code ec;
     std::filesystem::create_directories(out, ec);  // save_sharded reports a folder it cannot use
-    summary.files = save_sharded(tensors, out, metadata,
+    summary.files = save_sharded(tensors, out, std::move(metadata),
                                  ShardedSaveOptions()
                                      .max_shard_size(*options.max_shard_size())
                                      .fsync(options.fsync())
@@ -833,22 +844,31 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
 DiffReport diff_checkpoints(const std::string& a, const std::string& b, const CheckpointOptions& options_a,
                             const CheckpointOptions& options_b) {
   const Checkpoint ca = read_checkpoint(a, options_a), cb = read_checkpoint(b, options_b);
+  // A view under many names (tied weights, an expand shared by thousands of
+  // entries) is compared once per pair of views, not once per name: each name
+  // stands for the first name of its view (its alias's kept name), and each
+  // pair of those is compared once, so that the work is that of the distinct bytes.
+  std::map<std::pair<const at::Tensor*, const at::Tensor*>, std::string> compared;
   DiffReport report;
-  for (const auto& item : ca.tensors) {
-    const at::Tensor* other = cb.tensors.find(item.key());
-    if (!other) {
-      report.only_in_a.push_back(item.key());
-      continue;
-    }
-    const std::string detail = difference(item.value(), *other);
-    if (detail.empty()) {
+  auto compare = [&](const std::string& name) {
+    const at::Tensor* other = first_of_view(cb, name);
+    if (!other) return report.only_in_a.push_back(name);
+    const auto views = std::make_pair(first_of_view(ca, name), other);
+    auto done = compared.find(views);
+    if (done == compared.end()) done = compared.emplace(views, difference(*views.first, *views.second)).first;
+    if (done->second.empty()) {
       ++report.identical;
     } else {
-      report.different.push_back({item.key(), detail});
+      report.different.push_back({name, done->second});
     }
-  }
+  };
+  for (const auto& item : ca.tensors) compare(item.key());
+  for (const auto& [name, kept] : ca.aliases)
+    if (!ca.tensors.contains(name)) compare(name);
   for (const auto& item : cb.tensors)
-    if (!ca.tensors.contains(item.key())) report.only_in_b.push_back(item.key());
+    if (!first_of_view(ca, item.key())) report.only_in_b.push_back(item.key());
+  for (const auto& [name, kept] : cb.aliases)
+    if (!cb.tensors.contains(name) && !first_of_view(ca, name)) report.only_in_b.push_back(name);
   return report;
 }
 

@@ -296,6 +296,31 @@ TEST(HostileCheckpoints, AFrameClaimIsCheckedAgainstTheFile) {
   EXPECT_EQ(test::wait_child(child), 0) << "2: another error, 3: bad_alloc, 6: accepted";
 }
 
+// A legacy torch.save file whose object pickle makes `n` empty lists, drops
+// them (POP_MARK) and is None, followed by `padding` bytes of zeros after its
+// empty storage list.
+std::string legacy_of_lists(const TempDir& dir, std::size_t n, std::uint64_t padding) {
+  const std::string path = dir.file("lists_legacy.pt");
+  const std::string magic = "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
+  const std::string version = "\x80\x02M\xe9\x03.";
+  const std::string sys_info = std::string("\x80\x02}X\x0d\x00\x00\x00little_endian\x88s.", 24);
+  test::write_bytes(path, magic + version + sys_info + "\x80\x02(" + std::string(n, ']') + "1N." + "\x80\x02].");
+  fs::resize_file(path, fs::file_size(path) + padding);
+  return path;
+}
+
+// A legacy file holds its pickles back to back: each pickle's values were
+// allowed 48 bytes per byte of the rest of the file, so zeros after a 1 MiB
+// pickle of EMPTY_LIST let it make every value (1.64 GB for a 50 MB file with
+// a 10 MB pickle). Its values may take 48 bytes per byte of the pickle, plus 16 MiB.
+TEST(HostileCheckpoints, ALegacyPickleIsBudgetedOnItsOwnBytes) {
+  TempDir dir;
+  const std::size_t n = 1u << 20;
+  const std::string path = legacy_of_lists(dir, n, 256u << 20);
+  EXPECT_EQ(detect_format(path), CheckpointFormat::TorchLegacy);
+  expect_every_migration(path, ErrorCode::LimitExceeded, 4.0, (16u << 20) + 48 * n + (16u << 20));
+}
+
 // A data.pkl that ends inside the FRAME after its PROTO: detecting a
 // TorchScript archive read past its head (std::out_of_range).
 TEST(HostileCheckpoints, AFrameAtTheEndOfAShortPickle) {
@@ -314,6 +339,95 @@ TEST(HostileCheckpoints, SelectingAKeyDoesNotCopyRepeatedKeys) {
   const std::string path = (kCorpus / "repeated_key_1mib.pt").string();
   expect_outcome("repeated_key_1mib.pt --key zzz", ErrorCode::TensorNotFound, fs::file_size(path), 2.0,
                  [&] { read_checkpoint(path, CheckpointOptions().key({"zzz"})); });
+}
+
+// A view under many names is compared once by diff: tied_expand_20k.pt's
+// 20,000 names of one 2 MiB expand were compared one by one (42 GB, 40 s of
+// CPU), as were the names a converted file records as aliases. Each name is
+// still reported.
+TEST(HostileCheckpoints, DiffComparesASharedViewOnce) {
+  const std::string path = (kCorpus / "tied_expand_20k.pt").string();
+  TempDir dir;
+  const std::string converted = dir.file("tied.safetensors");
+  convert_checkpoint(path, converted, ConvertOptions().fsync(false));
+  for (const std::string& other : {path, converted}) {
+    DiffReport report;
+    expect_outcome("diff with " + other, std::nullopt, fs::file_size(path), 2.0,
+                   [&] { report = diff_checkpoints(path, other); });
+    EXPECT_TRUE(report.equal());
+    EXPECT_EQ(report.identical, 20'000u);
+  }
+}
+
+// A safetensors file of one tensor and a million metadata entries naming it as
+// a removed tie (`"f4240":"t"`, 11 bytes each).
+std::string many_metadata_aliases(const TempDir& dir, std::size_t n) {
+  std::string json = R"({"t":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"__metadata__":{)";
+  char key[32];
+  for (std::size_t i = 0; i < n; ++i) {
+    std::snprintf(key, sizeof key, "%s\"%zx\":\"t\"", i ? "," : "", i);
+    json += key;
+  }
+  const std::string path = dir.file("aliases.safetensors");
+  test::write_bytes(path, make_file(json + "}}", "abcd"));
+  return path;
+}
+
+// The resident memory `f` adds at its peak, in bytes, measured in a child
+// process (so that memory this one freed earlier and kept does not hide it);
+// `f` must be accepted.
+std::uint64_t peak_in_child(const std::function<void()>& f) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  const pid_t child = test::fork_child([&] {
+    const long kb = test::peak_added_kb(f);
+    return ::write(fds[1], &kb, sizeof kb) == sizeof kb ? 0 : 1;
+  });
+  long kb = -1;
+  if (child < 0 || test::wait_child(child) != 0 || ::read(fds[0], &kb, sizeof kb) != sizeof kb) kb = -1;
+  ::close(fds[0]);
+  ::close(fds[1]);
+  EXPECT_GE(kb, 0) << "the child failed";
+  return kb > 0 ? static_cast<std::uint64_t>(kb) * 1024 : 0;
+}
+
+// A metadata entry takes a std::map node, whatever its text: 112 bytes with
+// the allocator's, for 6 bytes of header at the least (`"":"",`).
+constexpr std::uint64_t kMetadataEntryBytes = 112;
+
+// A million metadata entries naming the one tensor as a removed tie: each
+// became a tensor of the checkpoint with its places in it (1.09 GB to diff a
+// 25 MB file of 2 million). The parser holds one std::map node per entry; a
+// checkpoint read from the file holds them as its aliases besides, and
+// convert and diff hold one more copy.
+TEST(HostileCheckpoints, AMillionMetadataAliases) {
+  if (!kMeasureMemory) GTEST_SKIP() << "memory is not measured under sanitizers";
+  TempDir dir;
+  const std::size_t n = 1'000'000;
+  const std::string path = many_metadata_aliases(dir, n);
+  const std::uint64_t size = fs::file_size(path);
+  const std::uint64_t floor = (64u << 20) + 4 * size;
+  const std::string bytes = test::read_bytes(path);
+  auto check = [&](const std::string& what, int copies, const std::function<void()>& f) {
+    const std::uint64_t grew = peak_in_child(f);
+    EXPECT_LT(grew, floor + copies * kMetadataEntryBytes * n) << what << ": peak memory grew by " << grew;
+  };
+  check("parse_header", 1, [&] { parse_header(bytes.data(), bytes.size(), path); });
+  for (Backend backend : {Backend::Mmap, Backend::Pread})
+    check("SafeOpen", 1, [&] { SafeOpen(path, LoadOptions().backend(backend)).tensors(); });
+  check("read_checkpoint", 2, [&] {
+    const Checkpoint c = read_checkpoint(path);
+    if (c.tensors.size() != 1 || c.aliases.size() != n) std::_Exit(3);
+  });
+  check("diff_checkpoints", 3, [&] {
+    if (diff_checkpoints(path, path).identical != n + 1) std::_Exit(3);
+  });
+  check("convert_checkpoint", 3,
+        [&] { convert_checkpoint(path, dir.file("o.safetensors"), ConvertOptions().fsync(false)); });
+  // save_sharded takes a copy of the metadata it is given.
+  check("convert_checkpoint, sharded", 4, [&] {
+    convert_checkpoint(path, dir.file("o"), ConvertOptions().fsync(false).max_shard_size(2));
+  });
 }
 
 // ------------------------------------------------------- huge, generated here

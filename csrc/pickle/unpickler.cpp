@@ -75,11 +75,11 @@ class Machine {
  public:
   // `data[offset]` starts the pickle; `base` is where `data` lies in the file
   // (for messages); `available` is how many bytes of the file follow the
-  // pickle's start, on which the memory budget is based.
+  // pickle's start (what a FRAME may claim). The memory budget grows with the
+  // bytes of the pickle read, not with what follows it in the file.
   Machine(std::string_view data, std::size_t offset, const std::string& file, std::uint64_t available,
           std::uint64_t base = 0)
-      : data_(data), pos_(offset), base_(base), end_(offset + available), file_(file),
-        budget_(kValueBytesFloor + kValueBytesPerPickleByte * available) {}
+      : data_(data), pos_(offset), start_(offset), base_(base), end_(offset + available), file_(file) {}
 
   Pickle run(std::size_t& offset);
 
@@ -98,11 +98,15 @@ class Machine {
 
   // --- memory: every value, string, container slot and memo slot is charged
   // what it holds, heap blocks with the allocator's overhead ---
+  // What the values may take once the pickle has been read up to `pos_`;
+  // it only grows, so what was charged always fits it.
+  std::uint64_t budget() const { return kValueBytesFloor + kValueBytesPerPickleByte * (pos_ - start_); }
   void charge(std::uint64_t bytes) {
-    if (bytes > budget_ - used_)
-      fail("its values need more than " + std::to_string(budget_) + " bytes of memory (" +
-               std::to_string(kValueBytesPerPickleByte) + " per byte of input from the pickle on, plus " +
-               std::to_string(kValueBytesFloor >> 20) + " MiB)",
+    const std::uint64_t budget = this->budget();
+    if (bytes > budget - used_)
+      fail("its values need more than " + std::to_string(budget) + " bytes of memory (" +
+               std::to_string(kValueBytesPerPickleByte) + " per byte of the " + std::to_string(pos_ - start_) +
+               " bytes of pickle read, plus " + std::to_string(kValueBytesFloor >> 20) + " MiB)",
            ErrorCode::LimitExceeded);
     used_ += bytes;
   }
@@ -212,7 +216,7 @@ class Machine {
   void memo_put(std::uint64_t index) {
     Value* v = top();
     if (index >= memo_.size()) {
-      if (index >= budget_ / sizeof(Value*))
+      if (index >= budget() / sizeof(Value*))
         fail("memo index " + std::to_string(index) + " is out of reach", ErrorCode::LimitExceeded);
       const std::size_t size = static_cast<std::size_t>(index) + 1;
       if (size > memo_.capacity()) {
@@ -310,11 +314,11 @@ class Machine {
 
   std::string_view data_;
   std::size_t pos_;
+  std::size_t start_;  // where the pickle starts in data_
   std::size_t op_pos_ = 0;
   std::uint64_t base_;
   std::uint64_t end_;  // where the input ends, in the coordinates of data_ (past it for a window)
   const std::string& file_;
-  std::uint64_t budget_;
   std::uint64_t used_ = 0;
   Pickle pickle_;
   std::vector<Value*> stack_;

@@ -24,10 +24,10 @@ inline constexpr int kMaxProtocol = 5;
 /// Widest integer accepted (LONG1/LONG4), in bytes: sizes and counts fit int64.
 inline constexpr std::size_t kMaxIntegerBytes = 8;
 /// Memory the values of one pickle may take (values, strings, container and
-/// memo slots): this many bytes per byte of input from the pickle's start on,
-/// plus kValueBytesFloor. The pickles of torch.save and TorchScript archives
-/// need 12 to 27; a stream of one-byte opcodes that each make a value would
-/// need 128. Beyond: LimitExceeded.
+/// memo slots): this many bytes per byte of the pickle read so far, plus
+/// kValueBytesFloor (never the bytes that follow it in the file). The pickles
+/// of torch.save and TorchScript archives need 12 to 27; a stream of one-byte
+/// opcodes that each make a value would need 128. Beyond: LimitExceeded.
 inline constexpr std::uint64_t kValueBytesPerPickleByte = 48;
 inline constexpr std::uint64_t kValueBytesFloor = 16 << 20;
 /// What the allocator adds to each block it hands out (its header and

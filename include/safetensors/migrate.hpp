@@ -100,7 +100,8 @@ struct Checkpoint {
   torch::OrderedDict<std::string, at::Tensor> tensors;
   /// Names whose tensor is the same view of the same storage as an earlier one:
   /// `name -> kept name`. Saving keeps one copy and records these in the
-  /// metadata, as safetensors' save_model does for tied weights.
+  /// metadata, as safetensors' save_model does for tied weights. The names a
+  /// safetensors file's metadata records so are here only, not in `tensors`.
   std::map<std::string, std::string> aliases;
   /// Tensors that overlap a different view of the same storage: they cannot
   /// share bytes in a safetensors file, so each is saved as its own copy.

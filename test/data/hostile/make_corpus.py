@@ -418,6 +418,33 @@ for name, code, why, content in amplifying(1 << 20, 300_000, 200, 1 << 20, 64, 1
                 "expand": "expand_2p40", "rank24_views": "rank24_views_100k"}.get(name, name), code, why, content)
 
 
+def legacy_save(pickle, padding=0):
+    """A legacy torch.save file: the magic number, protocol version and sys_info
+    pickles, `pickle` (the object), an empty storage list, `padding` zeros."""
+    sys_info = b"\x80\x02}" + binunicode("little_endian") + b"\x88s."
+    return (b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19." + b"\x80\x02M\xe9\x03." + sys_info +
+            pickle + b"\x80\x02]." + bytes(padding))
+
+
+checkpoint("legacy_lists_400k", "LimitExceeded",
+           "a legacy file: a pickle of 400,000 EMPTY_LIST dropped by POP_MARK, then 1 MiB of zeros that do not "
+           "widen its memory budget",
+           legacy_save(b"\x80\x02(" + b"]" * 400_000 + b"1N.", 1 << 20))
+
+
+def tied_expand(names, rows, columns):
+    """A dict of `names` entries that all refer, through the memo, to one
+    stride-0 view of a byte: rows x columns bytes under every name."""
+    view = rebuild_tensor("Byte", "0", 1, 0, [rows, columns], [0, 0])
+    entries = b"".join(binunicode(f"w{i}") + (view + b"q\x00" if i == 0 else b"h\x00") for i in range(names))
+    return torch_save(b"\x80\x02}(" + entries + b"u.", [("0", b"\0")])
+
+
+checkpoint("tied_expand_20k", "accepted",
+           "one 2 MiB stride-0 view of a byte under 20,000 names: compared once by diff, not 20,000 times",
+           tied_expand(20_000, 1024, 2048))
+
+
 def write_fuzz_seeds(out):
     """Smaller copies of the hostile checkpoints, within fuzz_checkpoint's -max_len."""
     os.makedirs(out, exist_ok=True)

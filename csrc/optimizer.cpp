@@ -730,9 +730,10 @@ void save_optimizer(const torch::optim::Optimizer& optimizer, const std::string&
   meta.emplace("format", "pt");
   if (options.max_shard_size()) {
     save_sharded(tensors, path, meta,
-                 ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()));
+                 ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()).progress(
+                     options.progress()));
   } else {
-    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()));
+    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()).progress(options.progress()));
   }
 }
 

@@ -80,9 +80,10 @@ void save_training_checkpoint(const std::string& path, const torch::nn::Module& 
 
   if (options.max_shard_size()) {
     save_sharded(tensors, path, meta,
-                 ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()));
+                 ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()).progress(
+                     options.progress()));
   } else {
-    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()));
+    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()).progress(options.progress()));
   }
 }
 

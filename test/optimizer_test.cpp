@@ -541,6 +541,32 @@ TEST(Optimizer, Sharded) {
   EXPECT_EQ(snapshot(*again), snapshot(*opt));
 }
 
+// fsync and progress are those of every save (WriteOptions): progress counts
+// the bytes of every file the save writes, sharded or not.
+TEST(Optimizer, SavesReportProgress) {
+  TempDir dir;
+  Net net = make_net(1);
+  auto opt = specs()[2].make(net);
+  train(net, *opt, 3);
+  for (const std::optional<std::uint64_t> shard : {std::optional<std::uint64_t>(), std::optional<std::uint64_t>(100)}) {
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> calls;
+    const auto record = [&](std::uint64_t done, std::uint64_t total) { calls.emplace_back(done, total); };
+    const std::string path = shard ? dir.file("set") : dir.file("o.safetensors");
+    if (shard) std::filesystem::create_directories(path);
+    save_optimizer(*opt, path, std::nullopt,
+                   OptimizerSaveOptions().max_shard_size(shard).fsync(false).progress(record));
+    ASSERT_FALSE(calls.empty());
+    EXPECT_EQ(calls.back().first, calls.back().second);
+    calls.clear();
+    const std::string ckpt = shard ? dir.file("ckpt-set") : dir.file("ckpt.safetensors");
+    if (shard) std::filesystem::create_directories(ckpt);
+    save_training_checkpoint(ckpt, *net, *opt, {3, 0, {}},
+                             TrainingSaveOptions().max_shard_size(shard).progress(record));
+    ASSERT_FALSE(calls.empty());
+    EXPECT_EQ(calls.back().first, calls.back().second);
+  }
+}
+
 TEST(Optimizer, AdagradNeedsStateForEveryParameter) {
   TempDir dir;
   Net net = make_net(1);

@@ -25,6 +25,7 @@
 #include "safetensors/header.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/module.hpp"
+#include "safetensors/save.hpp"
 
 // Declared, not included: a reference is all these functions take.
 namespace torch::optim {
@@ -39,13 +40,12 @@ class ShardedOpen;
 inline constexpr const char* kParamGroupsKey = "param_groups";
 
 /// Options of save_optimizer.
-struct OptimizerSaveOptions {
+/// fsync and progress: see WriteOptions.
+struct OptimizerSaveOptions : WriteOptions<OptimizerSaveOptions> {
   /// Put in front of every tensor name and of the metadata key (`optimizer.`).
   TORCH_ARG(std::string, prefix) = "";
   /// When set, `path` is a folder and the state is sharded (see save_sharded).
   TORCH_ARG(std::optional<std::uint64_t>, max_shard_size) = std::nullopt;
-  /// Flush the files and the folder to disk before returning.
-  TORCH_ARG(bool, fsync) = true;
 };
 
 /// Saves the state of every parameter that has one, and the param groups'

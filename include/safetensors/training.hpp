@@ -49,12 +49,11 @@ struct TrainingState {
 };
 
 /// Options of save_training_checkpoint.
-struct TrainingSaveOptions {
+/// fsync and progress: see WriteOptions.
+struct TrainingSaveOptions : WriteOptions<TrainingSaveOptions> {
   /// When set, `path` is a folder (which must exist) and the checkpoint is
   /// sharded (save_sharded): model, optimizer and RNG state are packed together.
   TORCH_ARG(std::optional<std::uint64_t>, max_shard_size) = std::nullopt;
-  /// Flush the files and the folder to disk before returning.
-  TORCH_ARG(bool, fsync) = true;
 };
 
 /// Saves the module's state dict, the optimizer's state and the default CPU

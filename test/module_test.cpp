@@ -561,7 +561,10 @@ TEST(StateDict, ReportsProgressOverEveryFileOfTheSave) {
       previous = done;
     }
     EXPECT_EQ(calls.back().first, bytes);
-    if (shard_size) EXPECT_GT(ShardedOpen(dir.file("set")).shards().size(), 1u);
+    if (shard_size) {
+      const ShardedOpen set(dir.file("set"));
+      EXPECT_GT(set.shards().size(), 1u);
+    }
   }
 }
 

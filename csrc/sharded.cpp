@@ -634,13 +634,15 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   }
   Metadata meta = metadata.value_or(Metadata{});
   meta.emplace("format", "pt");
-  const std::vector<NamedTensors> shards = pack(tensors, options.max_shard_size());
+  std::vector<NamedTensors> shards = pack(tensors, options.max_shard_size());
   const std::string index_path = (fs::path(folder) / kIndexFileName).string();
   remove_dead_writers_shards(folder);
   const Checkpoint previous = current_checkpoint(folder);
 
   const SaveOptions file_options = SaveOptions().fsync(options.fsync());
-  if (shards.size() <= 1) {
+  std::error_code ec;
+  const bool over_a_set = fs::exists(fs::symlink_status(index_path, ec));
+  if (shards.size() <= 1 && !over_a_set) {
     // Stages nothing: the lock is the record of what a death leaves, the new
     // file beside the previous set included. A model.safetensors already there
     // that the previous checkpoint does not use is not this save's to remove
@@ -648,7 +650,6 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
     const std::string single = (fs::path(folder) / kSingleFileName).string();
     StagedShards lock(folder, new_set_id());
     std::set<std::string> leaves = previous.files;
-    std::error_code ec;
     if (!fs::exists(fs::symlink_status(single, ec))) leaves.emplace(kSingleFileName);
     lock.record(leaves);
     save_file(shards.empty() ? NamedTensors{} : shards.front(), single, meta,
@@ -662,10 +663,18 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
     return names;
   }
 
+  // One file over a set: the new file may take the name of a file the set
+  // uses (its index may even list model.safetensors), so it goes through the
+  // set's switch, as a set of one shard named model.safetensors, and the index
+  // is removed only once that set is in place. A kill leaves the old set, or
+  // the new file with or without an index that names it: never a mix.
+  const bool single = shards.size() <= 1;
+  if (shards.empty()) shards.emplace_back();
   const std::string set_id = new_set_id();
   meta[std::string(kShardSetKey)] = set_id;
   std::vector<std::string> names;
-  for (std::size_t i = 0; i < shards.size(); ++i) names.push_back(shard_file_name(i, shards.size()));
+  if (single) names.emplace_back(kSingleFileName);
+  for (std::size_t i = 0; !single && i < shards.size(); ++i) names.push_back(shard_file_name(i, shards.size()));
   std::uint64_t total = 0, written = 0;  // tensor bytes, over every shard
   for (const NamedTensors& shard : shards)
     for (const auto& item : shard.items()) total += data_bytes(item);
@@ -682,6 +691,12 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   for (std::size_t i = 0; i < shards.size(); ++i)
     for (const auto& item : shards[i].items()) weight_map.emplace(item.name, names[i]);
   names = commit_set(folder, names, weight_map, total, set_id, previous, options.fsync());
+  if (single && names.front() == kSingleFileName) {
+    // The set of one names model.safetensors: without its index, that file is
+    // the same checkpoint. Should the removal fail, the set still loads.
+    fs::remove(index_path, ec);
+    if (!ec) return names;
+  }
   names.emplace_back(kIndexFileName);
   return names;
 }

@@ -583,18 +583,21 @@ std::vector<std::string> save_sharded_distributed(const NamedTensors& local, con
   meta[std::string(kShardSetKey)] = set_id;
 
   // Stage, agree, move into place, agree, then the index.
-  detail::StagedShards staged(folder, set_id);
+  // The lock is made inside the step too: a rank that cannot make it (a folder
+  // it cannot write, no file descriptor left) fails the step for every rank.
+  std::optional<detail::StagedShards> staged;
   std::exception_ptr error;
   try {
+    staged.emplace(folder, set_id);
     if (shard_of_rank[static_cast<std::size_t>(rank)] >= 0)
-      staged.write(mine, names[static_cast<std::size_t>(shard_of_rank[static_cast<std::size_t>(rank)])], meta,
+      staged->write(mine, names[static_cast<std::size_t>(shard_of_rank[static_cast<std::size_t>(rank)])], meta,
                    SaveOptions().fsync(options.fsync()).progress(options.progress()));
   } catch (...) {  // the progress callback's exceptions too
     error = std::current_exception();
   }
   agree(comm, error, folder, "write its shard; the previous checkpoint is kept");
   try {
-    staged.commit(options.fsync(), previous);
+    staged->commit(options.fsync(), previous);
   } catch (...) {
     error = std::current_exception();
   }

@@ -656,7 +656,7 @@ std::map<std::string, TensorInfo> read_safetensors(std::shared_ptr<Source> sourc
     if (!to_torch_dtype(info.dtype)) raw.emplace(info.name, info);
   }
   for (const auto& [removed, kept] : file.metadata())
-    if (removed != "format" && !out.tensors.contains(removed) && file.contains(kept) && !raw.count(kept))
+    if (removed != "format" && !out.tensors.contains(removed) && file.contains(kept))
       out.aliases.emplace_hint(out.aliases.end(), removed, kept);
   return raw;
 }
@@ -803,6 +803,12 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
       continue;
     }
     copies.insert(it->first);
+    // A safetensors input's aliases are names only: give this one its tensor.
+    if (!ckpt.tensors.contains(it->first)) {
+      const at::Tensor kept = ckpt.tensors[it->second];
+      ckpt.tensors.insert(it->first, kept);
+      if (const auto r = raw.find(it->second); r != raw.end()) raw.emplace(it->first, r->second);
+    }
     it = ckpt.aliases.erase(it);
   }
   for (const auto& [removed, kept] : ckpt.aliases) metadata.emplace(removed, kept);

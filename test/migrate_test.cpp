@@ -337,9 +337,20 @@ TEST(Migrate, AliasesNeverOverwriteMetadata) {
   // Read back, the names are those of the input: "format" is not an alias.
   const st::Checkpoint back = st::read_checkpoint(out);
   std::vector<std::string> names = back.tensors.keys();
+  for (const auto& alias : back.aliases) names.push_back(alias.first);
   std::sort(names.begin(), names.end());
   EXPECT_EQ(names, (std::vector<std::string>{"format", "note", "same", "w"}));
   EXPECT_TRUE(st::diff_checkpoints(in, out).equal());
+  // From a safetensors file, whose aliases are names only: the alias that
+  // meets a metadata key is still written, as a copy of its tensor.
+  const std::string again = dir.file("again");
+  const st::ConvertReport report = st::convert_checkpoint(
+      out, again, st::ConvertOptions().metadata({{"same", "user"}}).max_shard_size(1000));
+  EXPECT_TRUE(report.aliases.empty());
+  const st::ShardedOpen written(again);
+  EXPECT_TRUE(written.contains("same"));
+  EXPECT_EQ(written.metadata().at("same"), "user");
+  EXPECT_TRUE(st::diff_checkpoints(in, written.shards().front().path()).equal());
   // A tensor named "pt" is not read as the target of a "format" alias.
   const std::string pt = dir.file("pt.safetensors");
   st::save_file({{"pt", t}}, pt, st::Metadata{{"format", "pt"}});

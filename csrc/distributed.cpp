@@ -167,29 +167,39 @@ std::string catalog_json(const Catalog& catalog) {
 
 // The message and code of a failed step, for the other ranks. Any exception
 // counts: a rank that left a collective step on one the others were not told
-// of would leave them waiting forever.
+// of would leave them waiting forever. The text is unescaped (the Error that
+// relays it escapes it once), so it travels as bytes: it need not be UTF-8.
 std::pair<std::string, ErrorCode> failure_of(const std::exception_ptr& error) {
   try {
     std::rethrow_exception(error);
   } catch (const Error& e) {
-    return {e.what(), e.code()};  // escaped: valid UTF-8
+    std::string text = e.file().empty() ? "" : e.file() + ": ";
+    if (!e.tensor().empty()) text += "tensor '" + e.tensor() + "': ";
+    return {text + e.detail(), e.code()};
   } catch (const std::exception& e) {
-    return {detail::escape_control(e.what()), ErrorCode::Io};
+    return {e.what(), ErrorCode::Io};
   } catch (...) {
     return {"an exception that is not a std::exception", ErrorCode::Io};
   }
 }
 
+using Bytes = std::vector<std::uint8_t>;
+Bytes bytes_of_text(const std::string& text) { return Bytes(text.begin(), text.end()); }
+std::string text_of_bytes(const nlohmann::json& bytes) {
+  const Bytes b = bytes.get<Bytes>();
+  return std::string(b.begin(), b.end());
+}
+
 std::string error_json(const std::exception_ptr& error) {
-  const auto [what, code] = failure_of(error);
-  return nlohmann::json{{"error", what}, {"code", static_cast<int>(code)}}.dump();
+  const auto [text, code] = failure_of(error);
+  return nlohmann::json{{"error", bytes_of_text(text)}, {"code", static_cast<int>(code)}}.dump();
 }
 
 Catalog parse_catalog(const std::string& text, const std::string& path) {
   const nlohmann::json doc = nlohmann::json::parse(text);
   if (doc.contains("error"))
-    throw Error(static_cast<ErrorCode>(doc["code"].get<int>()), path, "",
-                "rank 0 cannot read the checkpoint: " + doc["error"].get<std::string>());
+    throw Error(static_cast<ErrorCode>(doc["code"].get<int>()), "", "",
+                "rank 0 cannot read the checkpoint: " + text_of_bytes(doc["error"]));
   Catalog catalog;
   const auto path_bytes = doc["path"].get<std::vector<std::uint8_t>>();
   catalog.path.assign(path_bytes.begin(), path_bytes.end());
@@ -283,7 +293,7 @@ std::string describe_local(const NamedTensors& local, const PartitionPlan& plan,
       doc["tensors"].push_back({item.name, std::string(dtype_name(spec.dtype)), spec.shape, p.split_dim.value_or(-1)});
     }
   } catch (...) {
-    doc["error"] = failure_of(std::current_exception()).first;
+    doc["error"] = bytes_of_text(failure_of(std::current_exception()).first);
   }
   return doc.dump();
 }
@@ -291,7 +301,7 @@ std::string describe_local(const NamedTensors& local, const PartitionPlan& plan,
 RankState parse_state(const std::string& text) {
   const nlohmann::json doc = nlohmann::json::parse(text);
   RankState state;
-  if (doc.contains("error")) state.error = doc["error"].get<std::string>();
+  if (doc.contains("error")) state.error = text_of_bytes(doc["error"]);
   state.set_id = doc["set_id"].get<std::string>();
   for (const auto& t : doc["tensors"])
     state.tensors.push_back({t[0].get<std::string>(), t[1].get<std::string>(),

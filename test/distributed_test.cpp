@@ -578,6 +578,10 @@ int worker(const std::string& scenario, int rank, int world, int port, const fs:
       CHECK_WORKER(false, "a name that is not UTF-8 was saved");
     } catch (const st::Error& e) {
       CHECK_WORKER(e.code() == st::ErrorCode::InvalidArgument, e.what());
+      // Relayed to the other ranks, the name is escaped once, as where it failed.
+      const std::string what = e.what();
+      CHECK_WORKER(what.find("bad\\xe8name") != std::string::npos, what);
+      CHECK_WORKER(what.find("\\\\") == std::string::npos, what);
     }
     CHECK_WORKER(!fs::exists(dir / "out" / "model.safetensors.index.json"), "an index was written");
     return 0;

@@ -551,13 +551,14 @@ OptimizerLoad::OptimizerLoad(optim::Optimizer& optimizer, const ShardedOpen& che
   const std::string* text = metadata_entry(checkpoint, groups_key);
   if (!text)
     throw Error(ErrorCode::StateDictMismatch, file, "",
-                "no metadata key '" + groups_key + "': not an optimizer checkpoint (or another prefix)");
+                "no metadata key '" + escape_control(groups_key) +
+                    "': not an optimizer checkpoint (or another prefix)");
   json saved;
   try {
     saved = json::parse(*text);
   } catch (const json::exception& e) {
     throw Error(ErrorCode::StateDictMismatch, file, "",
-                "metadata '" + groups_key + "' is not JSON: " + e.what());
+                "metadata '" + escape_control(groups_key) + "' is not JSON: " + escape_control(e.what()));
   }
   // File parameter number -> position across the optimizer's groups.
   std::unordered_map<std::uint64_t, std::size_t> position;

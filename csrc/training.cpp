@@ -40,7 +40,8 @@ std::int64_t integer_entry(const ShardedOpen& checkpoint, const char* key) {
   const auto [ptr, ec] = std::from_chars(text->data(), end, value);
   if (ec != std::errc() || ptr != end || text->empty())
     throw Error(ErrorCode::StateDictMismatch, checkpoint.path(), "",
-                std::string("metadata '") + key + "' is not a decimal integer: '" + *text + "'");
+                std::string("metadata '") + key + "' is not a decimal integer: '" + detail::escape_control(*text) +
+                    "'");
   return value;
 }
 

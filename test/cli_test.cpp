@@ -297,6 +297,10 @@ TEST_F(CliTest, UsageErrorsExitWithTwo) {
     EXPECT_NE(r.err, "");
   }
   EXPECT_FALSE(fs::exists(path("out.safetensors")));
+  // The argument quoted back is escaped: no control byte reaches the terminal.
+  Result r = run({"convert", p, path("out.safetensors"), "--shard-size", "1\x1b[2J"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(r.err.find('\x1b'), std::string::npos) << r.err;
 }
 
 TEST_F(CliTest, HelpAndVersionSucceed) {

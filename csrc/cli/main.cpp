@@ -77,12 +77,14 @@ safetensors::Backend backend_named(const std::string& name) {
 
 // --help and --version succeed; every other parse error is a usage error. CLI11's
 // own exit codes vary by error kind, so only its message is used.
+// A usage error quotes the arguments, escaped as every other message.
 int exit_for(const CLI::App& app, const CLI::ParseError& e) {
-  const int printed = app.exit(e);
   const bool success = dynamic_cast<const CLI::CallForHelp*>(&e) ||
                        dynamic_cast<const CLI::CallForAllHelp*>(&e) ||
                        dynamic_cast<const CLI::CallForVersion*>(&e);
-  return success ? printed : cli::kExitUsage;
+  if (success) return app.exit(e);
+  std::cerr << cli::printable(e.what()) << "\nRun with --help for more information.\n";
+  return cli::kExitUsage;
 }
 
 }  // namespace

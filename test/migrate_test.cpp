@@ -120,7 +120,7 @@ TEST(Migrate, TiedWeightsCountOnce) {
   EXPECT_EQ(ckpt.aliases.size(), 22u);
   EXPECT_EQ(ckpt.aliases.at("11.weight"), "0.weight");
   TempDir dir;
-  const st::ConvertSummary summary = st::convert_checkpoint(path, dir.file("tied.safetensors"));
+  const st::ConvertReport summary = st::convert_checkpoint(path, dir.file("tied.safetensors"));
   EXPECT_EQ(summary.tensors, 2u);
   EXPECT_EQ(summary.bytes, (512u * 512 + 512) * 4);
   const st::TensorDict out = st::load_file(dir.file("tied.safetensors"));
@@ -277,7 +277,7 @@ TEST(Migrate, SelectsThroughListsAndTuples) {
   EXPECT_EQ(st::read_checkpoint(path, st::CheckpointOptions().key({"t", "1"})).tensors.keys(),
             std::vector<std::string>{"u"});
   EXPECT_EQ(st::read_checkpoint(path, st::CheckpointOptions().key({"t", "1", "u"})).tensors.size(), 1u);
-  for (const std::string& bad : {"2", "01", "+1", "-1", "x", ""}) {
+  for (const std::string bad : {"2", "01", "+1", "-1", "x", ""}) {
     const st::Error e = [&] {
       try {
         st::read_checkpoint(path, st::CheckpointOptions().key({"l", bad}));
@@ -328,7 +328,7 @@ TEST(Migrate, AliasesNeverOverwriteMetadata) {
   ASSERT_EQ(st::read_checkpoint(in).aliases.size(), 3u);
 
   const std::string out = dir.file("tied.safetensors");
-  const st::ConvertSummary summary =
+  const st::ConvertReport summary =
       st::convert_checkpoint(in, out, st::ConvertOptions().metadata({{"note", "kept"}}));
   EXPECT_EQ(summary.aliases, (std::map<std::string, std::string>{{"same", "w"}}));
   EXPECT_EQ(st::load_metadata(out),

@@ -7,8 +7,8 @@
 // /usr/bin/python3) from the current folder, with paths relative to it, and
 // are skipped when it cannot import torch. For torch 2.6 and the safetensors
 // package of the reference root, run from the source folder:
-//   SAFETENSORS_INTEROP_PYTHON="tools/reference-root.sh run -- python3" \
-//     build/test/optimizer_test --gtest_filter='OptimizerInterop*'
+//   SAFETENSORS_INTEROP_PYTHON="tools/reference-root.sh run -- python3" build/test/optimizer_test
+//       --gtest_filter='OptimizerInterop*'   (one command line)
 
 #include <gtest/gtest.h>
 
@@ -179,7 +179,9 @@ TEST_P(Resume, IsExactThroughTrainingCheckpoint) {
     const std::string path = sharded ? dir.path().string() : dir.file("ckpt.safetensors");
     save_training_checkpoint(path, *first, *first_opt, {2, 1, {{"run", "a"}}},
                              sharded ? TrainingSaveOptions().max_shard_size(200) : TrainingSaveOptions());
-    if (sharded) EXPECT_TRUE(fs::exists(dir.path() / kIndexFileName));
+    if (sharded) {
+      EXPECT_TRUE(fs::exists(dir.path() / kIndexFileName));
+    }
 
     Net second = make_net(2);
     auto second_opt = spec.make(second);

@@ -729,13 +729,7 @@ void save_optimizer(const torch::optim::Optimizer& optimizer, const std::string&
                 "metadata key '" + key + "' is where the param groups are saved");
   meta.emplace(key, std::move(groups));
   meta.emplace("format", "pt");
-  if (options.max_shard_size()) {
-    save_sharded(tensors, path, meta,
-                 ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()).progress(
-                     options.progress()));
-  } else {
-    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()).progress(options.progress()));
-  }
+  detail::save_one_or_sharded(tensors, path, meta, options.max_shard_size(), options);
 }
 
 LoadReport load_optimizer(torch::optim::Optimizer& optimizer, const ShardedOpen& checkpoint,

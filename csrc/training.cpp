@@ -79,13 +79,7 @@ void save_training_checkpoint(const std::string& path, const torch::nn::Module& 
   }
   tensors.add(kRngStateName, rng);
 
-  if (options.max_shard_size()) {
-    save_sharded(tensors, path, meta,
-                 ShardedSaveOptions().max_shard_size(*options.max_shard_size()).fsync(options.fsync()).progress(
-                     options.progress()));
-  } else {
-    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()).progress(options.progress()));
-  }
+  detail::save_one_or_sharded(tensors, path, meta, options.max_shard_size(), options);
 }
 
 TrainingLoadResult load_training_checkpoint(const std::string& path, torch::nn::Module& module,

@@ -617,6 +617,28 @@ std::chrono::microseconds child_save_time(const std::function<void()>& save) {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started) / 5;
 }
 
+// `trials` times: restore(), then `save` in a child killed after a random share
+// (up to `reach`) of one save's time, then check(trial) on what it left.
+void kill_saves_at_random(int trials, unsigned seed, double reach, const std::function<void()>& restore,
+                          const std::function<void()>& save, const std::function<void(int)>& check) {
+  restore();
+  const auto one_save = child_save_time(save);
+  std::mt19937 rng(seed);
+  for (int trial = 0; trial < trials; ++trial) {
+    restore();
+    const auto delay = one_save * std::uniform_real_distribution<double>(0, reach)(rng);
+    const pid_t pid = test::fork_child([&] {
+      save();
+      return 0;
+    });
+    ASSERT_GE(pid, 0);
+    std::this_thread::sleep_for(delay);
+    ::kill(pid, SIGKILL);
+    test::wait_child(pid);
+    check(trial);
+  }
+}
+
 // A save over a Hub-style set (its index has no shard_set, so a loader cannot
 // tell old shards from new ones), killed at random moments, with the same shard
 // names and with another count: the folder always loads as the old set or the
@@ -903,30 +925,21 @@ TEST(ShardedSave, AKilledSaveOverAnIndexThisReaderRefusesNeverMixesTheSets) {
   EXPECT_THROW(ShardedOpen{folder}, Error);
   std::string detail;
   ASSERT_EQ(classify_by_weight_map(folder, 2 * kShards, detail), Loaded::Old) << detail;
-  const auto one_save = child_save_time([&] { save_sharded(next, folder, std::nullopt, options); });
+  save_sharded(next, folder, std::nullopt, options);
   const auto expected = dir.entries();
   ASSERT_EQ(expected.size(), static_cast<std::size_t>(kShards + 1));
-  std::mt19937 rng(19);
   int counts[4] = {0, 0, 0, 0};
-  for (int trial = 0; trial < 150; ++trial) {
-    restore();
-    const auto delay = one_save * std::uniform_real_distribution<double>(0, 1)(rng);
-    const pid_t pid = test::fork_child([&] {
-      save_sharded(next, folder, std::nullopt, options);
-      return 0;
-    });
-    ASSERT_GE(pid, 0);
-    std::this_thread::sleep_for(delay);
-    ::kill(pid, SIGKILL);
-    test::wait_child(pid);
-    detail.clear();
-    const Loaded loaded = classify_by_weight_map(folder, 2 * kShards, detail);
-    ++counts[static_cast<int>(loaded)];
-    EXPECT_NE(loaded, Loaded::Mixed) << "trial " << trial << ": a silent mix: " << detail;
-    EXPECT_NE(loaded, Loaded::Refused) << "trial " << trial << ": " << detail;
-    save_sharded(next, folder, std::nullopt, options);
-    EXPECT_EQ(dir.entries(), expected) << "trial " << trial;
-  }
+  kill_saves_at_random(
+      150, 19, 1.0, restore, [&] { save_sharded(next, folder, std::nullopt, options); },
+      [&](int trial) {
+        detail.clear();
+        const Loaded loaded = classify_by_weight_map(folder, 2 * kShards, detail);
+        ++counts[static_cast<int>(loaded)];
+        EXPECT_NE(loaded, Loaded::Mixed) << "trial " << trial << ": a silent mix: " << detail;
+        EXPECT_NE(loaded, Loaded::Refused) << "trial " << trial << ": " << detail;
+        save_sharded(next, folder, std::nullopt, options);
+        EXPECT_EQ(dir.entries(), expected) << "trial " << trial;
+      });
   std::printf("over an index this reader refuses: old %d, new %d, refused %d, mixed %d\n", counts[0], counts[1],
               counts[2], counts[3]);
   EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);
@@ -1078,21 +1091,8 @@ TEST(ShardedSave, AKilledSaveOfOneFileOverAnIndexNamingItLoadsAsTheOldOrTheNew) 
                 R"({"metadata":{},"weight_map":{"old.w":"model.safetensors"}})");
   };
   const NamedTensors next({{"new.w", torch::ones({1 << 20})}});
-  restore();
-  const auto one_save = child_save_time([&] { save_sharded(next, folder); });
-  std::mt19937 rng(31);
   int old_count = 0, new_count = 0;
-  for (int trial = 0; trial < 100; ++trial) {
-    restore();
-    const auto delay = one_save * std::uniform_real_distribution<double>(0, 1.2)(rng);
-    const pid_t pid = test::fork_child([&] {
-      save_sharded(next, folder);
-      return 0;
-    });
-    ASSERT_GE(pid, 0);
-    std::this_thread::sleep_for(delay);
-    ::kill(pid, SIGKILL);
-    test::wait_child(pid);
+  kill_saves_at_random(100, 31, 1.2, restore, [&] { save_sharded(next, folder); }, [&](int trial) {
     try {
       const std::vector<std::string> keys = ShardedOpen(folder).keys();
       ASSERT_EQ(keys.size(), 1u) << "trial " << trial;
@@ -1100,7 +1100,7 @@ TEST(ShardedSave, AKilledSaveOfOneFileOverAnIndexNamingItLoadsAsTheOldOrTheNew) 
     } catch (const Error& e) {
       ADD_FAILURE() << "trial " << trial << ": " << e.what();
     }
-  }
+  });
   std::printf("one file over an index naming it: old %d, new %d\n", old_count, new_count);
   EXPECT_GT(old_count + new_count, 0);
 }

@@ -1132,28 +1132,18 @@ TEST(ShardedSave, AKilledSaveBetweenASetAndOneFileLoadsAsTheOldOrTheNew) {
     restore();
     const std::vector<std::string> expected = dir.entries();
     const NamedTensors next = filled_set(6, 1.0f);
-    const auto one_save = child_save_time([&] { save_sharded(next, folder, std::nullopt, new_options); });
-    std::mt19937 rng(29);
     int counts[4] = {0, 0, 0, 0};
-    for (int trial = 0; trial < 150; ++trial) {
-      restore();
-      const auto delay = one_save * std::uniform_real_distribution<double>(0, 1)(rng);
-      const pid_t pid = test::fork_child([&] {
-        save_sharded(next, folder, std::nullopt, new_options);
-        return 0;
-      });
-      ASSERT_GE(pid, 0);
-      std::this_thread::sleep_for(delay);
-      ::kill(pid, SIGKILL);
-      test::wait_child(pid);
-      std::string detail;
-      const Loaded loaded = classify(folder, 12, detail);
-      ++counts[static_cast<int>(loaded)];
-      EXPECT_TRUE(loaded == Loaded::Old || loaded == Loaded::New)
-          << (to_one ? "to one file" : "to a set") << ", trial " << trial << ": " << detail;
-      save_sharded(filled_set(6, 0.0f), folder, std::nullopt, old_options);
-      EXPECT_EQ(dir.entries(), expected) << (to_one ? "to one file" : "to a set") << ", trial " << trial;
-    }
+    kill_saves_at_random(
+        150, 29, 1.0, restore, [&] { save_sharded(next, folder, std::nullopt, new_options); },
+        [&](int trial) {
+          std::string detail;
+          const Loaded loaded = classify(folder, 12, detail);
+          ++counts[static_cast<int>(loaded)];
+          EXPECT_TRUE(loaded == Loaded::Old || loaded == Loaded::New)
+              << (to_one ? "to one file" : "to a set") << ", trial " << trial << ": " << detail;
+          save_sharded(filled_set(6, 0.0f), folder, std::nullopt, old_options);
+          EXPECT_EQ(dir.entries(), expected) << (to_one ? "to one file" : "to a set") << ", trial " << trial;
+        });
     std::printf("%s: old %d, new %d, refused %d, mixed %d\n", to_one ? "a set to one file" : "one file to a set",
                 counts[0], counts[1], counts[2], counts[3]);
     EXPECT_GT(counts[static_cast<int>(Loaded::Old)], 0);

@@ -76,10 +76,15 @@ for name in format torch; do
   soname=$(objdump -p "$lib/libsafetensors_$name.so" | awk '$1 == "SONAME" {print $2}')
   [[ $soname == "libsafetensors_$name.so.0.1" ]] || fail "libsafetensors_$name.so has SONAME '$soname'"
 done
-objdump -p "$lib/libsafetensors_torch.so" | grep -q 'NEEDED *libsafetensors_format\.so\.0\.1$' ||
+# Each tool's output is read whole before grep sees it: under pipefail, a
+# `grep -q` that stops at the first match can make the writer die of SIGPIPE
+# and the pipeline fail, or an `if` pass, depending on the output's length.
+needed=$(objdump -p "$lib/libsafetensors_torch.so")
+grep -q 'NEEDED *libsafetensors_format\.so\.0\.1$' <<<"$needed" ||
   fail "libsafetensors_torch.so does not link libsafetensors_format.so.0.1"
 # The core is in one library only: safetensors::torch does not define its symbols.
-if nm -D --defined-only "$lib/libsafetensors_torch.so" | grep -q 'safetensors12parse_header'; then
+defined=$(nm -D --defined-only "$lib/libsafetensors_torch.so")
+if grep -q 'safetensors12parse_header' <<<"$defined"; then
   fail "libsafetensors_torch.so carries a copy of the core"
 fi
 format_consumer "$work/shared-prefix" "$work/format-shared"

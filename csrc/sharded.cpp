@@ -468,8 +468,12 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   std::error_code ec;
   const bool over_a_set = fs::exists(fs::symlink_status(index_path, ec));
   if (shards.size() <= 1 && !over_a_set) {
-    // Stages nothing: the lock is the record of what a death leaves, the new
-    // file beside the previous set included. A model.safetensors already there
+    // No index to switch away from: the file is renamed over model.safetensors,
+    // which is never missing and carries no shard_set (the switch below would
+    // remove it before linking the new one, and leave a staged name and an
+    // index where the filesystem has no hard links). Stages nothing: the lock
+    // is the record of what a death leaves, the new file beside the previous
+    // set included. A model.safetensors already there
     // that the previous checkpoint does not use is not this save's to remove
     // until this save has replaced it.
     const std::string single = (fs::path(folder) / kSingleFileName).string();

@@ -13,6 +13,7 @@ set(SAFETENSORS_FORMAT_SOURCES
   header.cpp
   source.cpp
   writer.cpp
+  durable.cpp
   tensor_parallel.cpp
   staging.cpp
   pickle/zip.cpp

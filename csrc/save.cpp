@@ -12,7 +12,7 @@
 #include "safetensors/error.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "safetensors/writer.hpp"
-#include "detail/sink.hpp"
+#include "detail/durable.hpp"
 #include "save_internal.hpp"
 
 namespace safetensors {

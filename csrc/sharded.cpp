@@ -4,7 +4,6 @@
 
 #include "safetensors/sharded.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -16,15 +15,13 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <memory>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <set>
 
 #include "safetensors/error.hpp"
 #include "safetensors/module.hpp"
 #include "safetensors/writer.hpp"
-#include "detail/sink.hpp"
+#include "detail/durable.hpp"
 #include "posix.hpp"
 #include "save_internal.hpp"
 #include "sharded_internal.hpp"
@@ -79,160 +76,12 @@ std::string shard_file_name(std::size_t i, std::size_t n) {
   return name;
 }
 
-std::string new_set_id() {
-  std::random_device random;
-  char id[33];
-  std::snprintf(id, sizeof id, "%08x%08x%08x%08x", random(), random(), random(), random());
-  return id;
-}
-
-// A shard of save `set_id` while it is staged: hidden, with the set's id, and
-// ending in .safetensors because an index may name it (see commit_set).
-std::string staged_name(const std::string& shard, const std::string& set_id) {
-  return "." + shard.substr(0, shard.size() - kShardExtension.size()) + "." + set_id +
-         std::string(kShardExtension);
-}
-
-// The lock each writer of a save holds in the folder while its shards are
-// staged or published, until the save is done: ".saving-<set id>-<token>.lock".
-constexpr std::string_view kLockPrefix = ".saving-";
-constexpr std::string_view kLockSuffix = ".lock";
-constexpr std::size_t kSetIdSize = 32;
-constexpr std::size_t kTokenSize = 16;
-
-bool is_hex(std::string_view s, std::size_t size) {
-  if (s.size() != size) return false;
-  for (const char c : s)
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  return true;
-}
-
-// The set id of a name staged_name() makes, or nothing: other files in the
-// folder are never taken for staged shards.
-std::optional<std::string> staged_set_of(std::string_view entry) {
-  if (entry.size() < 1 + 1 + 1 + kSetIdSize + kShardExtension.size() || entry.front() != '.' ||
-      !ends_with(entry, kShardExtension))
-    return std::nullopt;
-  const std::string_view rest = entry.substr(1, entry.size() - 1 - kShardExtension.size());
-  const std::string_view id = rest.substr(rest.size() - kSetIdSize);
-  if (rest[rest.size() - kSetIdSize - 1] != '.' || !is_hex(id, kSetIdSize)) return std::nullopt;
-  return std::string(id);
-}
-
-// The set id of a writer's lock, or nothing.
-std::optional<std::string> lock_set_of(std::string_view entry) {
-  if (entry.size() != kLockPrefix.size() + kSetIdSize + 1 + kTokenSize + kLockSuffix.size() ||
-      entry.substr(0, kLockPrefix.size()) != kLockPrefix || !ends_with(entry, kLockSuffix))
-    return std::nullopt;
-  const std::string_view id = entry.substr(kLockPrefix.size(), kSetIdSize);
-  if (!is_hex(id, kSetIdSize) || entry[kLockPrefix.size() + kSetIdSize] != '-' ||
-      !is_hex(entry.substr(kLockPrefix.size() + kSetIdSize + 1, kTokenSize), kTokenSize))
-    return std::nullopt;
-  return std::string(id);
-}
-
-// The folder's entries that `set_of` recognises, by set id.
-void collect_by_set(DIR* d, std::optional<std::string> (*set_of)(std::string_view),
-                    std::map<std::string, std::vector<std::string>>& by_set) {
-  ::rewinddir(d);
-  while (const dirent* e = ::readdir(d))
-    if (auto set = set_of(e->d_name)) by_set[*set].emplace_back(e->d_name);
-}
-
-// A writer's lock records the files its save may leave behind, should it die,
-// that are not its staged shards: see StagedShards::record.
-constexpr std::size_t kMaxRecord = std::size_t{4} << 20;
-
-// The names a lock records; nothing when it has no record yet (it is empty),
-// and nothing with `readable` false when its record is not one (being written).
-std::vector<std::string> recorded_files(const std::string& record, bool& readable) {
-  std::vector<std::string> out;
-  readable = record.empty();
-  const nlohmann::json files = nlohmann::json::parse(record, nullptr, false);
-  if (!files.is_array()) return out;
-  readable = true;
-  for (const nlohmann::json& file : files)
-    if (file.is_string() && !unsafe_shard_name(file.get<std::string>())) out.push_back(file.get<std::string>());
-  return out;
-}
-
-// Staged shards are never locked themselves: their writer's lock covers them.
-// A set is live while a lock of one of its writers is held, which no pid
-// decides, so writers on other hosts (NFS) or in other PID namespaces count.
-//
-// A file a dead writer's lock records is someone else's once the folder's
-// checkpoint occupies it or a live writer's lock records it: a live writer
-// records each name before it gives a file that name. The dead lock goes after
-// its files, so that a sweep that dies (or cannot remove one) leaves the rest
-// recorded for the next. The live writers' records are read last, just before
-// the removals (a live writer that records and creates a file between that read
-// and a removal is not seen); while one cannot be read (being written, or its
-// lock cannot be opened) no recorded file is removed.
+// A save's files are shards (a lock records nothing else), and those the
+// folder's checkpoint occupies are in use.
 void remove_dead_writers_shards(const std::string& folder) {
-  DIR* d = ::opendir(folder.c_str());
-  if (!d) return;  // best effort: a leftover is harmless to the new save
-  const int dir = ::dirfd(d);
-  // Shards first, then locks: a writer locks before it stages, so every lock
-  // of a staged shard seen in the first pass exists throughout the second.
-  std::map<std::string, std::vector<std::string>> staged, locks;
-  collect_by_set(d, staged_set_of, staged);
-  collect_by_set(d, lock_set_of, locks);
-  struct Lock {
-    std::string name;
-    std::shared_ptr<FdGuard> fd;  // while a dead one is open, it is shared-locked
-  };
-  std::vector<Lock> live;                         // every lock of a live set
-  std::map<std::string, std::vector<Lock>> dead;  // by set: a set is dead when none of its locks is held
-  for (const auto& [set, names] : locks) {
-    std::vector<Lock> found;
-    bool held = false;
-    for (const std::string& name : names) {
-      const LockProbe probe = probe_lock(dir, name.c_str());
-      auto fd = std::make_shared<FdGuard>(probe.fd);
-      if (probe.absent) continue;
-      held |= probe.held;
-      found.push_back({name, std::move(fd)});
-    }
-    if (held) {
-      live.insert(live.end(), found.begin(), found.end());
-    } else {
-      dead[set] = std::move(found);
-    }
-  }
-  for (const auto& [set, names] : staged)
-    if (!locks.count(set)) dead[set];  // no lock at all: dead
-  // Read after the locks: a writer that finished meanwhile switched its index
-  // before it let go of its lock. The files of a dead save that the folder's
-  // checkpoint occupies (it died after its switch, or before it) stay.
-  std::set<std::string> spared = current_checkpoint(folder).occupied;
-  bool records_known = true;  // else no recorded file is removed this time
-  for (const Lock& lock : live) {
-    bool readable = lock.fd->get() >= 0;
-    if (readable)
-      for (std::string& file : recorded_files(read_prefix(lock.fd->get(), kMaxRecord), readable))
-        spared.insert(std::move(file));
-    records_known &= readable;
-  }
-  for (const auto& [set, set_locks] : dead) {
-    // Its staged names carry its id: no live writer makes them.
-    std::vector<std::string> files;
-    if (const auto it = staged.find(set); it != staged.end()) files = it->second;
-    bool complete = true;
-    for (const Lock& lock : set_locks) {
-      bool ignored = false;  // a dead writer's record that is no JSON (it died writing it) names nothing
-      const std::vector<std::string> recorded = recorded_files(read_prefix(lock.fd->get(), kMaxRecord), ignored);
-      if (records_known) {
-        files.insert(files.end(), recorded.begin(), recorded.end());
-      } else {
-        complete &= recorded.empty();  // kept, with its lock, for a later sweep
-      }
-    }
-    for (const std::string& file : files)
-      if (!spared.count(file) && ::unlinkat(dir, file.c_str(), 0) != 0 && errno != ENOENT) complete = false;
-    if (complete)
-      for (const Lock& lock : set_locks) unlink_if_same(dir, lock.name.c_str(), lock.fd->get());
-  }
-  ::closedir(d);
+  const SavedFiles shards{[](const std::string& name) { return !unsafe_shard_name(name); },
+                          [&] { return current_checkpoint(folder).occupied; }};
+  remove_dead_writers_files(folder, &shards);
 }
 
 // The files of the checkpoint the folder holds now, as a loader would pick it:
@@ -291,34 +140,10 @@ std::string published_name(const std::string& shard, const std::string& set_id, 
 }
 
 StagedShards::StagedShards(std::string folder, std::string set_id)
-    : folder_(std::move(folder)), set_id_(std::move(set_id)) {
-  for (int attempt = 0; attempt < 100 && lock_fd_ < 0; ++attempt) {
-    lock_path_ = (fs::path(folder_) / (std::string(kLockPrefix) + set_id_ + "-" + unique_token() +
-                                       std::string(kLockSuffix)))
-                     .string();
-    lock_fd_ = create_locked(lock_path_, O_RDWR, 0666);
-    if (lock_fd_ < 0 && errno != EEXIST) break;
-  }
-  if (lock_fd_ < 0)
-    throw Error(ErrorCode::Io, folder_, "",
-                "cannot create the save's lock " + fs::path(lock_path_).filename().string() + ": " +
-                    errno_text(errno));
-}
-
-// A sweep reads the record at any moment: written over the old one, then cut
-// to size, it is the old record, the new one, or no JSON (which a sweep takes
-// as unknown), never an empty one.
-void StagedShards::record(const std::set<std::string>& files) {
-  const std::string text = nlohmann::json(files).dump();
-  if (::pwrite(lock_fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()) ||
-      ::ftruncate(lock_fd_, static_cast<off_t>(text.size())) != 0)
-    throw Error(ErrorCode::Io, lock_path_, "", "cannot write the save's lock: " + errno_text(errno));
-}
+    : folder_(std::move(folder)), set_id_(std::move(set_id)), lock_(folder_, set_id_) {}
 
 StagedShards::~StagedShards() {
   for (std::size_t i = published_; i < files_.size(); ++i) ::unlink(files_[i].first.c_str());
-  ::unlink(lock_path_.c_str());
-  ::close(lock_fd_);
 }
 
 void StagedShards::write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
@@ -338,7 +163,7 @@ void StagedShards::commit(bool fsync, const Checkpoint& previous) {
   };
   std::set<std::string> may_stay = previous.files;
   for (const auto& [staged, name] : files_) may_stay.insert(name);
-  record(may_stay);
+  lock_.record(may_stay);
   for (; published_ < files_.size(); ++published_) {
     const auto& [staged, name] = files_[published_];
     if (previous.occupied.count(name)) continue;  // see published_name
@@ -643,12 +468,16 @@ std::vector<std::string> save_sharded(const NamedTensors& tensors, const std::st
   std::error_code ec;
   const bool over_a_set = fs::exists(fs::symlink_status(index_path, ec));
   if (shards.size() <= 1 && !over_a_set) {
-    // Stages nothing: the lock is the record of what a death leaves, the new
-    // file beside the previous set included. A model.safetensors already there
+    // No index to switch away from: the file is renamed over model.safetensors,
+    // which is never missing and carries no shard_set (the switch below would
+    // remove it before linking the new one, and leave a staged name and an
+    // index where the filesystem has no hard links). Stages nothing: the lock
+    // is the record of what a death leaves, the new file beside the previous
+    // set included. A model.safetensors already there
     // that the previous checkpoint does not use is not this save's to remove
     // until this save has replaced it.
     const std::string single = (fs::path(folder) / kSingleFileName).string();
-    StagedShards lock(folder, new_set_id());
+    WriterLock lock(folder, new_set_id());
     std::set<std::string> leaves = previous.files;
     if (!fs::exists(fs::symlink_status(single, ec))) leaves.emplace(kSingleFileName);
     lock.record(leaves);

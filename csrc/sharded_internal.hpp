@@ -12,13 +12,12 @@
 
 #include "safetensors/header.hpp"
 #include "safetensors/save.hpp"
+#include "detail/durable.hpp"
 
 namespace safetensors::detail {
 
 /// `model-0000{i+1}-of-0000{n}.safetensors`.
 std::string shard_file_name(std::size_t i, std::size_t n);
-/// A random id naming one save (kShardSetKey).
-std::string new_set_id();
 /// The checkpoint a folder holds, as a loader would pick it.
 struct Checkpoint {
   /// Its files: those its index lists, or model.safetensors. A save replaces
@@ -33,10 +32,11 @@ struct Checkpoint {
 /// The folder's checkpoint now.
 Checkpoint current_checkpoint(const std::string& folder);
 
-/// Removes the staged shards of saves none of whose writers holds its lock any
-/// more (on any host), and the files their locks record, except those the
-/// folder's checkpoint occupies and those a live writer's lock records; a dead
-/// writer's lock goes once its files are gone.
+/// remove_dead_writers_files over `folder`, whose files in use are those its
+/// checkpoint occupies: removes dead writers' temporary files, the staged
+/// shards of saves none of whose writers holds its lock any more (on any
+/// host), and the files their locks record, except those the checkpoint
+/// occupies and those a live writer's lock records.
 void remove_dead_writers_shards(const std::string& folder);
 /// Removes the files of `previous` that `kept` does not name. Best effort.
 void remove_replaced_files(const std::string& folder, const std::set<std::string>& previous,
@@ -51,8 +51,8 @@ std::string index_json(const std::map<std::string, std::string>& weight_map, std
 /// the switch.
 std::string published_name(const std::string& shard, const std::string& set_id, const Checkpoint& previous);
 
-/// Shards written under temporary (staged) names. The writer holds a lock in
-/// the folder from construction to destruction, which tells every later save
+/// Shards written under staged names. The writer holds a WriterLock in the
+/// folder from construction to destruction, which tells every later save
 /// that the set's staged shards are not leftovers: keep this alive until the
 /// index is written. Whatever was not published is removed when this goes
 /// away, so a failed save leaves nothing behind.
@@ -63,23 +63,19 @@ class StagedShards {
   StagedShards(const StagedShards&) = delete;
   StagedShards& operator=(const StagedShards&) = delete;
 
-  /// Records in the lock every file this save may leave if it dies, before it
-  /// creates any (those of the previous checkpoint, each name it gives a file):
-  /// a later save's sweep removes those the checkpoint it finds does not occupy
-  /// and no live save records. commit() records its own.
-  void record(const std::set<std::string>& files);
   /// Stages one shard; it takes the permissions of the file it replaces.
   void write(const NamedTensors& tensors, const std::string& name, const Metadata& metadata,
              const SaveOptions& options);
-  /// Publishes every staged shard under published_name(), and flushes the
-  /// folder. On failure nothing stays published.
+  /// Records in the lock the files this save may leave from now on (those of
+  /// the previous checkpoint and every shard's final name), publishes every
+  /// staged shard under published_name(), and flushes the folder. On failure
+  /// nothing stays published.
   void commit(bool fsync, const Checkpoint& previous);
 
  private:
   std::string folder_;
   std::string set_id_;
-  std::string lock_path_;
-  int lock_fd_ = -1;
+  WriterLock lock_;  // before files_: it goes after them
   std::vector<std::pair<std::string, std::string>> files_;  // staged path, final name
   std::size_t published_ = 0;                                // files_ published
 };

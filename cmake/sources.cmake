@@ -15,7 +15,7 @@ set(SAFETENSORS_FORMAT_SOURCES
   writer.cpp
   tensor_parallel.cpp
   staging.cpp
-  pickle/zip.cpp
+  checkpoint/zip.cpp
   pickle/unpickler.cpp)
 
 # What needs LibTorch (safetensors::torch): tensors, modules, sharded sets,

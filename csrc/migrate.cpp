@@ -23,7 +23,7 @@
 
 #include "detail/text.hpp"
 #include "pickle/unpickler.hpp"
-#include "pickle/zip.hpp"
+#include "checkpoint/zip.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/save.hpp"
@@ -112,9 +112,9 @@ bool refused_by_length(const Error& e) {
 
 // The archive folder: the part before "/data.pkl" of the one top-level
 // data.pkl (any name: torch uses the file's stem).
-std::string archive_prefix(const pickle::ZipArchive& zip) {
+std::string archive_prefix(const detail::ZipArchive& zip) {
   std::string prefix;
-  for (const pickle::ZipEntry& e : zip.entries()) {
+  for (const detail::ZipEntry& e : zip.entries()) {
     const std::size_t slash = e.name.find('/');
     if (slash == std::string::npos || e.name.compare(slash, std::string::npos, "/data.pkl") != 0) continue;
     if (!prefix.empty())
@@ -132,7 +132,7 @@ std::string archive_prefix(const pickle::ZipArchive& zip) {
 // pickles a TorchScript object: its data.pkl begins with PROTO, an optional
 // FRAME, then GLOBAL of a `__torch__` class. A torch.save pickle never does,
 // whatever other entries (code/, constants.pkl) its zip holds.
-bool is_torchscript(const pickle::ZipArchive& zip, const pickle::ZipEntry& data) {
+bool is_torchscript(const detail::ZipArchive& zip, const detail::ZipEntry& data) {
   constexpr std::string_view kClass = "c__torch__";
   unsigned char head[2 + 9 + kClass.size() + 1] = {};
   const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(data.size, sizeof head));
@@ -169,9 +169,9 @@ Detected detect(const std::shared_ptr<Source>& source) {
   d.safetensors_refusal = safetensors_refusal(*source);
   if (!d.safetensors_refusal) {
     d.format = CheckpointFormat::Safetensors;
-  } else if (pickle::looks_like_zip(*source)) {
-    const pickle::ZipArchive zip(source);
-    const pickle::ZipEntry* data = zip.find(archive_prefix(zip) + "data.pkl");
+  } else if (detail::looks_like_zip(*source)) {
+    const detail::ZipArchive zip(source);
+    const detail::ZipEntry* data = zip.find(archive_prefix(zip) + "data.pkl");
     d.format = is_torchscript(zip, *data) ? CheckpointFormat::TorchArchive : CheckpointFormat::TorchZip;
   } else if (legacy_magic_end(*source) != 0) {
     d.format = CheckpointFormat::TorchLegacy;
@@ -491,15 +491,15 @@ const Value& select(const Value& root, const std::vector<std::string>& key, cons
 
 void read_torch_zip(const std::shared_ptr<Source>& source, CheckpointFormat format,
                     const CheckpointOptions& options, Checkpoint& out) {
-  const pickle::ZipArchive zip(source);
+  const detail::ZipArchive zip(source);
   const std::string prefix = archive_prefix(zip);
-  if (const pickle::ZipEntry* order = zip.find(prefix + "byteorder"); order && zip.read(*order) != "little")
+  if (const detail::ZipEntry* order = zip.find(prefix + "byteorder"); order && zip.read(*order) != "little")
     throw Error(ErrorCode::InvalidCheckpoint, source->path(), "",
                 "a big-endian checkpoint; re-save it on a little-endian machine");
   const std::string data = zip.read(*zip.find(prefix + "data.pkl"));
   const pickle::Pickle p = pickle::unpickle(data, source->path());
   Storages storages(source, [&](const std::string& key) -> std::optional<Span> {
-    const pickle::ZipEntry* entry = zip.find(prefix + "data/" + key);
+    const detail::ZipEntry* entry = zip.find(prefix + "data/" + key);
     if (!entry) return std::nullopt;
     return Span{entry->offset, entry->size};
   });
@@ -508,7 +508,7 @@ void read_torch_zip(const std::shared_ptr<Source>& source, CheckpointFormat form
 
   // The tensors TorchScript code uses as constants are not the module's state;
   // they are reported, not read.
-  const pickle::ZipEntry* constants = zip.find(prefix + "constants.pkl");
+  const detail::ZipEntry* constants = zip.find(prefix + "constants.pkl");
   if (format != CheckpointFormat::TorchArchive || !constants || !options.key().empty()) return;
   const pickle::Pickle c = pickle::unpickle(zip.read(*constants), source->path());
   const auto count = std::count_if(c.arena.begin(), c.arena.end(),

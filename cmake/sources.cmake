@@ -31,7 +31,14 @@ set(SAFETENSORS_TORCH_SOURCES
   training.cpp
   distributed.cpp
   sharded.cpp
-  migrate.cpp)
+  checkpoint/detect.cpp
+  checkpoint/archive.cpp
+  checkpoint/torch_zip.cpp
+  checkpoint/legacy.cpp
+  checkpoint/flatten.cpp
+  checkpoint/read.cpp
+  checkpoint/convert.cpp
+  checkpoint/diff.cpp)
 
 # The command-line tool.
 set(SAFETENSORS_CLI_SOURCES

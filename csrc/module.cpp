@@ -4,9 +4,9 @@
 
 #include "safetensors/module.hpp"
 
+#include "detail/extent.hpp"
 #include "module_internal.hpp"
 #include "save_internal.hpp"
-#include "tensor_extent.hpp"
 
 #include <torch/nn/module.h>
 #include <torch/utils.h>

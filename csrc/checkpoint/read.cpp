@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "checkpoint/checkpoint_internal.hpp"
+#include "detail/extent.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/source.hpp"
@@ -38,12 +39,9 @@ void find_shared(Checkpoint& ckpt) {
     return std::lexicographical_compare(a.strides().begin(), a.strides().end(), b.strides().begin(),
                                         b.strides().end());
   };
-  struct Extent {
-    std::uint64_t begin, end;
-    std::size_t index;
-  };
   std::set<std::size_t, decltype(less)> first_of_view(less);
-  std::map<const void*, std::vector<Extent>> extents;
+  std::vector<StorageExtent> extents;
+  extents.reserve(items.size());  // one per tensor, as flattening charged
   for (std::size_t i = 0; i < items.size(); ++i) {
     const at::Tensor& t = items[i].value();
     if (!t.has_storage() || t.numel() == 0) continue;
@@ -52,22 +50,12 @@ void find_shared(Checkpoint& ckpt) {
       ckpt.aliases[items[i].key()] = items[*it].key();
       continue;
     }
-    std::uint64_t span = 1;
-    for (std::int64_t d = 0; d < t.dim(); ++d)
-      span += static_cast<std::uint64_t>(t.size(d) - 1) * static_cast<std::uint64_t>(t.stride(d));
-    const std::uint64_t begin = static_cast<std::uint64_t>(t.storage_offset()) * t.element_size();
-    extents[t.storage().unsafeGetStorageImpl()].push_back({begin, begin + span * t.element_size(), i});
+    extents.push_back(storage_extent(t, i));
   }
   std::vector<bool> overlapping(items.size());
-  for (auto& [storage, list] : extents) {
-    std::sort(list.begin(), list.end(), [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
-    std::uint64_t reach = 0;
-    const Extent* reaching = nullptr;
-    for (const Extent& e : list) {
-      if (reaching && e.begin < reach) overlapping[e.index] = overlapping[reaching->index] = true;
-      if (!reaching || e.end > reach) reach = e.end, reaching = &e;
-    }
-  }
+  for_each_overlapping(extents, [&](const StorageExtent* first, const StorageExtent* last) {
+    for (; first != last; ++first) overlapping[first->index] = true;
+  });
   for (std::size_t i = 0; i < items.size(); ++i)
     if (overlapping[i]) ckpt.copied_views.push_back(items[i].key());
 }

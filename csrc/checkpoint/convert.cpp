@@ -7,15 +7,16 @@
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <system_error>
 #include <utility>
 
 #include "checkpoint/checkpoint_internal.hpp"
+#include "save_internal.hpp"
 #include "safetensors/migrate.hpp"
 #include "safetensors/save.hpp"
-#include "safetensors/sharded.hpp"
 
 namespace safetensors {
 
@@ -60,15 +61,9 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   if (options.max_shard_size()) {
     std::error_code ec;
     std::filesystem::create_directories(out, ec);  // save_sharded reports a folder it cannot use
-    summary.files = save_sharded(tensors, out, std::move(metadata),
-                                 ShardedSaveOptions()
-                                     .max_shard_size(*options.max_shard_size())
-                                     .fsync(options.fsync())
-                                     .progress(options.progress()));
-  } else {
-    save_file(tensors, out, metadata, SaveOptions().fsync(options.fsync()).progress(options.progress()));
-    summary.files = {out};
   }
+  summary.files = detail::save_one_or_sharded(tensors, out, std::optional<Metadata>(std::move(metadata)),
+                                              options.max_shard_size(), options);
 
   summary.format = ckpt.format;
   summary.tensors = tensors.size();

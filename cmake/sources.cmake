@@ -16,7 +16,7 @@ set(SAFETENSORS_FORMAT_SOURCES
   durable.cpp
   tensor_parallel.cpp
   staging.cpp
-  pickle/zip.cpp
+  checkpoint/zip.cpp
   pickle/unpickler.cpp)
 
 # What needs LibTorch (safetensors::torch): tensors, modules, sharded sets,
@@ -32,7 +32,14 @@ set(SAFETENSORS_TORCH_SOURCES
   training.cpp
   distributed.cpp
   sharded.cpp
-  migrate.cpp)
+  checkpoint/detect.cpp
+  checkpoint/archive.cpp
+  checkpoint/torch_zip.cpp
+  checkpoint/legacy.cpp
+  checkpoint/flatten.cpp
+  checkpoint/read.cpp
+  checkpoint/convert.cpp
+  checkpoint/diff.cpp)
 
 # The command-line tool.
 set(SAFETENSORS_CLI_SOURCES

@@ -16,10 +16,10 @@
 #include <tuple>
 #include <type_traits>
 
+#include "detail/extent.hpp"
 #include "detail/text.hpp"
 #include "detail/torch_shape.hpp"
 #include "host_memory.hpp"
-#include "tensor_extent.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "upload.hpp"
 

@@ -4,9 +4,9 @@
 
 #include "safetensors/module.hpp"
 
+#include "detail/extent.hpp"
 #include "module_internal.hpp"
 #include "save_internal.hpp"
-#include "tensor_extent.hpp"
 
 #include <torch/nn/module.h>
 #include <torch/utils.h>
@@ -422,15 +422,7 @@ std::pair<NamedTensors, Metadata> detail::state_to_save(const torch::nn::Module&
 void save_state_dict(const torch::nn::Module& module, const std::string& path,
                      const std::optional<Metadata>& metadata, const StateDictSaveOptions& options) {
   auto [tensors, meta] = detail::state_to_save(module, metadata);
-  if (options.max_shard_size()) {
-    save_sharded(tensors, path, meta,
-                 ShardedSaveOptions()
-                     .max_shard_size(*options.max_shard_size())
-                     .fsync(options.fsync())
-                     .progress(options.progress()));
-  } else {
-    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()).progress(options.progress()));
-  }
+  detail::save_one_or_sharded(tensors, path, meta, options.max_shard_size(), options);
 }
 
 }  // namespace safetensors

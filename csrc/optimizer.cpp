@@ -7,6 +7,7 @@
 
 #include "module_internal.hpp"
 #include "optimizer_internal.hpp"
+#include "save_internal.hpp"
 
 #include <torch/optim/adagrad.h>
 #include <torch/optim/adam.h>

@@ -28,21 +28,6 @@ const std::string* metadata_entry(const ShardedOpen& checkpoint, const std::stri
 std::pair<NamedTensors, std::string> optimizer_to_save(const torch::optim::Optimizer& optimizer,
                                                        const std::string& prefix, const std::string& file);
 
-/// Saves `tensors` as one file at `path`, or as a sharded set in the folder
-/// `path` when `max_shard_size` is given, with the fsync and progress of `options`.
-template <class Options>
-void save_one_or_sharded(const NamedTensors& tensors, const std::string& path, const Metadata& meta,
-                         const std::optional<std::uint64_t>& max_shard_size,
-                         const WriteOptions<Options>& options) {
-  if (max_shard_size) {
-    save_sharded(tensors, path, meta,
-                 ShardedSaveOptions().max_shard_size(*max_shard_size).fsync(options.fsync()).progress(
-                     options.progress()));
-  } else {
-    save_file(tensors, path, meta, SaveOptions().fsync(options.fsync()).progress(options.progress()));
-  }
-}
-
 /// A load of an optimizer that was checked and read, and changes nothing
 /// until commit().
 class OptimizerLoad {

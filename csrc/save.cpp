@@ -6,13 +6,14 @@
 
 #include <c10/util/Exception.h>
 
-#include <algorithm>
-#include <tuple>
+#include <cstddef>
+#include <vector>
 
 #include "safetensors/error.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "safetensors/writer.hpp"
 #include "detail/durable.hpp"
+#include "detail/extent.hpp"
 #include "save_internal.hpp"
 
 namespace safetensors {
@@ -20,6 +21,7 @@ namespace safetensors {
 using detail::AtomicFile;
 using detail::BufferSink;
 using detail::Sink;
+using detail::StorageExtent;
 
 NamedTensors::NamedTensors(const torch::OrderedDict<std::string, at::Tensor>& tensors) {
   items_.reserve(tensors.size());
@@ -89,49 +91,19 @@ EntrySpec detail::describe_entry(const NamedTensors::Item& item, const std::stri
   return spec;
 }
 
-namespace {
-
-// The byte range a tensor's elements span in its storage.
-std::pair<std::uint64_t, std::uint64_t> extent(const at::Tensor& t) {
-  std::uint64_t span = 1;
-  for (std::int64_t d = 0; d < t.dim(); ++d)
-    span += static_cast<std::uint64_t>(t.size(d) - 1) * static_cast<std::uint64_t>(t.stride(d));
-  const std::uint64_t size = t.element_size();
-  const std::uint64_t begin = static_cast<std::uint64_t>(t.storage_offset()) * size;
-  return {begin, begin + span * size};
-}
-
-}  // namespace
-
 std::vector<std::vector<const NamedTensors::Item*>> detail::overlapping_groups(const NamedTensors& tensors) {
-  struct Span {
-    const void* storage;
-    std::uint64_t begin, end;
-    const NamedTensors::Item* item;
-  };
-  std::vector<Span> spans;
-  for (const auto& item : tensors.items()) {
-    const at::Tensor& t = item.tensor;
+  const auto& items = tensors.items();
+  std::vector<StorageExtent> extents;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const at::Tensor& t = items[i].tensor;
     if (!t.defined() || !t.has_storage() || t.is_meta() || t.numel() == 0) continue;
-    const auto [begin, end] = extent(t);
-    spans.push_back({t.storage().unsafeGetStorageImpl(), begin, end, &item});
+    extents.push_back(storage_extent(t, i));
   }
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
-    return std::tie(a.storage, a.begin) < std::tie(b.storage, b.begin);
-  });
   std::vector<std::vector<const NamedTensors::Item*>> groups;
-  std::uint64_t group_end = 0;
-  for (std::size_t i = 0; i < spans.size(); ++i) {
-    const bool joins = i > 0 && spans[i].storage == spans[i - 1].storage && spans[i].begin < group_end;
-    if (!joins) {
-      groups.emplace_back();
-      group_end = 0;
-    }
-    groups.back().push_back(spans[i].item);
-    group_end = std::max(group_end, spans[i].end);
-  }
-  groups.erase(std::remove_if(groups.begin(), groups.end(), [](const auto& g) { return g.size() < 2; }),
-               groups.end());
+  for_each_overlapping(extents, [&](const StorageExtent* first, const StorageExtent* last) {
+    std::vector<const NamedTensors::Item*>& group = groups.emplace_back();
+    for (; first != last; ++first) group.push_back(&items[first->index]);
+  });
   return groups;
 }
 

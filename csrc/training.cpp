@@ -5,6 +5,7 @@
 
 #include "module_internal.hpp"
 #include "optimizer_internal.hpp"
+#include "save_internal.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/module.h>

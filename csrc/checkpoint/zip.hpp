@@ -17,7 +17,7 @@
 
 #include "safetensors/source.hpp"
 
-namespace safetensors::pickle {
+namespace safetensors::detail {
 
 /// Most entries accepted: torch.save writes one per storage plus a handful, and
 /// the bound keeps a hostile central directory from costing anything.
@@ -51,4 +51,4 @@ class ZipArchive {
   std::vector<ZipEntry> entries_;  // sorted by name
 };
 
-}  // namespace safetensors::pickle
+}  // namespace safetensors::detail

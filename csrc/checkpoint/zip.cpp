@@ -4,7 +4,7 @@
 
 #include "safetensors/error.hpp"
 
-namespace safetensors::pickle {
+namespace safetensors::detail {
 namespace {
 
 // Record signatures and fixed sizes from the zip specification (APPNOTE 6.3).
@@ -220,4 +220,4 @@ std::string ZipArchive::read(const ZipEntry& entry) const {
   return out;
 }
 
-}  // namespace safetensors::pickle
+}  // namespace safetensors::detail

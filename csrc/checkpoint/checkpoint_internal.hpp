@@ -1,0 +1,96 @@
+#pragma once
+// What the readers of csrc/checkpoint share. Each format's reader turns a file
+// into a Checkpoint (safetensors/migrate.hpp); read_checkpoint picks the
+// reader by detect. Internal.
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "checkpoint/zip.hpp"
+#include "pickle/value.hpp"
+#include "safetensors/error.hpp"
+#include "safetensors/header.hpp"
+#include "safetensors/migrate.hpp"
+#include "safetensors/source.hpp"
+
+namespace safetensors::detail {
+
+// ---------------------------------------------------------------------------
+// Format detection (detect.cpp)
+
+struct Detected {
+  CheckpointFormat format = CheckpointFormat::Unknown;
+  std::optional<Error> safetensors_refusal;  ///< Unknown: why the safetensors parser refused it
+};
+
+/// The file's format, asking the safetensors parser itself first, so that it
+/// is detected exactly when the parser accepts it.
+Detected detect(const std::shared_ptr<Source>& source);
+
+/// Refusals of the header-length check: the file does not claim to be a
+/// safetensors file. One that passes it does, and is told why the parser
+/// refuses the rest.
+bool refused_by_length(const Error& e);
+
+// ---------------------------------------------------------------------------
+// torch's zip archives, either kind (archive.cpp)
+
+/// The archive folder: the part before "/data.pkl" of the one top-level
+/// data.pkl (any name: torch uses the file's stem). Throws InvalidCheckpoint
+/// when there is none, or more than one.
+std::string archive_prefix(const ZipArchive& zip);
+
+/// Whether `data`, the archive's data.pkl, pickles a TorchScript object.
+bool is_torchscript(const ZipArchive& zip, const ZipEntry& data);
+
+/// Reports the tensor constants of a TorchScript archive's code (its
+/// constants.pkl, `constants`) as one non-tensor entry of `out`; they are not read.
+void report_torchscript_constants(const ZipArchive& zip, const ZipEntry& constants, Checkpoint& out);
+
+// ---------------------------------------------------------------------------
+// Readers of each pickle format (torch_zip.cpp, legacy.cpp)
+
+/// A torch.save zip file or a TorchScript archive (`format`) into `out`.
+void read_torch_zip(const std::shared_ptr<Source>& source, CheckpointFormat format,
+                    const CheckpointOptions& options, Checkpoint& out);
+
+/// Where the magic number's pickle of a legacy torch.save file ends, or 0 when
+/// the file does not start with one.
+std::size_t legacy_magic_end(const Source& source);
+
+/// A legacy (pre-1.6) torch.save file into `out`.
+void read_torch_legacy(const std::shared_ptr<Source>& source, const CheckpointOptions& options, Checkpoint& out);
+
+// ---------------------------------------------------------------------------
+// From a pickle's values to named tensors (flatten.cpp)
+
+/// Where a storage's bytes lie in the file.
+struct Span {
+  std::uint64_t offset;
+  std::uint64_t size;
+};
+/// The bytes of the storage of that key, or nullopt when the file has none.
+using LocateStorage = std::function<std::optional<Span>(const std::string& key)>;
+
+/// Adds to `out` the tensors and other entries of the value at `key` (a path
+/// of dict keys, positions and attribute names) of `root`, a pickle of
+/// `pickle_size` bytes whose storages `locate` finds in `source`. What it
+/// makes is bounded by the pickle's and the file's sizes (migrate.hpp).
+void flatten(const std::shared_ptr<Source>& source, LocateStorage locate, std::uint64_t pickle_size,
+             const pickle::Value& root, const std::vector<std::string>& key, Checkpoint& out);
+
+// ---------------------------------------------------------------------------
+// Any format (read.cpp)
+
+/// read_checkpoint, giving in `raw` (when not null) the tensors of a
+/// safetensors input whose dtypes this LibTorch lacks, read as raw bytes.
+Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options,
+                           std::map<std::string, TensorInfo>* raw);
+
+}  // namespace safetensors::detail

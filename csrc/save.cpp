@@ -14,6 +14,7 @@
 #include "safetensors/writer.hpp"
 #include "detail/durable.hpp"
 #include "detail/extent.hpp"
+#include "detail/sink.hpp"
 #include "save_internal.hpp"
 
 namespace safetensors {

@@ -15,6 +15,7 @@
 
 #include <cctype>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -229,7 +230,12 @@ void remember(const AOTIModelContainerRunner& runner, const std::vector<std::pai
   Installed record;
   for (const auto& [name, t] : given) record.constants.emplace_back(name, t.getIntrusivePtr());
   std::lock_guard<std::mutex> lock(installed_mutex);
-  installed_by_runner()[&runner] = std::move(record);
+  auto& map = installed_by_runner();
+  for (auto it = map.begin(); it != map.end();) {  // runners destroyed meanwhile
+    const auto& constants = it->second.constants;
+    it = !constants.empty() && constants.front().second.expired() ? map.erase(it) : std::next(it);
+  }
+  map[&runner] = std::move(record);
 }
 
 }  // namespace

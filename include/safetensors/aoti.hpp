@@ -63,6 +63,7 @@ class ShardedOpen;
 /// the new weights: serialise them with the load. Such a load may also leave
 /// constants missing or mismatched when not strict (they keep their values).
 /// The package's constants must then be changed only through these functions.
+/// One load at a time per package: concurrent loads into one package race.
 ///
 /// Throws StateDictMismatch when strict and anything is off, and InvalidArgument
 /// when the package's constant table cannot be read (a package not made by

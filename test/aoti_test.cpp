@@ -194,6 +194,15 @@ TEST_F(AotiTest, MissingTensorChangesNothing) {
   load_constants(*p, file("third.safetensors"), StateDictLoadOptions().strict(false));
   EXPECT_THROW(load_constants(*p, lacking), Error);
   expect_close(run(*p), expected("third"));
+  const LoadReport report = load_constants(*p, lacking, StateDictLoadOptions().strict(false));
+  EXPECT_EQ(report.missing_keys, std::vector<std::string>{"fc2.weight"});
+  EXPECT_EQ(report.loaded_keys, (std::vector<std::string>{"fc1.weight", "fc1.bias"}));
+  // fc1 from the file, fc2.weight still the third set's.
+  const at::Tensor out = run(*p);
+  EXPECT_FALSE(torch::allclose(out, expected("third"), 1e-5, 1e-6));
+  EXPECT_FALSE(torch::allclose(out, expected("other"), 1e-5, 1e-6));
+  load_constants(*p, file("other.safetensors"), StateDictLoadOptions().strict(false));
+  expect_close(run(*p), expected("other"));
 }
 
 // Dtypes must match; floating-point ones are converted when asked.

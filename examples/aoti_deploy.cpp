@@ -6,7 +6,8 @@
 //
 //   aoti_deploy model.pt2 weights.safetensors input.safetensors [other.safetensors]
 //
-// The input file holds the model's inputs as tensors named "0", "1", ...
+// The input file holds the model's inputs as tensors named "0", "1", ..., of the shapes the
+// package was compiled for.
 
 #include <safetensors/safetensors.hpp>
 

@@ -41,6 +41,12 @@ set(SAFETENSORS_TORCH_SOURCES
   checkpoint/convert.cpp
   checkpoint/diff.cpp)
 
+# AOTInductor packages' constants from safetensors: only where LibTorch has
+# AOTInductor's package loader (2.6 has it, 1.13 not; see
+# safetensors_torch_has_aoti below), which then defines SAFETENSORS_TORCH_HAS_AOTI.
+set(SAFETENSORS_TORCH_AOTI_SOURCES
+  aoti.cpp)
+
 # The command-line tool.
 set(SAFETENSORS_CLI_SOURCES
   cli/main.cpp
@@ -54,6 +60,18 @@ set(_safetensors_csrc ${CMAKE_CURRENT_LIST_DIR}/../csrc)
 get_filename_component(_safetensors_csrc ${_safetensors_csrc} ABSOLUTE)
 set(_safetensors_include ${CMAKE_CURRENT_LIST_DIR}/../include)
 get_filename_component(_safetensors_include ${_safetensors_include} ABSOLUTE)
+
+# Whether the LibTorch found (TORCH_INCLUDE_DIRS) has AOTInductor's package
+# loader: SAFETENSORS_TORCH_HAS_AOTI, set in the caller's scope.
+function(safetensors_torch_has_aoti)
+  set(found OFF)
+  foreach(dir IN LISTS TORCH_INCLUDE_DIRS)
+    if(EXISTS ${dir}/torch/csrc/inductor/aoti_package/model_package_loader.h)
+      set(found ON)
+    endif()
+  endforeach()
+  set(SAFETENSORS_TORCH_HAS_AOTI ${found} PARENT_SCOPE)
+endfunction()
 
 # safetensors_torch_add_layer(<target> format|torch [STATIC|SHARED] [FORMAT <target>])
 #
@@ -71,6 +89,10 @@ function(safetensors_torch_add_layer target layer)
     set(sources ${SAFETENSORS_FORMAT_SOURCES})
   elseif(layer STREQUAL "torch")
     set(sources ${SAFETENSORS_TORCH_SOURCES})
+    safetensors_torch_has_aoti()
+    if(SAFETENSORS_TORCH_HAS_AOTI)
+      list(APPEND sources ${SAFETENSORS_TORCH_AOTI_SOURCES})
+    endif()
     if(NOT arg_FORMAT)
       message(FATAL_ERROR "safetensors_torch_add_layer(${target} torch) needs FORMAT <format target>")
     endif()
@@ -98,5 +120,10 @@ function(safetensors_torch_add_layer target layer)
     set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
   else()
     target_link_libraries(${target} PUBLIC ${arg_FORMAT} torch)
+    if(SAFETENSORS_TORCH_HAS_AOTI)
+      # Public: include/safetensors/aoti.hpp declares its API under it.
+      target_compile_definitions(${target} PUBLIC SAFETENSORS_TORCH_HAS_AOTI)
+      target_link_libraries(${target} PRIVATE ${CMAKE_DL_LIBS})
+    endif()
   endif()
 endfunction()

@@ -3,8 +3,10 @@
 //
 // Every public header but one. Tensor-parallel checkpoints on torch.distributed
 // are opt-in: include "safetensors/distributed.hpp" for them, which pulls in
-// c10d's headers (and make_communicator where LibTorch has them).
+// c10d's headers (and make_communicator where LibTorch has them). The
+// AOTInductor functions (aoti.hpp) are declared where the library has them.
 
+#include "safetensors/aoti.hpp"  // empty unless SAFETENSORS_TORCH_HAS_AOTI
 #include "safetensors/dtype.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/header.hpp"

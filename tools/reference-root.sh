@@ -16,7 +16,7 @@ ROOT=${SAFETENSORS_REFERENCE_ROOT:-/var/cache/safetensors-torch/trixie-root}
 MIRROR=${SAFETENSORS_REFERENCE_MIRROR:-http://deb.debian.org/debian}
 SUITE=trixie
 PACKAGES=(
-  python3-safetensors python3-torch python3-numpy
+  python3-safetensors python3-torch python3-numpy python3-setuptools
   libtorch-dev nlohmann-json3-dev libgtest-dev libcli11-dev libgloo-dev
   cmake g++ ninja-build ccache
 )

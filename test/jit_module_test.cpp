@@ -95,7 +95,8 @@ const char* mode_name(LoadMode mode) { return mode == LoadMode::Copy ? "Copy" : 
 
 // Python's state_dict of each module (the fixtures' NAME.expected.safetensors)
 // fills a module that torch::jit::load made: the same names (strict), the
-// same bytes, and for the language model the same output as Python's.
+// same bytes, and for the language model the same output as Python's, with
+// its own weights and with others.
 TEST(JitStateDict, LoadsPythonsStateDictIntoAModuleFromTorchJitLoad) {
   for (const std::string name : {"jit/tiny_lm", "pickle/scripted", "pickle/traced"}) {
     const SafeOpen expected(fixture(name + ".expected.safetensors"));
@@ -121,6 +122,10 @@ TEST(JitStateDict, LoadsPythonsStateDictIntoAModuleFromTorchJitLoad) {
     torch::NoGradGuard no_grad;
     const torch::Tensor logits = module.forward({forward.get_tensor("ids")}).toTensor();
     EXPECT_TRUE(torch::allclose(logits, forward.get_tensor("logits"), 1e-5, 1e-6)) << mode_name(mode);
+    // Weights other than the archive's: the module computes with the file's.
+    load_state_dict(module, fixture("jit/tiny_lm.retrained.safetensors"), StateDictLoadOptions().mode(mode));
+    const torch::Tensor retrained = module.forward({forward.get_tensor("ids")}).toTensor();
+    EXPECT_TRUE(torch::allclose(retrained, forward.get_tensor("retrained_logits"), 1e-5, 1e-6)) << mode_name(mode);
   }
 }
 

@@ -11,8 +11,9 @@ persistent=False (a scripted module's state_dict lists it all the same),
 BatchNorm's int64 counter, a BF16 parameter and nested containers.
 tiny_lm.expected.safetensors holds `torch.jit.load(tiny_lm.pt).state_dict()`,
 every name with its own copy of the data, in Python's order, written by the
-stdlib writer of ../pickle/make_fixtures.py; tiny_lm.forward.safetensors an
-input and the module's output for it. Run with Debian's python3-torch
+stdlib writer of ../pickle/make_fixtures.py. tiny_lm.retrained.safetensors
+is the state dict of the same architecture with other weights (another
+seed), and tiny_lm.forward.safetensors an input with the output of each. Run with Debian's python3-torch
 (1.13); the committed copies were made so.
 """
 import os
@@ -69,10 +70,15 @@ def main(outdir):
     state = loaded.state_dict()
     assert "positions" in state and "head.weight" in state
     write_safetensors(os.path.join(outdir, "tiny_lm.expected.safetensors"), state)
+    torch.manual_seed(1)
+    retrained = torch.jit.script(TinyLM().eval())
+    write_safetensors(os.path.join(outdir, "tiny_lm.retrained.safetensors"), retrained.state_dict())
     ids = torch.tensor([3, 1, 4, 1, 5, 9])
     with torch.no_grad():
-        logits = loaded(ids)
-    write_safetensors(os.path.join(outdir, "tiny_lm.forward.safetensors"), {"ids": ids, "logits": logits})
+        outputs = {"ids": ids, "logits": loaded(ids), "retrained_logits": retrained(ids)}
+    write_safetensors(os.path.join(outdir, "tiny_lm.forward.safetensors"), outputs)
+    print("next tokens:", " ".join(str(int(t)) for t in outputs["logits"].argmax(-1)),
+          "retrained:", " ".join(str(int(t)) for t in outputs["retrained_logits"].argmax(-1)))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@
 //   /usr/bin/time -f %M jit_bench zerocopy FOLDER      torch::jit::load(arch.pt), then
 //                                                      load_state_dict, LoadMode::ZeroCopy
 //   /usr/bin/time -f %M jit_bench copy FOLDER          the same into allocated tensors (LoadMode::Copy)
+//   /usr/bin/time -f %M jit_bench reload FOLDER        load_state_dict (Copy) into the module of
+//                                                      model.pt: new weights for a served model
 //
 // Each mode loads twice (the first run warms the page cache), prints the
 // second run's time, then runs one forward pass, which touches every weight,
@@ -94,7 +96,7 @@ int check(torch::jit::Module& model, const fs::path& folder) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s make|torchscript|zerocopy|copy FOLDER [LAYERS]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s make|torchscript|zerocopy|copy|reload FOLDER [LAYERS]\n", argv[0]);
     return 2;
   }
   const std::string mode = argv[1];
@@ -126,12 +128,15 @@ int main(int argc, char** argv) {
         st::load_state_dict(model, (folder / "model.safetensors").string(),
                             st::StateDictLoadOptions().mode(copy ? st::LoadMode::Copy : st::LoadMode::ZeroCopy));
       };
+    } else if (mode == "reload") {
+      model = torch::jit::load((folder / "model.pt").string());
+      load = [&] { st::load_state_dict(model, (folder / "model.safetensors").string()); };
     } else {
       std::fprintf(stderr, "jit_bench: no mode '%s'\n", mode.c_str());
       return 2;
     }
     load();
-    model = torch::jit::Module();
+    if (mode != "reload") model = torch::jit::Module();
     std::printf("%s: load %.1f ms\n", mode.c_str(), seconds(load) * 1e3);
     return check(model, folder);
   } catch (const std::exception& e) {

@@ -28,6 +28,7 @@ set(SAFETENSORS_TORCH_SOURCES
   upload.cpp
   save.cpp
   module.cpp
+  jit_module.cpp
   optimizer.cpp
   training.cpp
   distributed.cpp

@@ -632,7 +632,7 @@ std::vector<std::string> save_state_dict_distributed(const torch::nn::Module& mo
                                                      Communicator& comm, const PartitionPlan& plan,
                                                      const std::optional<Metadata>& metadata,
                                                      const DistributedSaveOptions& options) {
-  auto [tensors, meta] = detail::state_to_save(module, metadata);
+  auto [tensors, meta] = detail::state_to_save(detail::module_state(module), metadata);
   return save_sharded_distributed(tensors, folder, comm, plan, meta, options);
 }
 

@@ -355,9 +355,7 @@ std::string LoadReport::describe() const {
   return out.str();
 }
 
-LoadReport load_state_dict(torch::nn::Module& module, const ShardedOpen& checkpoint,
-                           const StateDictLoadOptions& options) {
-  Entries targets = module_state(module);
+LoadReport detail::load_state(Entries& targets, const ShardedOpen& checkpoint, const StateDictLoadOptions& options) {
   const Catalog catalog = Catalog::of(checkpoint);
   Matcher matcher(targets, catalog, options);
   matcher.match();
@@ -370,9 +368,19 @@ LoadReport load_state_dict(torch::nn::Module& module, const ShardedOpen& checkpo
   return std::move(report);
 }
 
+ShardedOpen detail::open_for_load(const std::string& path, const StateDictLoadOptions& options) {
+  return ShardedOpen(path, LoadOptions().backend(default_backend(options)));
+}
+
+LoadReport load_state_dict(torch::nn::Module& module, const ShardedOpen& checkpoint,
+                           const StateDictLoadOptions& options) {
+  Entries targets = module_state(module);
+  return load_state(targets, checkpoint, options);
+}
+
 LoadReport load_state_dict(torch::nn::Module& module, const std::string& path,
                            const StateDictLoadOptions& options) {
-  return load_state_dict(module, ShardedOpen(path, LoadOptions().backend(default_backend(options))), options);
+  return load_state_dict(module, open_for_load(path, options), options);
 }
 
 LoadReport load_state_dict(torch::nn::Module& module, const SafeOpen& file,
@@ -408,21 +416,25 @@ Deduplicated deduplicate_shared(const NamedTensors& tensors) {
   return out;
 }
 
-std::pair<NamedTensors, Metadata> detail::state_to_save(const torch::nn::Module& module,
-                                                        const std::optional<Metadata>& metadata) {
-  NamedTensors state;
-  for (auto& [name, tensor] : module_state(module)) state.add(std::move(name), std::move(tensor));
-  Deduplicated saved = deduplicate_shared(state);
+std::pair<NamedTensors, Metadata> detail::state_to_save(Entries state, const std::optional<Metadata>& metadata) {
+  NamedTensors tensors;
+  for (auto& [name, tensor] : state) tensors.add(std::move(name), std::move(tensor));
+  Deduplicated saved = deduplicate_shared(tensors);
   Metadata meta = metadata.value_or(Metadata{});
   meta.emplace("format", "pt");
   for (const auto& [removed, kept] : saved.aliases) meta.emplace(removed, kept);  // user keys win
   return {std::move(saved.tensors), std::move(meta)};
 }
 
+void detail::save_state(Entries state, const std::string& path, const std::optional<Metadata>& metadata,
+                        const StateDictSaveOptions& options) {
+  auto [tensors, meta] = state_to_save(std::move(state), metadata);
+  save_one_or_sharded(tensors, path, meta, options.max_shard_size(), options);
+}
+
 void save_state_dict(const torch::nn::Module& module, const std::string& path,
                      const std::optional<Metadata>& metadata, const StateDictSaveOptions& options) {
-  auto [tensors, meta] = detail::state_to_save(module, metadata);
-  detail::save_one_or_sharded(tensors, path, meta, options.max_shard_size(), options);
+  save_state(module_state(module), path, metadata, options);
 }
 
 }  // namespace safetensors

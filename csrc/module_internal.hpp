@@ -1,6 +1,7 @@
 #pragma once
-// The matching of checkpoint names to a module's, shared by load_state_dict
-// and its distributed variants. Internal.
+// The state-dict engine: one for every kind of module (torch::nn and
+// torch::jit), its plain and distributed loads, and its saves. Each kind
+// contributes only the table of its named tensors (module_state). Internal.
 
 #include <cstdint>
 #include <map>
@@ -19,12 +20,21 @@
 #include "safetensors/module.hpp"
 #include "safetensors/tensor_parallel.hpp"
 
+namespace torch::jit {
+struct Module;
+}  // namespace torch::jit
+
 namespace safetensors {
 class ShardedOpen;
 }  // namespace safetensors
 
 namespace safetensors::detail {
 
+/// A module's state: each parameter and buffer under its dotted name. Each
+/// tensor is a handle on the module's own TensorImpl, not a copy: the engine
+/// writes through it (copy_ in place, set_data in ZeroCopy mode), so a load
+/// changes the module's tensors themselves, whichever kind of module holds
+/// them, and never a slot of the module.
 using Entries = std::vector<std::pair<std::string, at::Tensor>>;
 
 /// The backend a load from a path uses: the one asked for, else pread for a
@@ -33,8 +43,19 @@ inline Backend default_backend(const StateDictLoadOptions& options) {
   return options.backend().value_or(options.mode() == LoadMode::Copy ? Backend::Pread : Backend::Mmap);
 }
 
-/// Parameters then buffers, with the dotted names Python's state_dict uses.
+/// Parameters then buffers, recursively, with the dotted names Python's
+/// state_dict uses. Of a torch::jit::Module, every buffer: TorchScript does
+/// not record which were registered non-persistent, and Python's state_dict
+/// of a scripted module lists them too (defined in jit_module.cpp).
 Entries module_state(const torch::nn::Module& module);
+Entries module_state(const torch::jit::Module& module);
+
+/// A checkpoint opened for load_state_dict from a path.
+ShardedOpen open_for_load(const std::string& path, const StateDictLoadOptions& options);
+
+/// load_state_dict of a module whose state is `targets`: matches, checks
+/// (throws before changing anything when strict), then fills.
+LoadReport load_state(Entries& targets, const ShardedOpen& checkpoint, const StateDictLoadOptions& options);
 
 /// The index selecting `range` of dimension `dim` (and all of the ones before).
 std::vector<at::indexing::TensorIndex> part_index(std::int64_t dim, const PartRange& range);
@@ -122,7 +143,10 @@ class Handout {
 
 /// Deduplicated state of a module, with the aliases recorded in the metadata
 /// (format "pt" added), as save_state_dict saves it.
-std::pair<NamedTensors, Metadata> state_to_save(const torch::nn::Module& module,
-                                                const std::optional<Metadata>& metadata);
+std::pair<NamedTensors, Metadata> state_to_save(Entries state, const std::optional<Metadata>& metadata);
+
+/// save_state_dict of a module whose state is `state`.
+void save_state(Entries state, const std::string& path, const std::optional<Metadata>& metadata,
+                const StateDictSaveOptions& options);
 
 }  // namespace safetensors::detail

@@ -10,6 +10,7 @@
 #include "safetensors/dtype.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/header.hpp"
+#include "safetensors/jit_module.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/migrate.hpp"
 #include "safetensors/module.hpp"

@@ -175,11 +175,11 @@ struct LockProbe {
 
 LockProbe probe_lock(int dirfd, const std::string& name) {
   LockProbe probe;
-  probe.fd = std::make_shared<FdGuard>(
-      ::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
-  const int fd = probe.fd->get();
+  const int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  const int open_errno = errno;  // before the allocation below can change it
+  probe.fd = std::make_shared<FdGuard>(fd);
   if (fd < 0) {
-    (errno == ENOENT ? probe.absent : probe.held) = true;
+    (open_errno == ENOENT ? probe.absent : probe.held) = true;
     return probe;
   }
   struct stat held, named;
@@ -296,7 +296,8 @@ void WriterLock::record(const std::set<std::string>& files) {
 // and a removal is not seen); while one cannot be read (being written, or its
 // lock cannot be opened) no recorded file is removed.
 void remove_dead_writers_files(const std::string& folder, const SavedFiles* saves) {
-  DIR* d = ::opendir(folder.c_str());
+  const std::unique_ptr<DIR, int (*)(DIR*)> listing(::opendir(folder.c_str()), ::closedir);
+  DIR* d = listing.get();
   if (!d) return;
   const int dir = ::dirfd(d);
   // Files first, then locks: a writer locks before it stages, so every lock of
@@ -320,10 +321,7 @@ void remove_dead_writers_files(const std::string& folder, const SavedFiles* save
     const LockProbe probe = probe_lock(dir, name);
     if (!probe.absent && !probe.held) unlink_if_same(dir, name, probe.fd->get());
   }
-  if (!saves) {
-    ::closedir(d);
-    return;
-  }
+  if (!saves) return;
 
   struct Lock {
     std::string name;
@@ -377,7 +375,6 @@ void remove_dead_writers_files(const std::string& folder, const SavedFiles* save
     if (complete)
       for (const Lock& lock : set_locks) unlink_if_same(dir, lock.name, lock.fd->get());
   }
-  ::closedir(d);
 }
 
 int fsync_folder_errno(const std::string& folder) {

@@ -31,7 +31,8 @@ set(SAFETENSORS_TORCH_SOURCES
   training.cpp
   distributed.cpp
   sharded.cpp
-  migrate.cpp)
+  migrate.cpp
+  transform.cpp)
 
 # The command-line tool.
 set(SAFETENSORS_CLI_SOURCES

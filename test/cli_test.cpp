@@ -806,4 +806,33 @@ TEST_F(CliTest, ConvertDtypeKeepsFloatingDtypesLibTorchCannotCast) {
   }
 }
 
+// --- the benchmark's command line ----------------------------------------------
+
+#ifdef SAFETENSORS_BENCH_PATH
+TEST_F(CliTest, BenchHelpPrintsItsUsageAndRunsNothing) {
+  const Result help = safetensors::test::run_program(SAFETENSORS_BENCH_PATH, {"--help"}, dir_.path().string());
+  ASSERT_TRUE(help.exited);
+  EXPECT_EQ(help.code, 0) << help.err;
+  EXPECT_NE(help.out.find("Usage: bench"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("--cold"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("Example: bench "), std::string::npos) << help.out;
+  EXPECT_EQ(help.out.find("=="), std::string::npos) << help.out;  // no workload ran
+  const Result bad = safetensors::test::run_program(SAFETENSORS_BENCH_PATH, {"--reps", "0"}, dir_.path().string());
+  EXPECT_EQ(bad.code, 2) << bad.out << bad.err;
+}
+
+TEST_F(CliTest, BenchColdTimesEachLoadInAFreshProcess) {
+  const std::string p = write_sample("a.safetensors");
+  const Result r = safetensors::test::run_program(
+      SAFETENSORS_BENCH_PATH, {"--cold", "--file-pages-only", "--file", p, "--reps", "1", "--dir", dir_.path().string()},
+      dir_.path().string());
+  ASSERT_TRUE(r.exited);
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  for (const std::string load : {"load_file+touch", "load_file copy(true)", "read() into fresh memory",
+                                 "torch::load (InputArchive)"})
+    EXPECT_NE(r.out.find("\n" + load + " "), std::string::npos) << load << " missing in\n" << r.out;
+  EXPECT_FALSE(fs::exists(path("bench-cold.pt")));
+}
+#endif
+
 }  // namespace

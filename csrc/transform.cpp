@@ -14,6 +14,7 @@
 #include "detail/glob.hpp"
 #include "detail/text.hpp"
 #include "safetensors/error.hpp"
+#include "safetensors/migrate.hpp"
 #include "safetensors/torch_dtype.hpp"
 
 namespace safetensors {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "safetensors/error.hpp"
+#include "safetensors/migrate.hpp"
 #include "safetensors/tensor_parallel.hpp"
 #include "safetensors/transform.hpp"
 

@@ -18,10 +18,13 @@
 #include <torch/arg.h>
 
 #include "safetensors/dtype.hpp"
-#include "safetensors/migrate.hpp"
 #include "safetensors/save.hpp"
 
 namespace safetensors {
+
+// migrate.hpp: this header stays includable from there.
+struct Checkpoint;
+struct DiffReport;
 
 /// What happens to each tensor, in this order: selection by its original
 /// name, then renaming, then the dtype.
@@ -74,9 +77,9 @@ NamedTensors transform_tensors(const NamedTensors& tensors, const TensorTransfor
                                std::map<std::string, std::string>* aliases = nullptr,
                                TransformReport* report = nullptr);
 
-/// Compares two checkpoints already read (see diff_checkpoints, which reads
-/// its files and calls this): a checkpoint read from a sharded set compares
-/// with one read from a single file.
+/// Compares two checkpoints already read (migrate.hpp), as diff_checkpoints
+/// compares two files: a checkpoint read from a sharded set compares with one
+/// read from a single file.
 DiffReport diff_checkpoints(const Checkpoint& a, const Checkpoint& b);
 
 }  // namespace safetensors

@@ -5,6 +5,9 @@
 //   bench [--dir DIR] [--reps N] [--only NAME]
 //   bench --file FILE [--reps N]      our figures on an existing file (see
 //                                     tools/bench-reference.sh)
+//   bench --cold [--file FILE] [--dir DIR] [--reps N] [--file-pages-only]
+//                                     cold loads: each in a fresh process,
+//                                     the file's pages dropped just before
 //
 // Workloads are generated: a GPT-2-small-shaped state dict (124M parameters)
 // in F32 and BF16, a LoRA-like file of 1000 [32, 32] tensors, and a header of
@@ -21,7 +24,9 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <spawn.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <ATen/ATen.h>
 #include <torch/cuda.h>
 #include <torch/nn/module.h>
@@ -46,6 +52,8 @@
 
 #include "support/memory.hpp"
 #include "support/module.hpp"
+
+extern char** environ;
 
 namespace st = safetensors;
 namespace fs = std::filesystem;
@@ -387,16 +395,172 @@ void run_on_file(const std::string& file, const fs::path& dir, int reps) {
   fs::remove(out);
 }
 
+// --- cold loads ---------------------------------------------------------------
+
+// The loads --cold times, each in a process of its own.
+const std::vector<std::string> kColdLoads = {"load_file+touch", "load_file copy(true)", "read() into fresh memory",
+                                             "torch::load (InputArchive)"};
+
+// Drops the page cache's copy of a file: its dirty pages are written first,
+// since only clean pages can be dropped; with root and `whole_cache`, the
+// machine's whole page cache too (what the kernel's readahead of neighbouring
+// files would otherwise keep).
+void drop_pages(const std::string& path, bool whole_cache) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+  ::fdatasync(fd);
+  const int err = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+  if (err != 0) throw std::runtime_error("posix_fadvise(" + path + "): " + std::strerror(err));
+  if (whole_cache && ::geteuid() == 0) {
+    ::sync();
+    if (FILE* f = std::fopen("/proc/sys/vm/drop_caches", "w")) {
+      std::fputs("1", f);
+      std::fclose(f);
+    }
+  }
+}
+
+// In the child: one load, timed from the first byte read to the last, printed
+// as seconds on stdout.
+int cold_child(const std::string& load, const std::string& file, const std::string& archive) {
+  double seconds = 0;
+  if (load == kColdLoads[0]) {
+    seconds = seconds_once([&] { touch(st::load_file(file)); });
+  } else if (load == kColdLoads[1]) {
+    seconds = seconds_once([&] { st::load_file(file, st::LoadOptions().copy(true)); });
+  } else if (load == kColdLoads[2]) {
+    seconds = seconds_once([&] {
+      const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) throw std::runtime_error("cannot open " + file);
+      const std::size_t size = static_cast<std::size_t>(::lseek(fd, 0, SEEK_END));
+      std::unique_ptr<char[]> buffer(new char[size]);
+      for (std::size_t done = 0; done < size;) {
+        const ssize_t got = ::pread(fd, buffer.get() + done, size - done, static_cast<off_t>(done));
+        if (got <= 0) throw std::runtime_error("read failed: " + file);
+        done += static_cast<std::size_t>(got);
+      }
+      ::close(fd);
+      touch_sink = static_cast<std::uint64_t>(buffer[size / 2]);
+    });
+  } else if (load == kColdLoads[3]) {
+    seconds = seconds_once([&] {
+      torch::serialize::InputArchive in;
+      in.load_from(archive);
+      std::vector<std::string> keys = in.keys();
+      std::vector<at::Tensor> loaded(keys.size());
+      for (std::size_t i = 0; i < keys.size(); ++i) in.read(keys[i], loaded[i]);
+    });
+  } else {
+    throw std::runtime_error("no cold load '" + load + "'");
+  }
+  std::printf("%.9f\n", seconds);
+  return 0;
+}
+
+// Runs this program again for one cold load and returns the seconds it took.
+double cold_run(const std::string& load, const std::string& file, const std::string& archive,
+                const fs::path& dir) {
+  const std::string out = (dir / "bench-cold.out").string();
+  std::vector<std::string> args = {"/proc/self/exe", "--cold-child", load, "--file", file, "--archive", archive};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = 0;
+  const int spawned = ::posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (spawned != 0) throw std::runtime_error(std::string("cannot start a child: ") + std::strerror(spawned));
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("the cold load '" + load + "' failed");
+  double seconds = -1;
+  if (FILE* f = std::fopen(out.c_str(), "r")) {
+    if (std::fscanf(f, "%lf", &seconds) != 1) seconds = -1;
+    std::fclose(f);
+  }
+  fs::remove(out);
+  if (seconds < 0) throw std::runtime_error("the cold load '" + load + "' printed no time");
+  return seconds;
+}
+
+// Cold loads of FILE (or of a generated GPT-2-small file), against a read()
+// of it into fresh memory and torch::load of the same tensors: the rounds
+// interleave the loads, so that a disk or machine slowing down over the run
+// weighs on each alike.
+void run_cold(std::string file, const fs::path& dir, int reps, bool whole_cache) {
+  std::vector<std::string> made;
+  if (file.empty()) {
+    at::manual_seed(0);
+    const Workload w = gpt2(at::kFloat);
+    file = (dir / "bench-cold.safetensors").string();
+    st::save_file(st::NamedTensors(w.tensors), file);
+    made.push_back(file);
+  }
+  const std::string archive = (dir / "bench-cold.pt").string();
+  {
+    torch::serialize::OutputArchive out;
+    for (const auto& item : st::load_file(file)) out.write(item.key(), item.value());
+    out.save_to(archive);
+    made.push_back(archive);
+  }
+  std::printf("cold loads of %s (%.1f MB), median of %d, each in a fresh process after %s\n", file.c_str(),
+              static_cast<double>(fs::file_size(file)) / 1e6, reps,
+              whole_cache && ::geteuid() == 0 ? "posix_fadvise(DONTNEED) and drop_caches" : "posix_fadvise(DONTNEED)");
+  std::map<std::string, std::vector<double>> times;
+  for (int round = 0; round < reps; ++round)
+    for (const std::string& load : kColdLoads) {
+      drop_pages(file, whole_cache);
+      drop_pages(archive, whole_cache);
+      times[load].push_back(cold_run(load, file, archive, dir));
+    }
+  std::printf("%-30s %10s %10s %10s\n", "load", "median ms", "min ms", "max ms");
+  for (const std::string& load : kColdLoads) {
+    std::vector<double>& t = times[load];
+    std::sort(t.begin(), t.end());
+    std::printf("%-30s %10.1f %10.1f %10.1f\n", load.c_str(), t[t.size() / 2] * 1e3, t.front() * 1e3,
+                t.back() * 1e3);
+  }
+  for (const std::string& f : made) fs::remove(f);
+}
+
 int run_bench(int argc, char** argv) {
-  fs::path dir = fs::temp_directory_path();
+  CLI::App app{"Load and save timings beside LibTorch's archive, memcpy and write() of the same bytes.", "bench"};
+  std::string dir_arg = fs::temp_directory_path().string();
   int reps = 5;
-  std::string only, file;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i];
-    if (flag == "--dir") dir = argv[i + 1];
-    else if (flag == "--reps") reps = std::atoi(argv[i + 1]);
-    else if (flag == "--only") only = argv[i + 1];
-    else if (flag == "--file") file = argv[i + 1];
+  std::string only, file, cold_child_load, archive;
+  bool cold = false, file_pages_only = false;
+  app.add_option("--dir", dir_arg, "Folder for the files written (default: the temporary folder)")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--reps", reps, "Repetitions of each timing; the median is printed")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--only", only, "Run one workload")
+      ->check(CLI::IsMember({"gpt2-f32", "gpt2-bf16", "lora-1000", "header-100k", "module-gpt2", "cuda-gpt2"}));
+  app.add_option("--file", file, "Time our loads and saves of an existing file")->check(CLI::ExistingFile);
+  app.add_flag("--cold", cold,
+               "Cold loads: each in a fresh process with the file's pages dropped just before "
+               "(of --file, or of a generated GPT-2-small file)");
+  app.add_flag("--file-pages-only", file_pages_only,
+               "With --cold as root: drop only the files' pages, not the machine's whole page cache");
+  app.add_option("--cold-child", cold_child_load)->group("");  // the process --cold starts
+  app.add_option("--archive", archive)->group("");
+  app.footer("Example: bench --cold --file model.safetensors --reps 5");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "bench: %s\nRun with --help for more information.\n", e.what());
+    return 2;
+  }
+  const fs::path dir = dir_arg;
+  if (!cold_child_load.empty()) return cold_child(cold_child_load, file, archive);
+  if (cold) {
+    run_cold(file, dir, reps, !file_pages_only);
+    return 0;
   }
   if (!file.empty()) {
     run_on_file(file, dir, reps);

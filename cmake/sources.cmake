@@ -40,7 +40,8 @@ set(SAFETENSORS_TORCH_SOURCES
   checkpoint/flatten.cpp
   checkpoint/read.cpp
   checkpoint/convert.cpp
-  checkpoint/diff.cpp)
+  checkpoint/diff.cpp
+  transform.cpp)
 
 # AOTInductor packages' constants from safetensors: only where LibTorch has
 # AOTInductor's package loader (2.6 has it, 1.13 not; see

@@ -2,19 +2,12 @@
 
 #include "safetensors/tensor_parallel.hpp"
 
-#include <fnmatch.h>
-
 #include <algorithm>
 
+#include "detail/glob.hpp"
 #include "safetensors/error.hpp"
 
 namespace safetensors {
-
-namespace {
-
-bool is_pattern(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
-
-}  // namespace
 
 PartRange part_range(std::int64_t size, int rank, int world_size) {
   if (world_size < 1 || rank < 0 || rank >= world_size)
@@ -41,9 +34,9 @@ PartitionPlan& PartitionPlan::add(std::string pattern, Placement placement) {
 
 Placement PartitionPlan::placement(const std::string& name) const {
   for (const Rule& rule : rules_)
-    if (!is_pattern(rule.pattern) && rule.pattern == name) return rule.placement;
+    if (!detail::is_glob(rule.pattern) && rule.pattern == name) return rule.placement;
   for (const Rule& rule : rules_)
-    if (is_pattern(rule.pattern) && ::fnmatch(rule.pattern.c_str(), name.c_str(), 0) == 0)
+    if (detail::is_glob(rule.pattern) && detail::glob_matches(rule.pattern, name))
       return rule.placement;
   return Placement::replicate();
 }

@@ -7,6 +7,7 @@
 #include <ATen/ops/equal.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -202,19 +203,25 @@ TEST_F(CliTest, VerifyRejectsBrokenFilesWithoutASignal) {
   write_bytes(path("beyond_eof"), safetensors::test::make_file(std::string(1000, ' '), "").substr(0, 40));
   write_bytes(path("empty"), "");
   fs::create_directory(path("directory"));
-  const std::vector<std::pair<std::string, std::string>> cases = {
-      {"truncated", "[MetadataIncompleteBuffer]"},
-      {"beyond_eof", "[InvalidHeaderLength]"},
-      {"empty", "[HeaderTooSmall]"},
-      {"directory", "is a directory [Io]"},
-      {"missing", "cannot open"},
+  // Invalid files exit 1; a path that cannot be read (a folder that is not a
+  // set, a missing file) is trouble, 2.
+  struct Case {
+    std::string name, expected;
+    int code;
   };
-  for (const auto& [name, expected] : cases) {
+  const std::vector<Case> cases = {
+      {"truncated", "[MetadataIncompleteBuffer]", 1},
+      {"beyond_eof", "[InvalidHeaderLength]", 1},
+      {"empty", "[HeaderTooSmall]", 1},
+      {"directory", "neither model.safetensors.index.json nor model.safetensors [Io]", 2},
+      {"missing", "cannot open", 2},
+  };
+  for (const auto& [name, expected, code] : cases) {
     SCOPED_TRACE(name);
     const std::string p = path(name);
     Result r = run({"verify", p});
     ASSERT_TRUE(r.exited);
-    EXPECT_EQ(r.code, 1);
+    EXPECT_EQ(r.code, code);
     const std::vector<std::string> out = lines(r.out);
     ASSERT_EQ(out.size(), 1u) << r.out;
     EXPECT_TRUE(starts_with(out[0], p + ": error: ")) << out[0];
@@ -441,5 +448,391 @@ TEST_F(CliTest, ConvertCountsTheShardsItWrites) {
   EXPECT_NE(r.out.find(" in " + std::to_string(shards) + " shards with an index"), std::string::npos) << r.out;
   EXPECT_EQ(safetensors::ShardedOpen(folder).size(), 19u);
 }
+
+// --- exit statuses ------------------------------------------------------------
+
+// 0 success or equal, 1 invalid or different, 2 usage or trouble (a missing
+// file, an I/O error), for every command.
+TEST_F(CliTest, ExitStatusIsOneForInvalidInputsAndTwoForTrouble) {
+  const std::string good = write_sample("good.safetensors");
+  const std::string corrupt = path("corrupt.safetensors");
+  write_bytes(corrupt, read_bytes(good).substr(0, 20));
+  const std::string missing = path("missing.safetensors");
+  const std::string other = path("other.safetensors");
+  safetensors::save_file({{"weight", at::zeros({2, 3}, at::kFloat)}}, other);
+  struct Case {
+    std::vector<std::string> args;
+    int code;
+  };
+  const std::vector<Case> cases = {
+      {{"verify", good}, 0},
+      {{"verify", corrupt}, 1},
+      {{"verify", missing}, 2},
+      {{"verify", good, corrupt}, 1},
+      {{"verify", corrupt, missing, good}, 2},
+      {{"inspect", good}, 0},
+      {{"inspect", corrupt}, 1},
+      {{"inspect", missing}, 2},
+      {{"convert", corrupt, path("out1.safetensors")}, 1},
+      {{"convert", missing, path("out2.safetensors")}, 2},
+      {{"convert", good, path("no/such/folder/out.safetensors")}, 2},
+      {{"convert", good, path("out3.safetensors"), "--dtype", "f16", "--add-prefix", "x."}, 0},
+      {{"diff", good, good}, 0},
+      {{"diff", good, other}, 1},
+      {{"diff", good, missing}, 2},
+      {{"diff", missing, good}, 2},
+      {{"diff", good, corrupt}, 2},
+      {{"inspect", good, "--no-such-flag"}, 2},
+      {{"convert", good, path("out4.safetensors"), "--dtype", "f8"}, 2},
+      {{"convert", good, path("out5"), "--shard-size", "2XB"}, 2},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::PrintToString(c.args));
+    const Result r = run(c.args);
+    ASSERT_TRUE(r.exited);
+    EXPECT_EQ(r.code, c.code) << r.out << r.err;
+  }
+}
+
+TEST_F(CliTest, HelpDocumentsExitStatusesAndShowsAnExample) {
+  const Result help = run({"--help"});
+  ASSERT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("Exit status: 0"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("Example: safetensors-torch "), std::string::npos) << help.out;
+  for (const std::string command : {"inspect", "verify", "convert", "diff"}) {
+    SCOPED_TRACE(command);
+    const Result r = run({command, "--help"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("Example: safetensors-torch " + command + " "), std::string::npos) << r.out;
+  }
+}
+
+// --- sharded sets -------------------------------------------------------------
+
+class CliSetTest : public CliTest {
+ protected:
+  // Six F32 [4] tensors (16 bytes each) and an I64 scalar, in shards of at
+  // most 40 bytes: four shards.
+  std::string write_set(const std::string& name) const {
+    const std::string folder = path(name);
+    fs::create_directories(folder);
+    safetensors::NamedTensors tensors;
+    for (int i = 0; i < 6; ++i) tensors.add("layer." + std::to_string(i) + ".w", at::full({4}, i, at::kFloat));
+    tensors.add("step", at::full({}, 7, at::kLong));
+    safetensors::save_sharded(tensors, folder, Metadata{{"note", "x"}},
+                              safetensors::ShardedSaveOptions().max_shard_size(40));
+    return folder;
+  }
+  // The same tensors in one file.
+  std::string write_single(const std::string& name) const {
+    const std::string p = path(name);
+    safetensors::NamedTensors tensors;
+    for (int i = 0; i < 6; ++i) tensors.add("layer." + std::to_string(i) + ".w", at::full({4}, i, at::kFloat));
+    tensors.add("step", at::full({}, 7, at::kLong));
+    safetensors::save_file(tensors, p);
+    return p;
+  }
+};
+
+TEST_F(CliSetTest, InspectListsASetWithTotalsPerShard) {
+  const std::string folder = write_set("set");
+  const safetensors::ShardedOpen set(folder);
+  ASSERT_GT(set.shards().size(), 1u);
+  for (const std::string& p : {folder, folder + "/model.safetensors.index.json"}) {
+    SCOPED_TRACE(p);
+    const Result table = run({"inspect", p});
+    ASSERT_EQ(table.code, 0) << table.err;
+    EXPECT_NE(table.out.find("SHARD"), std::string::npos) << table.out;
+    EXPECT_NE(table.out.find("shards: " + std::to_string(set.shards().size())), std::string::npos) << table.out;
+    EXPECT_NE(table.out.find("parameters: 25"), std::string::npos) << table.out;
+
+    const Result r = run({"inspect", p, "--json"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    const nlohmann::json j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j.at("file"), p);
+    EXPECT_EQ(j.at("tensors").size(), 7u);
+    EXPECT_EQ(j.at("total_bytes"), 6 * 16 + 8);
+    EXPECT_EQ(j.at("parameters"), 25);
+    ASSERT_EQ(j.at("shards").size(), set.shards().size());
+    std::uint64_t tensors = 0, bytes = 0;
+    for (std::size_t i = 0; i < set.shards().size(); ++i) {
+      const nlohmann::json& shard = j["shards"][i];
+      EXPECT_EQ(shard.at("file"), fs::path(set.shards()[i].path()).filename().string());
+      EXPECT_EQ(shard.at("tensors"), set.shards()[i].size());
+      EXPECT_EQ(shard.at("bytes"), set.shards()[i].header().data_size());
+      tensors += shard.at("tensors").get<std::uint64_t>();
+      bytes += shard.at("bytes").get<std::uint64_t>();
+    }
+    EXPECT_EQ(tensors, 7u);
+    EXPECT_EQ(bytes, 6u * 16 + 8);
+    for (const nlohmann::json& t : j["tensors"])
+      EXPECT_EQ(t.at("shard"), fs::path(set.shard_of(t.at("name")).path()).filename().string());
+  }
+}
+
+TEST_F(CliSetTest, VerifyChecksEveryShardAndTheIndex) {
+  const std::string folder = write_set("set");
+  const safetensors::ShardedOpen set(folder);
+  const std::size_t shards = set.shards().size();
+  const Result ok = run({"verify", folder, folder + "/model.safetensors.index.json"});
+  ASSERT_EQ(ok.code, 0) << ok.out << ok.err;
+  EXPECT_EQ(ok.out, folder + ": ok (" + std::to_string(shards) + " shards, 7 tensors, 104 bytes)\n" + folder +
+                        "/model.safetensors.index.json: ok (" + std::to_string(shards) +
+                        " shards, 7 tensors, 104 bytes)\n");
+
+  // A shard cut short: the line names that shard.
+  const std::string last = set.shards().back().path();
+  const std::string bytes = read_bytes(last);
+  write_bytes(last, bytes.substr(0, bytes.size() - 2));
+  const Result broken = run({"verify", folder});
+  EXPECT_EQ(broken.code, 1) << broken.out;
+  EXPECT_TRUE(starts_with(broken.out, last + ": error: ")) << broken.out;
+  write_bytes(last, bytes);
+
+  // An index listing a tensor its shard does not hold.
+  const std::string index_path = folder + "/model.safetensors.index.json";
+  nlohmann::json index = nlohmann::json::parse(read_bytes(index_path));
+  index["weight_map"]["ghost"] = fs::path(last).filename().string();
+  write_bytes(index_path, index.dump());
+  const Result ghost = run({"verify", folder});
+  EXPECT_EQ(ghost.code, 1) << ghost.out;
+  EXPECT_NE(ghost.out.find("ghost"), std::string::npos) << ghost.out;
+  EXPECT_NE(ghost.out.find("[InvalidIndex]"), std::string::npos) << ghost.out;
+}
+
+TEST_F(CliSetTest, DiffComparesSetsWithSetsAndFiles) {
+  const std::string folder = write_set("set");
+  const std::string again = write_set("again");
+  const std::string single = write_single("single.safetensors");
+  for (const auto& [a, b] : std::vector<std::pair<std::string, std::string>>{
+           {folder, again}, {folder, single}, {single, folder + "/model.safetensors.index.json"}}) {
+    SCOPED_TRACE(a + " vs " + b);
+    const Result r = run({"diff", a, b});
+    EXPECT_EQ(r.code, 0) << r.out << r.err;
+    EXPECT_TRUE(starts_with(r.out, "equal: 7 identical")) << r.out;
+  }
+  const std::string changed = path("changed.safetensors");
+  safetensors::NamedTensors tensors;
+  for (int i = 0; i < 6; ++i) tensors.add("layer." + std::to_string(i) + ".w", at::full({4}, i == 3 ? 9 : i, at::kFloat));
+  safetensors::save_file(tensors, changed);
+  const Result r = run({"diff", folder, changed});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.out.find("only in A: step"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("differs: layer.3.w: values differ: max abs difference 6"), std::string::npos) << r.out;
+  const Result missing = run({"diff", folder, path("nothing-here/")});
+  EXPECT_EQ(missing.code, 2) << missing.out << missing.err;
+}
+
+TEST_F(CliSetTest, ConvertMergesASetAndReshardsIt) {
+  const std::string folder = write_set("set");
+  const std::string merged = path("merged.safetensors");
+  const Result m = run({"convert", folder, merged});
+  ASSERT_EQ(m.code, 0) << m.err;
+  EXPECT_EQ(safetensors::SafeOpen(merged).size(), 7u);
+  EXPECT_EQ(safetensors::load_metadata(merged), (Metadata{{"format", "pt"}, {"note", "x"}}));
+  EXPECT_EQ(run({"diff", folder, merged}).code, 0);
+
+  // Into a folder that does not exist yet, in shards of 2 x 16 bytes.
+  const std::string resharded = path("new/resharded");
+  const Result r = run({"convert", merged, resharded, "--shard-size", "32B"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const safetensors::ShardedOpen set(resharded);
+  EXPECT_EQ(set.size(), 7u);
+  for (const safetensors::SafeOpen& shard : set.shards()) EXPECT_LE(shard.header().data_size(), 32u);
+  EXPECT_EQ(run({"diff", resharded, folder}).code, 0);
+}
+
+TEST_F(CliTest, ConvertShardSizeTakesDecimalAndBinaryUnits) {
+  const std::string in = path("in.safetensors");
+  safetensors::NamedTensors tensors;
+  for (int i = 0; i < 8; ++i) tensors.add("t" + std::to_string(i), at::zeros({250}, at::kFloat));  // 1000 bytes
+  safetensors::save_file(tensors, in);
+  // 2kB holds two tensors per shard, 2KiB (2048) too, 3kB three, 1000 one.
+  for (const auto& [size, shards] : std::vector<std::pair<std::string, std::size_t>>{
+           {"2kB", 4}, {"2KB", 4}, {"2KiB", 4}, {"3kB", 3}, {"1000", 8}, {"1MB", 1}}) {
+    SCOPED_TRACE(size);
+    const std::string out = path("out-" + size);
+    const Result r = run({"convert", in, out, "--shard-size", size});
+    ASSERT_EQ(r.code, 0) << r.err;
+    const safetensors::ShardedOpen set(out);
+    EXPECT_EQ(set.shards().size(), shards);
+  }
+  for (const std::string bad : {"2 GB", "1.5GB", "GB", "0MB", "20000000TB", "2GiBs"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_EQ(run({"convert", in, path("bad"), "--shard-size", bad}).code, 2);
+  }
+}
+
+// --- JSON -----------------------------------------------------------------------
+
+TEST_F(CliTest, VerifyJsonHasOneEntryPerPath) {
+  const std::string good = write_sample("good.safetensors");
+  const std::string empty = path("empty.safetensors");
+  write_bytes(empty, "");
+  const Result r = run({"verify", "--json", good, empty});
+  EXPECT_EQ(r.code, 1);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("ok"), false);
+  ASSERT_EQ(j.at("files").size(), 2u);
+  EXPECT_EQ(j["files"][0], nlohmann::json({{"file", good}, {"ok", true}, {"shards", 0}, {"tensors", 3},
+                                           {"bytes", 36}}));
+  EXPECT_EQ(j["files"][1].at("file"), empty);
+  EXPECT_EQ(j["files"][1].at("ok"), false);
+  EXPECT_EQ(j["files"][1].at("code"), "HeaderTooSmall");
+  EXPECT_NE(j["files"][1].at("error").get<std::string>().find("[HeaderTooSmall]"), std::string::npos);
+
+  const Result ok = run({"verify", "--json", good});
+  EXPECT_EQ(ok.code, 0);
+  EXPECT_EQ(nlohmann::json::parse(ok.out).at("ok"), true);
+}
+
+TEST_F(CliTest, DiffJsonListsEveryDifference) {
+  const std::string a = write_sample("a.safetensors");
+  const std::string b = path("b.safetensors");
+  safetensors::save_file({{"weight", at::arange(6, at::kFloat).reshape({3, 2})}, {"extra", at::zeros({1})}}, b);
+  const Result r = run({"diff", a, b, "--json"});
+  EXPECT_EQ(r.code, 1);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("a"), a);
+  EXPECT_EQ(j.at("b"), b);
+  EXPECT_EQ(j.at("equal"), false);
+  EXPECT_EQ(j.at("identical"), 0);
+  EXPECT_EQ(j.at("different"), nlohmann::json::parse(R"([{"name":"weight","detail":"shape [2, 3] vs [3, 2]"}])"));
+  EXPECT_EQ(j.at("only_in_a"), nlohmann::json({"step", "mask"}));  // in file order
+  EXPECT_EQ(j.at("only_in_b"), nlohmann::json({"extra"}));
+
+  const Result same = run({"diff", a, a, "--json"});
+  EXPECT_EQ(same.code, 0);
+  EXPECT_EQ(nlohmann::json::parse(same.out).at("equal"), true);
+}
+
+// --- inspect totals, aliases, selection ------------------------------------------
+
+TEST_F(CliTest, InspectCountsParametersPerDtypeAndListsAliases) {
+  // "tied" is recorded in the metadata as an alias of "weight".
+  const std::string p = write_sample("a.safetensors", Metadata{{"format", "pt"}, {"tied", "weight"}});
+  const Result r = run({"inspect", p, "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("parameters"), 6 + 1 + 4);
+  EXPECT_EQ(j.at("dtypes"), nlohmann::json::parse(R"({"BOOL":{"tensors":1,"parameters":4,"bytes":4},
+      "F32":{"tensors":1,"parameters":6,"bytes":24},"I64":{"tensors":1,"parameters":1,"bytes":8}})"));
+  EXPECT_EQ(j.at("aliases"), nlohmann::json({{"tied", "weight"}}));
+
+  const Result table = run({"inspect", p});
+  ASSERT_EQ(table.code, 0) << table.err;
+  EXPECT_NE(table.out.find("parameters: 11\n"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("  tied -> weight\n"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("  F32   1 tensors  6 parameters  24 bytes\n"), std::string::npos) << table.out;
+}
+
+TEST_F(CliTest, InspectTensorsGlobFiltersTheListingAcrossDots) {
+  const std::string p = path("model.safetensors");
+  safetensors::save_file({{"h.0.attn.q.weight", at::zeros({2})},
+                          {"h.0.mlp.weight", at::zeros({3})},
+                          {"h.1.attn.q.weight", at::zeros({4})},
+                          {"lm_head.weight", at::zeros({5})}},
+                         p);
+  const Result r = run({"inspect", p, "--json", "--tensors", "*.attn.*", "--tensors", "lm_head.weight"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  std::vector<std::string> names;
+  for (const nlohmann::json& t : j.at("tensors")) names.push_back(t.at("name"));
+  EXPECT_EQ(names, (std::vector<std::string>{"h.0.attn.q.weight", "h.1.attn.q.weight", "lm_head.weight"}));
+  EXPECT_EQ(j.at("parameters"), 2 + 4 + 5);
+
+  const Result none = run({"inspect", p, "--tensors", "nothing*"});
+  ASSERT_EQ(none.code, 0) << none.err;
+  EXPECT_NE(none.out.find("tensors: 0 matching"), std::string::npos) << none.out;
+}
+
+// --- convert: selection, renaming, dtype ------------------------------------------
+
+TEST_F(CliTest, ConvertDtypeCastsFloatingPointTensorsOnly) {
+  const std::string in = write_sample("in.safetensors");  // F32 weight, I64 step, BOOL mask
+  const std::string out = path("out.safetensors");
+  const Result r = run({"convert", in, out, "--dtype", "bf16"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("  cast: 1 F32 -> BF16 (other tensors keep their dtype)\n"), std::string::npos) << r.out;
+  const safetensors::SafeOpen file(out);
+  EXPECT_EQ(file.info("weight").dtype, Dtype::BF16);
+  EXPECT_EQ(file.info("step").dtype, Dtype::I64);
+  EXPECT_EQ(file.info("mask").dtype, Dtype::BOOL);
+  EXPECT_TRUE(at::equal(file.get_tensor("weight").to(at::kFloat), at::arange(6, at::kFloat).reshape({2, 3})));
+  EXPECT_EQ(safetensors::load_metadata(out), (Metadata{{"format", "pt"}}));
+}
+
+TEST_F(CliTest, ConvertSelectsAndRenamesTensors) {
+  const std::string in = path("in.safetensors");
+  safetensors::save_file({{"module.enc.weight", at::zeros({2})},
+                          {"module.enc.bias", at::zeros({1})},
+                          {"module.dec.weight", at::zeros({3})},
+                          {"head", at::zeros({4})}},
+                         in, Metadata{{"format", "pt"}, {"module.tied", "module.enc.weight"}});
+  const std::string out = path("out.safetensors");
+  const Result r = run({"convert", in, out, "--include", "module.*", "--include", "head", "--exclude", "*.bias",
+                        "--strip-prefix", "module.", "--add-prefix", "model."});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const safetensors::SafeOpen file(out);
+  EXPECT_EQ(file.keys(), (std::vector<std::string>{"model.dec.weight", "model.enc.weight", "model.head"}));
+  // The alias follows its tensor's new name.
+  EXPECT_EQ(file.metadata(), (Metadata{{"format", "pt"}, {"model.tied", "model.enc.weight"}}));
+  EXPECT_NE(r.out.find("  left out: 1 (module.enc.bias)\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  renamed: 4\n"), std::string::npos) << r.out;
+
+  // Two names made one is refused, naming both, and nothing is written.
+  const std::string clash = path("clash.safetensors");
+  safetensors::save_file({{"a.x", at::zeros({1})}, {"x", at::zeros({1})}}, in);
+  const Result c = run({"convert", in, clash, "--strip-prefix", "a."});
+  EXPECT_EQ(c.code, 1);
+  EXPECT_TRUE(starts_with(c.err, in + ": error: tensor 'x': both 'a.x' and 'x' would take this name")) << c.err;
+  EXPECT_FALSE(fs::exists(clash));
+}
+
+TEST_F(CliTest, ConvertDtypeKeepsFloatingDtypesLibTorchCannotCast) {
+  // A file whose F8 tensor this LibTorch may lack keeps it, and says so.
+  const std::string in = write_f8_sample("f8.safetensors");
+  const std::string out = path("out.safetensors");
+  const Result r = run({"convert", in, out, "--dtype", "f16"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const safetensors::SafeOpen file(out, safetensors::LoadOptions().unsupported_as_bytes(true));
+  EXPECT_EQ(file.info("w").dtype, Dtype::F16);
+  if (!safetensors::to_torch_dtype(Dtype::F8_E4M3)) {
+    EXPECT_EQ(file.info("f8").dtype, Dtype::F8_E4M3);
+    EXPECT_EQ(tensor_bytes(out, "f8"), std::string("\x00\x38\x7e\x80\xb8\xff", 6));
+    EXPECT_NE(r.out.find("cannot convert, kept: f8"), std::string::npos) << r.out;
+  } else {
+    EXPECT_EQ(file.info("f8").dtype, Dtype::F16);
+  }
+}
+
+// --- the benchmark's command line ----------------------------------------------
+
+#ifdef SAFETENSORS_BENCH_PATH
+TEST_F(CliTest, BenchHelpPrintsItsUsageAndRunsNothing) {
+  const Result help = safetensors::test::run_program(SAFETENSORS_BENCH_PATH, {"--help"}, dir_.path().string());
+  ASSERT_TRUE(help.exited);
+  EXPECT_EQ(help.code, 0) << help.err;
+  EXPECT_NE(help.out.find("Usage: bench"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("--cold"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("Example: bench "), std::string::npos) << help.out;
+  EXPECT_EQ(help.out.find("=="), std::string::npos) << help.out;  // no workload ran
+  const Result bad = safetensors::test::run_program(SAFETENSORS_BENCH_PATH, {"--reps", "0"}, dir_.path().string());
+  EXPECT_EQ(bad.code, 2) << bad.out << bad.err;
+}
+
+TEST_F(CliTest, BenchColdTimesEachLoadInAFreshProcess) {
+  const std::string p = write_sample("a.safetensors");
+  const Result r = safetensors::test::run_program(
+      SAFETENSORS_BENCH_PATH, {"--cold", "--file-pages-only", "--file", p, "--reps", "1", "--dir", dir_.path().string()},
+      dir_.path().string());
+  ASSERT_TRUE(r.exited);
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  for (const std::string load : {"load_file+touch", "load_file copy(true)", "read() into fresh memory",
+                                 "torch::load (InputArchive)"})
+    EXPECT_NE(r.out.find("\n" + load + " "), std::string::npos) << load << " missing in\n" << r.out;
+  EXPECT_FALSE(fs::exists(path("bench-cold.pt")));
+}
+#endif
 
 }  // namespace

@@ -25,26 +25,27 @@ struct CliResult {
   std::string err;
 };
 
-/// Runs the tool with `args`, stdin empty; stdout and stderr are captured
+/// Runs `program` with `args`, stdin empty; stdout and stderr are captured
 /// through files in `scratch_dir`.
-inline CliResult run_cli(std::vector<std::string> args, const std::string& scratch_dir) {
+inline CliResult run_program(const std::string& program, std::vector<std::string> args,
+                             const std::string& scratch_dir) {
   const std::string out_path = scratch_dir + "/.stdout", err_path = scratch_dir + "/.stderr";
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  args.insert(args.begin(), SAFETENSORS_CLI_PATH);
+  args.insert(args.begin(), program);
   std::vector<char*> argv;
   for (std::string& s : args) argv.push_back(s.data());
   argv.push_back(nullptr);
 
   CliResult r;
   pid_t pid = 0;
-  const int spawned = posix_spawn(&pid, SAFETENSORS_CLI_PATH, &actions, nullptr, argv.data(), environ);
+  const int spawned = posix_spawn(&pid, program.c_str(), &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   if (spawned != 0) {
-    ADD_FAILURE() << "cannot run " << SAFETENSORS_CLI_PATH << ": errno " << spawned;
+    ADD_FAILURE() << "cannot run " << program << ": errno " << spawned;
     return r;
   }
   int status = 0;
@@ -55,6 +56,11 @@ inline CliResult run_cli(std::vector<std::string> args, const std::string& scrat
   r.out = read_bytes(out_path);
   r.err = read_bytes(err_path);
   return r;
+}
+
+/// Runs the tool (SAFETENSORS_CLI_PATH) with `args`.
+inline CliResult run_cli(std::vector<std::string> args, const std::string& scratch_dir) {
+  return run_program(SAFETENSORS_CLI_PATH, std::move(args), scratch_dir);
 }
 
 }  // namespace safetensors::test

@@ -5,6 +5,7 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -61,6 +62,30 @@ TEST_F(MigrateCliTest, ConvertsASubDictAndDiffProvesItLossless) {
   EXPECT_EQ(other.code, 1);
   EXPECT_TRUE(contains(other.out, "only in A: model.fc.weight")) << other.out;
   EXPECT_TRUE(contains(other.out, "only in B: fc.weight")) << other.out;
+}
+
+TEST_F(MigrateCliTest, ConvertSelectsRenamesAndCastsATorchSaveCheckpoint) {
+  const std::string out = dir_.file("model.safetensors");
+  const Result r = run({"convert", kFixtures + "training.pt", out, "--key", "model", "--exclude", "bn.*",
+                        "--add-prefix", "net.", "--dtype", "f16"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "  left out: 5 (bn.weight, bn.bias, bn.running_mean, bn.running_var, "
+                              "bn.num_batches_tracked)\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "  cast: 3 F32 -> F16 (other tensors keep their dtype)\n")) << r.out;
+  const st::SafeOpen file(out);
+  std::vector<std::string> keys = file.keys();
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(keys, (std::vector<std::string>{"net.emb.weight", "net.fc.bias", "net.fc.weight"}));
+  for (const std::string& name : file.keys()) EXPECT_EQ(file.info(name).dtype, st::Dtype::F16) << name;
+
+  // Tied weights stay tied under their new names.
+  const std::string tied = dir_.file("tied.safetensors");
+  ASSERT_EQ(run({"convert", kFixtures + "tied_sequential.pt", tied, "--add-prefix", "net."}).code, 0);
+  const st::SafeOpen t(tied);
+  std::vector<std::string> tied_keys = t.keys();
+  std::sort(tied_keys.begin(), tied_keys.end());
+  EXPECT_EQ(tied_keys, (std::vector<std::string>{"net.0.bias", "net.0.weight"}));
+  EXPECT_EQ(t.metadata().at("net.7.weight"), "net.0.weight");
 }
 
 TEST_F(MigrateCliTest, DetectsTheFormatByContentNotByName) {

@@ -93,4 +93,10 @@ void flatten(const std::shared_ptr<Source>& source, LocateStorage locate, std::u
 Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options,
                            std::map<std::string, TensorInfo>* raw);
 
+// Records each alias (name -> kept name, both as written) as a metadata entry
+// of its name; an alias whose name is a metadata key already (the caller's, or
+// "format") becomes a contiguous copy of its kept tensor in `tensors` instead,
+// and leaves `aliases`.
+void record_aliases(NamedTensors& tensors, std::map<std::string, std::string>& aliases, Metadata& metadata);
+
 }  // namespace safetensors::detail

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -20,33 +21,38 @@
 
 namespace safetensors {
 
+void detail::record_aliases(NamedTensors& tensors, std::map<std::string, std::string>& aliases,
+                            Metadata& metadata) {
+  for (auto it = aliases.begin(); it != aliases.end();) {
+    if (!metadata.count(it->first)) {
+      metadata.emplace(it->first, it->second);
+      ++it;
+      continue;
+    }
+    const auto& items = tensors.items();
+    const auto kept = std::find_if(items.begin(), items.end(),
+                                   [&](const NamedTensors::Item& item) { return item.name == it->second; });
+    if (kept != items.end()) {
+      const at::Tensor copy = kept->tensor.clone(at::MemoryFormat::Contiguous);
+      if (kept->raw_dtype) {
+        const Dtype dtype = *kept->raw_dtype;
+        std::vector<std::uint64_t> shape = kept->raw_shape;
+        tensors.add_raw(it->first, dtype, std::move(shape), copy);  // may move `items`
+      } else {
+        tensors.add(it->first, copy);
+      }
+    }
+    it = aliases.erase(it);
+  }
+}
+
 ConvertReport convert_checkpoint(const std::string& in, const std::string& out, const ConvertOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   std::map<std::string, TensorInfo> raw;
   Checkpoint ckpt = detail::read_checkpoint(in, CheckpointOptions().key(options.key()).backend(options.backend()), &raw);
 
-  // An alias is recorded as a metadata key of its name: one whose name is a
-  // key already (the caller's or "format") is written as a copy instead.
-  Metadata metadata = options.metadata();
-  metadata.emplace("format", "pt");
-  std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
-  for (auto it = ckpt.aliases.begin(); it != ckpt.aliases.end();) {
-    if (!metadata.count(it->first)) {
-      ++it;
-      continue;
-    }
-    copies.insert(it->first);
-    // A safetensors input's aliases are names only: give this one its tensor.
-    if (!ckpt.tensors.contains(it->first)) {
-      const at::Tensor kept = ckpt.tensors[it->second];
-      ckpt.tensors.insert(it->first, kept);
-      if (const auto r = raw.find(it->second); r != raw.end()) raw.emplace(it->first, r->second);
-    }
-    it = ckpt.aliases.erase(it);
-  }
-  for (const auto& [removed, kept] : ckpt.aliases) metadata.emplace(removed, kept);
-
   ConvertReport summary;
+  const std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
   NamedTensors tensors;
   for (const auto& item : ckpt.tensors) {
     if (ckpt.aliases.count(item.key())) continue;
@@ -56,8 +62,13 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
     } else {
       tensors.add(item.key(), t);
     }
-    summary.bytes += t.nbytes();
   }
+  if (!options.transform().identity())
+    tensors = transform_tensors(tensors, options.transform(), &ckpt.aliases, &summary.transform);
+  Metadata metadata = options.metadata();
+  metadata.emplace("format", "pt");
+  detail::record_aliases(tensors, ckpt.aliases, metadata);
+  for (const NamedTensors::Item& item : tensors.items()) summary.bytes += item.tensor.nbytes();
   if (options.max_shard_size()) {
     std::error_code ec;
     std::filesystem::create_directories(out, ec);  // save_sharded reports a folder it cannot use

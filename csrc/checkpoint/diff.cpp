@@ -97,9 +97,7 @@ std::string difference(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
-DiffReport diff_checkpoints(const std::string& a, const std::string& b, const CheckpointOptions& options_a,
-                            const CheckpointOptions& options_b) {
-  const Checkpoint ca = read_checkpoint(a, options_a), cb = read_checkpoint(b, options_b);
+DiffReport diff_checkpoints(const Checkpoint& ca, const Checkpoint& cb) {
   // A view under many names (tied weights, an expand shared by thousands of
   // entries) is compared once per pair of views, not once per name: each name
   // stands for the first name of its view (its alias's kept name), and each
@@ -109,7 +107,9 @@ DiffReport diff_checkpoints(const std::string& a, const std::string& b, const Ch
   auto compare = [&](const std::string& name) {
     const at::Tensor* other = first_of_view(cb, name);
     if (!other) return report.only_in_a.push_back(name);
-    const auto views = std::make_pair(first_of_view(ca, name), other);
+    const at::Tensor* mine = first_of_view(ca, name);
+    if (!mine) return report.only_in_a.push_back(name);  // an alias whose kept tensor is missing
+    const auto views = std::make_pair(mine, other);
     auto done = compared.find(views);
     if (done == compared.end()) done = compared.emplace(views, difference(*views.first, *views.second)).first;
     if (done->second.empty()) {
@@ -126,6 +126,11 @@ DiffReport diff_checkpoints(const std::string& a, const std::string& b, const Ch
   for (const auto& [name, kept] : cb.aliases)
     if (!cb.tensors.contains(name) && !first_of_view(ca, name)) report.only_in_b.push_back(name);
   return report;
+}
+
+DiffReport diff_checkpoints(const std::string& a, const std::string& b, const CheckpointOptions& options_a,
+                            const CheckpointOptions& options_b) {
+  return diff_checkpoints(read_checkpoint(a, options_a), read_checkpoint(b, options_b));
 }
 
 }  // namespace safetensors

@@ -3,46 +3,59 @@
 // Each command returns the process exit status.
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "safetensors/header.hpp"
+#include "safetensors/save.hpp"
+#include "safetensors/sharded.hpp"
 #include "safetensors/source.hpp"
+#include "safetensors/transform.hpp"
 
 namespace safetensors::cli {
 
+/// Exit status of every command: 0 success (`diff`: equal), 1 an invalid input
+/// or a failed operation (`diff`: different), 2 a usage error or trouble (a
+/// file missing or unreadable, an I/O error; `diff`: any input it cannot compare).
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitInvalid = 1;  ///< an invalid file or a failed operation
-inline constexpr int kExitUsage = 2;    ///< bad command line
-/// `diff`: 0 equal, 1 different, 2 trouble (a file that cannot be read or
-/// compared, of any kind), as diff(1).
+inline constexpr int kExitInvalid = 1;
 inline constexpr int kExitDifferent = 1;
+inline constexpr int kExitUsage = 2;
 inline constexpr int kExitTrouble = 2;
 
-/// Prints the tensors, metadata and totals of one file (a table, or JSON).
-int inspect(const std::string& path, bool json);
+/// How `inspect` lists.
+struct InspectArgs {
+  bool json = false;
+  std::vector<std::string> tensors;  ///< patterns; empty: every tensor
+};
 
-/// Validates each file and loads every tensor; prints one line per file.
-int verify(const std::vector<std::string>& paths);
+/// Prints the tensors, metadata and totals of a file or a sharded set.
+int inspect(const std::string& path, const InspectArgs& args);
 
-/// How `convert` reads a checkpoint that is not a safetensors file.
+/// Validates each file or set and loads every tensor; prints one line per
+/// argument, or one JSON document.
+int verify(const std::vector<std::string>& paths, bool json);
+
+/// How `convert` reads and rewrites a checkpoint.
 struct ConvertArgs {
   std::vector<std::string> key;             ///< the sub-dict to convert ("model")
   std::optional<std::uint64_t> shard_size;  ///< write a sharded folder
   Backend backend = Backend::Mmap;          ///< how IN is read
+  TensorTransform transform;                ///< selection, renaming, dtype
 };
 
-/// Rewrites `in` (safetensors, torch.save or torch::save, detected by content)
-/// as `out`, with `overrides` replacing or adding metadata keys.
+/// Rewrites `in` (a safetensors file or set, torch.save or torch::save,
+/// detected by content) as `out`, with `overrides` replacing or adding metadata keys.
 int convert(const std::string& in, const std::string& out, const Metadata& overrides,
             const ConvertArgs& args = {});
 
 /// Compares two checkpoints tensor by tensor: kExitOk when equal,
 /// kExitDifferent when not, kExitTrouble when either cannot be compared.
 int diff(const std::string& a, const std::string& b, const std::vector<std::string>& key_a,
-         const std::vector<std::string>& key_b, Backend backend = Backend::Mmap);
+         const std::vector<std::string>& key_b, Backend backend = Backend::Mmap, bool json = false);
 
 /// `s` with control characters escaped as \xNN: names and paths come from
 /// untrusted files and must not break the one-line-per-file output or reach
@@ -57,5 +70,37 @@ std::string current_message();
 /// `fallback_path`. Library errors already begin with "PATH: "; that prefix is
 /// not repeated.
 std::string error_line(const std::string& fallback_path);
+
+/// The exit status for the exception being handled (call it inside a catch
+/// block): kExitTrouble for an I/O error (a file missing, unreadable, changed
+/// while read) or exhausted memory, kExitInvalid for anything else.
+int failure_status();
+
+/// The ErrorCode's name of the exception being handled, or "" when it is not
+/// a library error (call it inside a catch block).
+std::string error_code_name();
+
+/// True when `path` names a sharded set: a folder, or an index file (a name
+/// ending in ".json"). Anything else is read as one file.
+bool is_set_path(const std::string& path);
+
+/// A safetensors file or sharded set, read as tensors to rewrite or compare.
+struct SetTensors {
+  ShardedOpen set;
+  /// Every tensor (views of the files), those of dtypes the LibTorch in use
+  /// lacks as raw bytes with their file dtype; not the aliases.
+  NamedTensors tensors;
+  /// Names the files' metadata records as aliases of a tensor: name -> kept.
+  std::map<std::string, std::string> aliases;
+  /// The files' metadata without the aliases and the set's bookkeeping
+  /// (kShardSetKey, total_size).
+  Metadata metadata;
+};
+/// Opens a file or set (ShardedOpen's paths) and lists its tensors.
+SetTensors read_set(const std::string& path, Backend backend);
+
+/// Alias entries of a file's metadata: keys that are not tensors whose value
+/// is one, except "format" and kShardSetKey.
+std::map<std::string, std::string> metadata_aliases(const ShardedOpen& set);
 
 }  // namespace safetensors::cli

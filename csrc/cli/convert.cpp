@@ -1,23 +1,33 @@
-// `convert IN OUT [--metadata KEY=VALUE]... [--key K] [--shard-size BYTES]`:
-// reads a safetensors file, a Python torch.save file or a C++ torch::save
-// archive (told apart by content) and writes its tensors as safetensors,
-// keeping every tensor's dtype. On a terminal, a large conversion shows its
-// progress on one line of stderr.
+// `convert IN OUT [--metadata KEY=VALUE]... [--key K] [--shard-size SIZE]
+// [--include GLOB]... [--exclude GLOB]... [--strip-prefix P] [--add-prefix P]
+// [--dtype D]`: reads a safetensors file or sharded set, a Python torch.save
+// file or a C++ torch::save archive (told apart by content) and writes its
+// tensors as safetensors, keeping every tensor's dtype unless --dtype casts the
+// floating-point ones. On a terminal, a large conversion shows its progress on
+// one line of stderr.
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <iterator>
+#include <map>
+#include <set>
 #include <optional>
 #include <string>
 
 #include "commands.hpp"
+#include "checkpoint/checkpoint_internal.hpp"
+#include "safetensors/error.hpp"
 #include "safetensors/load.hpp"
 #include "safetensors/migrate.hpp"
 #include "safetensors/save.hpp"
+#include "safetensors/sharded.hpp"
 #include "safetensors/torch_dtype.hpp"
+#include "safetensors/transform.hpp"
 
 namespace safetensors::cli {
 namespace {
@@ -105,7 +115,8 @@ std::string joined(const std::vector<std::string>& names) {
 }
 
 // What a migration did beyond writing tensors: nothing is dropped silently.
-void print_report(const std::string& in, const std::string& out, const ConvertReport& s) {
+void print_report(const std::string& in, const std::string& out, const ConvertReport& s,
+                  const TransformReport* t = nullptr) {
   std::cout << "converted " << printable(in) << " (" << to_string(s.format) << ") -> " << printable(out)
             << ": " << s.tensors << " tensors, " << s.bytes << " bytes";
   // The files written are the shards, then the index.
@@ -126,6 +137,82 @@ void print_report(const std::string& in, const std::string& out, const ConvertRe
     for (const NonTensorEntry& e : s.non_tensors) entries.push_back(e.name + " (" + e.description + ")");
     std::cout << "  not tensors, not converted: " << joined(entries) << '\n';
   }
+  if (!t) return;
+  if (!t->excluded.empty()) std::cout << "  left out: " << t->excluded.size() << " (" << joined(t->excluded) << ")\n";
+  if (t->renamed) std::cout << "  renamed: " << t->renamed << '\n';
+  if (!t->cast.empty()) {
+    std::map<std::pair<Dtype, Dtype>, std::size_t> counts;
+    for (const TransformReport::Cast& c : t->cast) ++counts[{c.from, c.to}];
+    std::cout << "  cast:";
+    const char* separator = " ";
+    for (const auto& [dtypes, n] : counts) {
+      std::cout << separator << n << " " << dtype_name(dtypes.first) << " -> " << dtype_name(dtypes.second);
+      separator = ", ";
+    }
+    std::cout << " (other tensors keep their dtype)\n";
+  }
+  if (!t->not_cast.empty())
+    std::cout << "  floating-point dtypes this LibTorch cannot convert, kept: " << joined(t->not_cast) << '\n';
+}
+
+// Any input, as tensors selected, renamed and cast (TensorTransform) on their
+// way to one file or a sharded folder. A safetensors file or set keeps its
+// metadata and its dtypes this LibTorch lacks; an alias (a name recorded in
+// the metadata for a tensor's bytes) stays an alias, unless its name is a
+// metadata key already, when it is written as a copy.
+int transform(const std::string& in, const std::string& out, const Metadata& overrides, const ConvertArgs& args) {
+  const auto start = std::chrono::steady_clock::now();
+  ConvertReport report;
+  NamedTensors tensors;
+  std::map<std::string, std::string> aliases;
+  Metadata metadata;
+  std::optional<SetTensors> set;  // holds the input files open until written
+  if (is_set_path(in) || detect_format(in, args.backend) == CheckpointFormat::Safetensors) {
+    if (!args.key.empty())
+      throw Error(ErrorCode::InvalidArgument, in, "", "a safetensors file has no nested keys to select");
+    set = read_set(in, args.backend);
+    tensors = set->tensors;
+    aliases = set->aliases;
+    metadata = set->metadata;
+    report.format = CheckpointFormat::Safetensors;
+  } else {
+    Checkpoint ckpt = read_checkpoint(in, CheckpointOptions().key(args.key).backend(args.backend));
+    const std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
+    for (const auto& item : ckpt.tensors) {
+      if (ckpt.aliases.count(item.key())) continue;
+      tensors.add(item.key(),
+                  copies.count(item.key()) ? item.value().clone(at::MemoryFormat::Contiguous) : item.value());
+    }
+    aliases = std::move(ckpt.aliases);
+    report.format = ckpt.format;
+    report.copied_views = std::move(ckpt.copied_views);
+    report.non_tensors = std::move(ckpt.non_tensors);
+  }
+
+  TransformReport changes;
+  NamedTensors written = transform_tensors(tensors, args.transform, &aliases, &changes);
+  for (const auto& [key, value] : overrides) metadata[key] = value;
+  metadata.emplace("format", "pt");
+  detail::record_aliases(written, aliases, metadata);
+  for (const NamedTensors::Item& item : written.items()) report.bytes += item.tensor.nbytes();
+
+  {
+    ProgressLine progress;  // ended before the report is printed
+    if (args.shard_size) {
+      std::error_code ec;
+      std::filesystem::create_directories(out, ec);  // save_sharded reports a folder it cannot use
+      report.files = save_sharded(written, out, metadata,
+                                  ShardedSaveOptions().max_shard_size(*args.shard_size).progress(progress.callback()));
+    } else {
+      save_file(written, out, metadata, SaveOptions().progress(progress.callback()));
+      report.files = {out};
+    }
+  }
+  report.tensors = written.size();
+  report.aliases = std::move(aliases);
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  print_report(in, out, report, &changes);
+  return kExitOk;
 }
 
 // A torch.save file or torch::save archive, or a safetensors file read with
@@ -168,12 +255,13 @@ int rewrite(const std::string& in, const std::string& out, const Metadata& overr
 
 int convert(const std::string& in, const std::string& out, const Metadata& overrides, const ConvertArgs& args) {
   try {
+    if (!args.transform.identity() || is_set_path(in)) return transform(in, out, overrides, args);
     if (!args.key.empty() || args.shard_size || detect_format(in, args.backend) != CheckpointFormat::Safetensors)
       return migrate(in, out, overrides, args);
     return rewrite(in, out, overrides, args.backend);
   } catch (...) {
     std::cerr << error_line(in) << '\n';
-    return kExitInvalid;
+    return failure_status();
   }
 }
 

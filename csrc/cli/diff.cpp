@@ -1,31 +1,75 @@
-// `diff A B [--key-a K] [--key-b K]`: compares two checkpoints of any supported
-// format tensor by tensor, so that a conversion can be shown to lose nothing.
+// `diff A B [--key-a K] [--key-b K] [--json]`: compares two checkpoints of any
+// supported format (sharded sets included) tensor by tensor, so that a
+// conversion can be shown to lose nothing.
 
 #include <iostream>
+
+#include <nlohmann/json.hpp>
 
 #include "commands.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/migrate.hpp"
+#include "safetensors/transform.hpp"
 
 namespace safetensors::cli {
+namespace {
+
+// A checkpoint of any format; a set's tensors are views of its shards.
+Checkpoint read_any(const std::string& path, const std::vector<std::string>& key, Backend backend) {
+  if (!is_set_path(path)) return read_checkpoint(path, CheckpointOptions().key(key).backend(backend));
+  if (!key.empty())
+    throw Error(ErrorCode::InvalidArgument, path, "", "a sharded set has no nested keys to select");
+  SetTensors set = read_set(path, backend);
+  Checkpoint ckpt;
+  ckpt.format = CheckpointFormat::Safetensors;
+  for (const NamedTensors::Item& item : set.tensors.items()) ckpt.tensors.insert(item.name, item.tensor);
+  ckpt.aliases = std::move(set.aliases);
+  return ckpt;
+}
+
+void print_json(const std::string& a, const std::string& b, const DiffReport& report) {
+  nlohmann::ordered_json different = nlohmann::ordered_json::array();
+  for (const TensorDifference& d : report.different) different.push_back({{"name", d.name}, {"detail", d.detail}});
+  const nlohmann::ordered_json out = {{"a", a},
+                                      {"b", b},
+                                      {"equal", report.equal()},
+                                      {"identical", report.identical},
+                                      {"different", std::move(different)},
+                                      {"only_in_a", report.only_in_a},
+                                      {"only_in_b", report.only_in_b}};
+  std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+}
+
+}  // namespace
 
 int diff(const std::string& a, const std::string& b, const std::vector<std::string>& key_a,
-         const std::vector<std::string>& key_b, Backend backend) {
+         const std::vector<std::string>& key_b, Backend backend, bool json) {
   DiffReport report;
+  std::string reading = a;
   try {
-    report = diff_checkpoints(a, b, CheckpointOptions().key(key_a).backend(backend),
-                              CheckpointOptions().key(key_b).backend(backend));
+    if (!is_set_path(a) && !is_set_path(b)) {
+      report = diff_checkpoints(a, b, CheckpointOptions().key(key_a).backend(backend),
+                                CheckpointOptions().key(key_b).backend(backend));
+    } else {
+      const Checkpoint ca = read_any(a, key_a, backend);
+      reading = b;
+      report = diff_checkpoints(ca, read_any(b, key_b, backend));
+    }
   } catch (...) {
-    std::cerr << error_line(a) << '\n';
+    std::cerr << error_line(reading) << '\n';
     return kExitTrouble;
   }
-  for (const std::string& name : report.only_in_a) std::cout << "only in A: " << printable(name) << '\n';
-  for (const std::string& name : report.only_in_b) std::cout << "only in B: " << printable(name) << '\n';
-  for (const TensorDifference& d : report.different)
-    std::cout << "differs: " << printable(d.name) << ": " << printable(d.detail) << '\n';
-  std::cout << (report.equal() ? "equal: " : "different: ") << report.identical << " identical, "
-            << report.different.size() << " different, " << report.only_in_a.size() << " only in A, "
-            << report.only_in_b.size() << " only in B\n";
+  if (json) {
+    print_json(a, b, report);
+  } else {
+    for (const std::string& name : report.only_in_a) std::cout << "only in A: " << printable(name) << '\n';
+    for (const std::string& name : report.only_in_b) std::cout << "only in B: " << printable(name) << '\n';
+    for (const TensorDifference& d : report.different)
+      std::cout << "differs: " << printable(d.name) << ": " << printable(d.detail) << '\n';
+    std::cout << (report.equal() ? "equal: " : "different: ") << report.identical << " identical, "
+              << report.different.size() << " different, " << report.only_in_a.size() << " only in A, "
+              << report.only_in_b.size() << " only in B (A: " << printable(a) << ", B: " << printable(b) << ")\n";
+  }
   return report.equal() ? kExitOk : kExitDifferent;
 }
 

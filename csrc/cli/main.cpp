@@ -1,10 +1,13 @@
-// safetensors-torch: inspect, verify and convert safetensors files from the
-// command line. Exit status: 0 success, 1 an invalid file or failed operation,
-// 2 a usage error; `diff`: 0 equal, 1 different, 2 trouble.
+// safetensors-torch: inspect, verify, convert and compare safetensors files
+// and sharded sets from the command line. Exit status: 0 success, 1 an invalid
+// input or a failed operation, 2 a usage error or trouble (a missing file, an
+// I/O error); `diff`: 0 equal, 1 different, 2 trouble.
 
+#include <cctype>
 #include <charconv>
 #include <cstdint>
 #include <iostream>
+#include <optional>
 
 #include <CLI/CLI.hpp>
 
@@ -26,13 +29,33 @@ std::string check_key_value(const std::string& arg) {
   return arg.find('=') == std::string::npos ? "expected KEY=VALUE, got '" + arg + "'" : "";
 }
 
-// CLI11 check for --shard-size: a whole number of bytes from 1 to 2^64 - 1.
-std::string check_positive_bytes(const std::string& arg) {
+// A --shard-size: a whole number of bytes, optionally with a unit: B, kB or
+// KB (1000), MB, GB, TB (powers of 1000), KiB, MiB, GiB, TiB (powers of 1024);
+// from 1 byte to 2^64 - 1. nullopt for anything else.
+std::optional<std::uint64_t> parse_size(const std::string& arg) {
   std::uint64_t value = 0;
-  const auto [end, ec] = std::from_chars(arg.data(), arg.data() + arg.size(), value);
-  if (ec != std::errc() || end != arg.data() + arg.size() || value == 0)
-    return "expected a whole number of bytes from 1 to 18446744073709551615, got '" + arg + "'";
-  return "";
+  const char* const end = arg.data() + arg.size();
+  const auto [digits_end, ec] = std::from_chars(arg.data(), end, value);
+  if (ec != std::errc() || digits_end == arg.data()) return std::nullopt;
+  std::string unit(digits_end, end);
+  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  static const std::pair<const char*, std::uint64_t> kUnits[] = {
+      {"", 1},          {"b", 1},
+      {"kb", 1000},     {"mb", 1000'000},        {"gb", 1000'000'000},    {"tb", 1000'000'000'000},
+      {"kib", 1ull << 10}, {"mib", 1ull << 20}, {"gib", 1ull << 30}, {"tib", 1ull << 40}};
+  for (const auto& [name, scale] : kUnits) {
+    if (unit != name) continue;
+    if (value == 0 || value > UINT64_MAX / scale) return std::nullopt;
+    return value * scale;
+  }
+  return std::nullopt;
+}
+
+// CLI11 check for --shard-size: empty when valid, else the complaint.
+std::string check_size(const std::string& arg) {
+  return parse_size(arg) ? ""
+                         : "expected a size from 1 byte to 2^64 - 1 bytes: a whole number, optionally with a unit "
+                           "(B, kB, MB, GB, TB; KiB, MiB, GiB, TiB), got '" + arg + "'";
 }
 
 // KEY=VALUE arguments (already checked) as metadata; a later key wins.
@@ -90,48 +113,76 @@ int exit_for(const CLI::App& app, const CLI::ParseError& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Inspect, verify and convert safetensors files.", "safetensors-torch"};
+  CLI::App app{"Inspect, verify, convert and compare safetensors files and sharded sets.", "safetensors-torch"};
   app.set_version_flag("--version", version_text());
   app.require_subcommand(1);
+  app.footer(
+      "A sharded set (its folder, or its model.safetensors.index.json) is accepted wherever a file is.\n"
+      "Exit status: 0 success (diff: equal), 1 an invalid input or a failed operation (diff: different),\n"
+      "2 a usage error or trouble (a missing or unreadable file, an I/O error).\n"
+      "Example: safetensors-torch convert ckpt.pt model.safetensors --key model --dtype bf16");
 
+  safetensors::cli::InspectArgs inspect_args;
   std::string inspect_path;
-  bool json = false;
-  CLI::App* inspect = app.add_subcommand("inspect", "List a file's tensors, metadata and totals");
-  inspect->add_option("FILE", inspect_path, "A safetensors file")->required();
-  inspect->add_flag("--json", json, "Print one JSON object instead of a table");
+  CLI::App* inspect = app.add_subcommand("inspect", "List the tensors, metadata and totals of a file or set");
+  inspect->add_option("PATH", inspect_path, "A safetensors file, or a sharded set's folder or index")->required();
+  inspect->add_flag("--json", inspect_args.json, "Print one JSON document instead of a table");
+  inspect->add_option("--tensors", inspect_args.tensors,
+                      "List only the tensors matching GLOB ('*' matches any run of characters, dots included; "
+                      "repeatable)")
+      ->type_name("GLOB");
+  inspect->footer("Example: safetensors-torch inspect checkpoint/ --tensors '*.attn.*'");
 
   std::vector<std::string> verify_paths;
-  CLI::App* verify = app.add_subcommand("verify", "Validate files and load every tensor");
-  verify->add_option("FILE", verify_paths, "Safetensors files")->required();
+  bool verify_json = false;
+  CLI::App* verify = app.add_subcommand("verify", "Validate files or sets and load every tensor");
+  verify->add_option("PATH", verify_paths, "Safetensors files, or sharded sets' folders or indexes")->required();
+  verify->add_flag("--json", verify_json, "Print one JSON document instead of a line per path");
+  verify->footer("Example: safetensors-torch verify model.safetensors checkpoint/");
 
   std::string in, out;
   std::vector<std::string> metadata_args;
   CLI::App* convert = app.add_subcommand(
-      "convert", "Write a safetensors file from a safetensors, torch.save or torch::save file");
-  convert->add_option("IN", in, "The file to read (its format is detected from its content)")->required();
-  convert->add_option("OUT", out, "The file to write")->required();
+      "convert", "Write a safetensors file or set from a safetensors file or set, torch.save or torch::save file");
+  convert->add_option("IN", in, "The checkpoint to read (its format is detected from its content)")->required();
+  convert->add_option("OUT", out, "The file to write (a folder with --shard-size)")->required();
   convert->add_option("--metadata", metadata_args, "Set a metadata entry (repeatable)")
       ->type_name("KEY=VALUE")
       ->check(check_key_value);
   std::string convert_key;
-  std::optional<std::uint64_t> shard_size;
+  std::string shard_size;
   const std::string key_help = " (dotted path; write a dot inside a key as \\.)";
   convert->add_option("--key", convert_key, "Convert only this sub-dict of a checkpoint" + key_help)
       ->type_name("PATH")
       ->check(check_key_path);
-  convert->add_option("--shard-size", shard_size, "Write OUT as a folder of shards of at most BYTES each")
-      ->type_name("BYTES")
-      ->check(check_positive_bytes);
+  convert->add_option("--shard-size", shard_size,
+                      "Write OUT as a folder of shards of at most SIZE bytes of tensors each "
+                      "(e.g. 2GB, 500MiB, 100KB, 4096)")
+      ->type_name("SIZE")
+      ->check(check_size);
   std::string backend = "mmap";
   const std::string backend_help =
       "How inputs are read: mmap (zero-copy mapping) or pread (positional reads into memory, no mapping)";
   convert->add_option("--backend", backend, backend_help)->check(CLI::IsMember({"mmap", "pread"}));
+  std::vector<std::string> include, exclude;
+  std::string strip_prefix, add_prefix, dtype;
+  convert->add_option("--include", include, "Convert only the tensors matching GLOB (repeatable)")
+      ->type_name("GLOB");
+  convert->add_option("--exclude", exclude, "Leave out the tensors matching GLOB (repeatable)")->type_name("GLOB");
+  convert->add_option("--strip-prefix", strip_prefix, "Remove P from the names that begin with it")
+      ->type_name("P");
+  convert->add_option("--add-prefix", add_prefix, "Put P before every name (after --strip-prefix)")
+      ->type_name("P");
+  convert->add_option("--dtype", dtype, "Cast floating-point tensors to this dtype (others keep theirs)")
+      ->check(CLI::IsMember({"f16", "bf16", "f32", "f64"}));
+  convert->footer("Example: safetensors-torch convert checkpoint/ merged.safetensors --strip-prefix module.");
 
   std::string diff_a, diff_b, key_a, key_b;
+  bool diff_json = false;
   CLI::App* diff = app.add_subcommand(
       "diff", "Compare two checkpoints tensor by tensor (exit 0 equal, 1 different, 2 trouble)");
-  diff->add_option("A", diff_a, "A checkpoint of any supported format")->required();
-  diff->add_option("B", diff_b, "A checkpoint of any supported format")->required();
+  diff->add_option("A", diff_a, "A checkpoint of any supported format, or a sharded set")->required();
+  diff->add_option("B", diff_b, "A checkpoint of any supported format, or a sharded set")->required();
   diff->add_option("--key-a", key_a, "Compare only this sub-dict of A" + key_help)
       ->type_name("PATH")
       ->check(check_key_path);
@@ -139,6 +190,8 @@ int main(int argc, char** argv) {
       ->type_name("PATH")
       ->check(check_key_path);
   diff->add_option("--backend", backend, backend_help)->check(CLI::IsMember({"mmap", "pread"}));
+  diff->add_flag("--json", diff_json, "Print one JSON document instead of lines");
+  diff->footer("Example: safetensors-torch diff ckpt.pt checkpoint/ --key-a model");
 
   try {
     app.parse(argc, argv);
@@ -147,14 +200,22 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (*inspect) return cli::inspect(inspect_path, json);
-    if (*verify) return cli::verify(verify_paths);
-    if (*diff) return cli::diff(diff_a, diff_b, split_key(key_a), split_key(key_b), backend_named(backend));
-    return cli::convert(in, out, parse_metadata(metadata_args),
-                        {split_key(convert_key), shard_size, backend_named(backend)});
-  } catch (const std::exception& e) {
+    if (*inspect) return cli::inspect(inspect_path, inspect_args);
+    if (*verify) return cli::verify(verify_paths, verify_json);
+    if (*diff)
+      return cli::diff(diff_a, diff_b, split_key(key_a), split_key(key_b), backend_named(backend), diff_json);
+    cli::ConvertArgs args{split_key(convert_key), std::nullopt, backend_named(backend), {}};
+    if (!shard_size.empty()) args.shard_size = parse_size(shard_size);
+    args.transform.include(include).exclude(exclude).strip_prefix(strip_prefix).add_prefix(add_prefix);
+    if (!dtype.empty()) {
+      std::string upper;
+      for (const char c : dtype) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      args.transform.dtype(safetensors::parse_dtype(upper));
+    }
+    return cli::convert(in, out, parse_metadata(metadata_args), args);
+  } catch (...) {
     // The commands report their own failures; this is a last resort.
     std::cerr << "safetensors-torch: error: " << cli::current_message() << '\n';
-    return *diff ? cli::kExitTrouble : cli::kExitInvalid;
+    return cli::failure_status() == cli::kExitTrouble || *diff ? cli::kExitTrouble : cli::kExitInvalid;
   }
 }

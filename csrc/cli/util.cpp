@@ -1,14 +1,16 @@
-// Helpers shared by the subcommands: error lines and output escaping.
-
-#include <sys/stat.h>
+// Helpers shared by the subcommands: error lines, exit statuses, output
+// escaping, and sharded sets read as tensors.
 
 #include <c10/util/Exception.h>
 
+#include <filesystem>
 #include <new>
 #include <stdexcept>
 
 #include "commands.hpp"
 #include "safetensors/error.hpp"
+#include "safetensors/load.hpp"
+#include "safetensors/torch_dtype.hpp"
 
 namespace safetensors::cli {
 
@@ -48,6 +50,62 @@ std::string error_line(const std::string& fallback_path) {
   const std::string prefix = printable(path) + ": ";
   if (message.compare(0, prefix.size(), prefix) == 0) message.erase(0, prefix.size());
   return prefix + "error: " + message;
+}
+
+int failure_status() {
+  try {
+    throw;
+  } catch (const Error& e) {
+    return e.code() == ErrorCode::Io || e.code() == ErrorCode::FileChanged ? kExitTrouble : kExitInvalid;
+  } catch (const std::bad_alloc&) {
+    return kExitTrouble;
+  } catch (...) {
+    return kExitInvalid;
+  }
+}
+
+std::string error_code_name() {
+  try {
+    throw;
+  } catch (const Error& e) {
+    return to_string(e.code());
+  } catch (...) {
+    return "";
+  }
+}
+
+bool is_set_path(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return true;
+  constexpr std::string_view kJson = ".json";
+  return path.size() >= kJson.size() && path.compare(path.size() - kJson.size(), kJson.size(), kJson) == 0;
+}
+
+std::map<std::string, std::string> metadata_aliases(const ShardedOpen& set) {
+  std::map<std::string, std::string> aliases;
+  for (const SafeOpen& shard : set.shards())
+    for (const auto& [removed, kept] : shard.metadata())
+      if (removed != "format" && removed != kShardSetKey && !set.contains(removed) && set.contains(kept))
+        aliases.emplace(removed, kept);
+  return aliases;
+}
+
+SetTensors read_set(const std::string& path, Backend backend) {
+  SetTensors out{ShardedOpen(path, LoadOptions().unsupported_as_bytes(true).backend(backend)), {}, {}, {}};
+  out.aliases = metadata_aliases(out.set);
+  for (const SafeOpen& shard : out.set.shards()) {
+    for (const TensorInfo& info : shard.header().tensors()) {
+      at::Tensor t = shard.get_tensor(info.name);
+      if (to_torch_dtype(info.dtype)) {
+        out.tensors.add(info.name, std::move(t));
+      } else {
+        out.tensors.add_raw(info.name, info.dtype, info.shape, std::move(t));
+      }
+    }
+    for (const auto& [key, value] : shard.metadata())
+      if (key != kShardSetKey && !out.aliases.count(key)) out.metadata.emplace(key, value);
+  }
+  return out;
 }
 
 }  // namespace safetensors::cli

@@ -31,6 +31,7 @@
 #include "safetensors/header.hpp"
 #include "safetensors/save.hpp"
 #include "safetensors/source.hpp"
+#include "safetensors/transform.hpp"
 
 namespace safetensors {
 
@@ -130,6 +131,9 @@ struct ConvertOptions : WriteOptions<ConvertOptions> {
   /// When set, `out` is a folder that receives a sharded checkpoint
   /// (save_sharded) with at most this many tensor bytes per shard.
   TORCH_ARG(std::optional<std::uint64_t>, max_shard_size) = std::nullopt;
+  /// The tensors selected, renamed and cast on their way (see TensorTransform);
+  /// aliases follow their tensors' new names.
+  TORCH_ARG(TensorTransform, transform) = {};
 };
 
 /// What convert_checkpoint wrote.
@@ -141,6 +145,7 @@ struct ConvertReport {
   std::vector<std::string> copied_views;
   std::vector<NonTensorEntry> non_tensors;
   std::vector<std::string> files;  ///< the files written (several when sharded)
+  TransformReport transform;       ///< what ConvertOptions::transform changed
   double seconds = 0;
 };
 /// The name of release 0.1, kept for one release.
@@ -174,5 +179,8 @@ struct DiffReport {
 DiffReport diff_checkpoints(const std::string& a, const std::string& b,
                             const CheckpointOptions& options_a = {},
                             const CheckpointOptions& options_b = {});
+/// Compares two checkpoints already read, as above: a checkpoint read from a
+/// sharded set compares with one read from a single file.
+DiffReport diff_checkpoints(const Checkpoint& a, const Checkpoint& b);
 
 }  // namespace safetensors

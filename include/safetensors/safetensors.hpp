@@ -22,5 +22,6 @@
 #include "safetensors/tensor_parallel.hpp"
 #include "safetensors/torch_dtype.hpp"
 #include "safetensors/training.hpp"
+#include "safetensors/transform.hpp"
 #include "safetensors/version.hpp"
 #include "safetensors/writer.hpp"

@@ -1,0 +1,76 @@
+#pragma once
+// Selecting, renaming and casting the tensors of a checkpoint on their way to
+// a new file: what `safetensors-torch convert --include/--exclude/--strip-prefix/
+// --add-prefix/--dtype` does, for library users too.
+//
+//   auto transform = safetensors::TensorTransform()
+//                        .exclude({"*.attn.bias"})
+//                        .strip_prefix("module.")
+//                        .dtype(safetensors::Dtype::BF16);
+//   safetensors::TransformReport report;
+//   safetensors::NamedTensors out = safetensors::transform_tensors(tensors, transform, &aliases, &report);
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/arg.h>
+
+#include "safetensors/dtype.hpp"
+#include "safetensors/save.hpp"
+
+namespace safetensors {
+
+/// What happens to each tensor, in this order: selection by its original
+/// name, then renaming, then the dtype.
+struct TensorTransform {
+  /// True when it changes nothing.
+  bool identity() const noexcept;
+  /// True when `name` is selected.
+  bool selects(const std::string& name) const;
+  /// The name a selected tensor takes.
+  std::string rename(const std::string& name) const;
+
+  /// Patterns (`*` any run of characters, dots included; `?` one character;
+  /// `[...]` a set; a name without these matches itself only). Empty: every
+  /// tensor is selected; else only those matching one of them.
+  TORCH_ARG(std::vector<std::string>, include) = {};
+  /// Tensors matching one of these are left out, whether or not included.
+  TORCH_ARG(std::vector<std::string>, exclude) = {};
+  /// Removed from the names that begin with it; other names are kept.
+  TORCH_ARG(std::string, strip_prefix) = "";
+  /// Put before every name (after strip_prefix is removed).
+  TORCH_ARG(std::string, add_prefix) = "";
+  /// Floating-point tensors are cast to this dtype, which must be F16, BF16,
+  /// F32 or F64; integer, bool and complex tensors keep theirs. A cast tensor
+  /// is a new tensor in memory, no longer a view of its file.
+  TORCH_ARG(std::optional<Dtype>, dtype) = std::nullopt;
+};
+
+/// What transform_tensors did, by original name.
+struct TransformReport {
+  struct Cast {
+    std::string name;  ///< the new name
+    Dtype from;
+    Dtype to;
+  };
+  std::vector<std::string> excluded;  ///< original names left out, tensors and aliases
+  std::size_t renamed = 0;            ///< names that changed
+  std::vector<Cast> cast;             ///< tensors whose dtype changed
+  /// Floating-point tensors that keep their dtype because the LibTorch in use
+  /// cannot compute with it (raw items: F8 on LibTorch 1.13, F4, F6): new names.
+  std::vector<std::string> not_cast;
+};
+
+/// The selected tensors of `tensors`, renamed and cast. `aliases` (name ->
+/// kept name, as Checkpoint::aliases), when given, are selected and renamed as
+/// tensors are, in place; an alias whose kept tensor is left out becomes a
+/// tensor of its own (the kept one's bytes) so that no selected name is lost.
+/// Throws InvalidArgument for a dtype that is not F16, BF16, F32 or F64, and for
+/// two names that the renaming makes one (naming both).
+NamedTensors transform_tensors(const NamedTensors& tensors, const TensorTransform& transform,
+                               std::map<std::string, std::string>* aliases = nullptr,
+                               TransformReport* report = nullptr);
+
+}  // namespace safetensors

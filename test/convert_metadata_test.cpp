@@ -1,8 +1,11 @@
 // Tests of converting Python training checkpoints: their non-tensor values
 // kept as JSON metadata, and `key({"optimizer"})` giving a file load_optimizer
 // resumes from. The checkpoints are written at test time by Debian's torch
-// (data/pickle/make_training_resume.py), or by the interpreter
-// SAFETENSORS_INTEROP_PYTHON names (the Debian 13 root's torch 2.x).
+// (data/pickle/make_training_resume.py), or by the command line
+// SAFETENSORS_INTEROP_PYTHON names, run with paths relative to the current
+// folder (so that a root binding it sees the same paths):
+//
+//   SAFETENSORS_INTEROP_PYTHON="tools/reference-root.sh run -- python3" build/test/convert_metadata_test
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -10,7 +13,10 @@
 #include <torch/nn.h>
 #include <torch/optim.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -31,7 +37,9 @@ using st::ErrorCode;
 using st::test::error_code_of;
 using st::test::TempDir;
 
-const std::string kScript = std::string(SAFETENSORS_TEST_DATA_DIR) + "/pickle/make_training_resume.py";
+namespace fs = std::filesystem;
+
+const fs::path kScript = fs::path(SAFETENSORS_TEST_DATA_DIR) / "pickle" / "make_training_resume.py";
 constexpr int kSteps = 3, kResumed = 4;
 
 std::string python() {
@@ -46,23 +54,28 @@ std::string read_text(const std::string& path) {
   return text.str();
 }
 
-// The checkpoints of make_training_resume.py, written once for the suite.
+// The checkpoints of make_training_resume.py, written once for the suite in a
+// folder under the current one.
 class ConvertMetadata : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = std::make_unique<TempDir>();
-    const std::string command = python() + " " + kScript + " " + dir_->path().string() + " " +
+    dir_ = "convert_metadata." + std::to_string(::getpid());
+    fs::create_directories(dir_);
+    const std::string command = python() + " " + fs::relative(kScript).string() + " " + dir_.string() + " " +
                                 std::to_string(kSteps) + " " + std::to_string(kResumed) + " >/dev/null 2>&1";
     ready_ = std::system(command.c_str()) == 0;
   }
-  static void TearDownTestSuite() { dir_.reset(); }
-  void SetUp() override {
-    if (!ready_) GTEST_SKIP() << python() << " could not run " << kScript << " (needs torch)";
+  static void TearDownTestSuite() {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
   }
-  static std::string in(const std::string& name) { return (dir_->path() / name).string(); }
+  void SetUp() override {
+    if (!ready_) GTEST_SKIP() << python() << " could not run " << kScript.string() << " (needs torch)";
+  }
+  static std::string in(const std::string& name) { return (dir_ / name).string(); }
   std::string out(const std::string& name) const { return (tmp_.path() / name).string(); }
 
-  static inline std::unique_ptr<TempDir> dir_;
+  static inline fs::path dir_;
   static inline bool ready_ = false;
   TempDir tmp_;
 };
@@ -201,7 +214,7 @@ TEST_F(ConvertMetadata, ResumesPythonTraining) {
   }
 }
 
-// A string the memo repeats writes out to 1 GB of JSON: beyond the bound on
+// A string the memo repeats writes out to 100 MB of JSON: beyond the bound on
 // what flattening makes, charged as it is written.
 TEST_F(ConvertMetadata, SharedStringsStayWithinTheBound) {
   EXPECT_EQ(error_code_of([&] { st::convert_checkpoint(in("hostile_json.pt"), out("h.safetensors")); }),

@@ -214,8 +214,9 @@ TEST_F(ConvertMetadata, ResumesPythonTraining) {
   }
 }
 
-// A string the memo repeats writes out to 100 MB of JSON: beyond the bound on
-// what flattening makes, charged as it is written.
+// A string the memo repeats writes out to 50 MB of JSON (a header the writer
+// would take): beyond the bound on what flattening makes, 24 MiB for this
+// pickle, charged as it is written.
 TEST_F(ConvertMetadata, SharedStringsStayWithinTheBound) {
   EXPECT_EQ(error_code_of([&] { st::convert_checkpoint(in("hostile_json.pt"), out("h.safetensors")); }),
             ErrorCode::LimitExceeded);

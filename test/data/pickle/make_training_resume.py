@@ -61,10 +61,10 @@ for name in ("adam", "sgd"):
     train(model, optimizer, x, y, resumed)
     torch.save(model.state_dict(), f"{out}/{name}.resumed.pt")
 
-# A string shared through the pickle's memo: 1 MB in the file, a 100 MB JSON text
+# A string shared through the pickle's memo: 1 MB in the file, a 50 MB JSON text
 # once written out as often as the list refers to it.
 shared = "x" * (1 << 20)
-torch.save({"t": torch.zeros(1), "big": [shared] * 100}, f"{out}/hostile_json.pt")
+torch.save({"t": torch.zeros(1), "big": [shared] * 50}, f"{out}/hostile_json.pt")
 # Values without a JSON form, and a lone surrogate (pickled as invalid UTF-8).
 torch.save({"t": torch.zeros(1), "z": torch.float16, "where": torch.device("cpu"), "epoch": 1},
            f"{out}/no_json.pt")

@@ -52,7 +52,7 @@ void report_torchscript_constants(const ZipArchive& zip, const ZipEntry& constan
                                    [](const pickle::Value& v) { return v.kind == pickle::Value::Kind::Tensor; });
   if (count > 0)
     out.non_tensors.push_back(
-        {"CONSTANTS", std::to_string(count) + " tensor constants of the TorchScript code (constants.pkl)"});
+        {"CONSTANTS", std::to_string(count) + " tensor constants of the TorchScript code (constants.pkl)", std::nullopt});
 }
 
 }  // namespace safetensors::detail

@@ -78,12 +78,13 @@ struct Span {
 /// The bytes of the storage of that key, or nullopt when the file has none.
 using LocateStorage = std::function<std::optional<Span>(const std::string& key)>;
 
-/// Adds to `out` the tensors and other entries of the value at `key` (a path
-/// of dict keys, positions and attribute names) of `root`, a pickle of
-/// `pickle_size` bytes whose storages `locate` finds in `source`. What it
-/// makes is bounded by the pickle's and the file's sizes (migrate.hpp).
+/// Adds to `out` the tensors and other entries (with their JSON text when
+/// options.non_tensors_as_json) of the value at options.key (a path of dict
+/// keys, positions and attribute names) of `root`, a pickle of `pickle_size`
+/// bytes whose storages `locate` finds in `source`. What it makes is bounded
+/// by the pickle's and the file's sizes (migrate.hpp).
 void flatten(const std::shared_ptr<Source>& source, LocateStorage locate, std::uint64_t pickle_size,
-             const pickle::Value& root, const std::vector<std::string>& key, Checkpoint& out);
+             const pickle::Value& root, const CheckpointOptions& options, Checkpoint& out);
 
 // ---------------------------------------------------------------------------
 // Any format (read.cpp)

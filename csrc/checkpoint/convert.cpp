@@ -1,6 +1,6 @@
 // Converting a checkpoint of any format to a safetensors file or sharded set:
-// its aliases become metadata, views that overlap become copies, and dtypes
-// this LibTorch lacks are written as they were read.
+// its aliases and its non-tensor values become metadata, views that overlap
+// become copies, and dtypes this LibTorch lacks are written as they were read.
 
 #include <ATen/ATen.h>
 
@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "checkpoint/checkpoint_internal.hpp"
+#include "detail/text.hpp"
 #include "save_internal.hpp"
 #include "safetensors/migrate.hpp"
 #include "safetensors/save.hpp"
@@ -49,7 +50,12 @@ void detail::record_aliases(NamedTensors& tensors, std::map<std::string, std::st
 ConvertReport convert_checkpoint(const std::string& in, const std::string& out, const ConvertOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   std::map<std::string, TensorInfo> raw;
-  Checkpoint ckpt = detail::read_checkpoint(in, CheckpointOptions().key(options.key()).backend(options.backend()), &raw);
+  Checkpoint ckpt = detail::read_checkpoint(in,
+                                            CheckpointOptions()
+                                                .key(options.key())
+                                                .backend(options.backend())
+                                                .non_tensors_as_json(options.keep_non_tensors()),
+                                            &raw);
 
   ConvertReport summary;
   const std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
@@ -68,6 +74,21 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   Metadata metadata = options.metadata();
   metadata.emplace("format", "pt");
   detail::record_aliases(tensors, ckpt.aliases, metadata);
+  // Then the non-tensor values with a JSON form, under names no key above has.
+  for (NonTensorEntry& entry : ckpt.non_tensors) {
+    if (entry.json) {
+      const char* refusal = entry.name.empty()                  ? "the checkpoint itself is no metadata entry"
+                            : !detail::is_valid_utf8(entry.name) ? "its name is not valid UTF-8"
+                                                                 : nullptr;
+      if (!refusal && metadata.try_emplace(entry.name, std::move(*entry.json)).second) {
+        summary.metadata_keys.push_back(entry.name);
+        continue;
+      }
+      entry.description.append(", not kept: ").append(refusal ? refusal : "its name is a metadata key already");
+      entry.json.reset();
+    }
+    summary.non_tensors.push_back(std::move(entry));
+  }
   for (const NamedTensors::Item& item : tensors.items()) summary.bytes += item.tensor.nbytes();
   if (options.max_shard_size()) {
     std::error_code ec;
@@ -80,7 +101,6 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   summary.tensors = tensors.size();
   summary.aliases = std::move(ckpt.aliases);
   summary.copied_views = std::move(ckpt.copied_views);
-  summary.non_tensors = std::move(ckpt.non_tensors);
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return summary;
 }

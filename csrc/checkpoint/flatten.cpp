@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <optional>
@@ -14,7 +15,10 @@
 #include <unordered_map>
 #include <utility>
 
+#include <nlohmann/json.hpp>
+
 #include "checkpoint/checkpoint_internal.hpp"
+#include "detail/text.hpp"
 #include "pickle/unpickler.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/torch_dtype.hpp"
@@ -149,8 +153,10 @@ bool is_container(const Value& v) {
 // the tuple its own __getstate__ returned by position.
 class Flattener {
  public:
-  Flattener(Storages& storages, const Source& source, std::uint64_t pickle_size, Checkpoint& out)
+  Flattener(Storages& storages, const Source& source, std::uint64_t pickle_size, bool as_json, Checkpoint& out)
       : storages_(storages),
+        as_json_(as_json),
+        reported_base_(out.non_tensors.size()),
         file_(source.path()),
         visits_left_(pickle_size + 1),
         budget_(kFlattenBytesFloor + kFlattenBytesPerPickleByte * pickle_size),
@@ -174,7 +180,17 @@ class Flattener {
         if (v.state && (v.state->kind == Value::Kind::Tensor || v.state->kind == Value::Kind::Object))
           return walk(*v.state, name, depth + 1);
         [[fallthrough]];
-      default: add_other(name, pickle::describe(v));
+      default: add_other(v, name, pickle::describe(v));
+    }
+  }
+
+  // Gives the entries reported their JSON text, once the walk has settled
+  // which subtrees they are.
+  void write_json() {
+    for (std::size_t i = 0; i < reported_.size(); ++i) {
+      NonTensorEntry& entry = out_.non_tensors[reported_base_ + i];
+      std::string text;
+      if (json(*reported_[i], entry.name, text)) entry.json = std::move(text);
     }
   }
 
@@ -217,13 +233,77 @@ class Flattener {
     }
     if (out_.tensors.size() == tensors_before && !name.empty()) {
       out_.non_tensors.resize(reported_before);
-      add_other(name, pickle::describe(described));
+      if (as_json_) reported_.resize(reported_before - reported_base_);
+      add_other(described, name, pickle::describe(described));
     }
   }
 
-  void add_other(const std::string& name, std::string description) {
-    charge(kOtherEntryCost + name.size() + description.size(), name);
-    out_.non_tensors.push_back({name, std::move(description)});
+  void add_other(const Value& v, const std::string& name, std::string description) {
+    charge(kOtherEntryCost + name.size() + description.size() + (as_json_ ? sizeof(void*) : 0), name);
+    out_.non_tensors.push_back({name, std::move(description), std::nullopt});
+    if (as_json_) reported_.push_back(&v);
+  }
+
+  // Appends `piece` to `out`, charged first: the memo may share a subtree many
+  // times over, and every visit writes at least a byte, so that charging what
+  // is written also bounds the work.
+  void append(std::string& out, std::string_view piece, const std::string& name) {
+    charge(piece.size(), name);
+    out.append(piece);
+  }
+
+  // `v` as Python's json.dumps writes it (default separators) into `out`, or
+  // false when it has no JSON form. Its depth was bounded by the walk.
+  bool json(const Value& v, const std::string& name, std::string& out) {
+    switch (v.kind) {
+      case Value::Kind::None: append(out, "null", name); return true;
+      case Value::Kind::Bool: append(out, v.boolean ? "true" : "false", name); return true;
+      case Value::Kind::Int: append(out, std::to_string(v.integer), name); return true;
+      case Value::Kind::Float:
+        if (std::isnan(v.real)) append(out, "NaN", name);
+        else if (std::isinf(v.real)) append(out, v.real > 0 ? "Infinity" : "-Infinity", name);
+        else append(out, nlohmann::json(v.real).dump(), name);  // shortest text that reads back the same
+        return true;
+      case Value::Kind::String: return json_string(v.text, name, out);
+      case Value::Kind::List:
+      case Value::Kind::Tuple:
+        append(out, "[", name);
+        for (std::size_t i = 0; i < v.items.size(); ++i) {
+          if (i) append(out, ", ", name);
+          if (!json(*v.items[i], name, out)) return false;
+        }
+        append(out, "]", name);
+        return true;
+      case Value::Kind::Dict: {
+        append(out, "{", name);
+        bool first = true;
+        for (const auto& [key, value] : v.entries) {
+          if (!first) append(out, ", ", name);
+          first = false;
+          if (key->kind == Value::Kind::String) {
+            if (!json_string(key->text, name, out)) return false;
+          } else if (key->kind == Value::Kind::Int) {
+            append(out, "\"" + std::to_string(key->integer) + "\"", name);
+          } else {
+            return false;
+          }
+          append(out, ": ", name);
+          if (!json(*value, name, out)) return false;
+        }
+        append(out, "}", name);
+        return true;
+      }
+      default: return false;
+    }
+  }
+
+  // The unpickler accepts only UTF-8 strings; checked again here, as the
+  // metadata written must be.
+  bool json_string(const std::string& text, const std::string& name, std::string& out) {
+    if (!is_valid_utf8(text)) return false;
+    charge(text.size() + 2, name);  // before the copy nlohmann makes
+    append(out, nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::strict), name);
+    return true;
   }
 
   void add_tensor(const Value& v, const std::string& name) {
@@ -291,6 +371,11 @@ class Flattener {
   };
 
   Storages& storages_;
+  bool as_json_;
+  // With as_json_: the value of each entry this walk added to out_.non_tensors
+  // (those from reported_base_ on).
+  std::vector<const Value*> reported_;
+  std::size_t reported_base_;
   const std::string& file_;
   std::uint64_t visits_left_;
   std::uint64_t budget_;
@@ -357,10 +442,11 @@ const Value& select(const Value& root, const std::vector<std::string>& key, cons
 }  // namespace
 
 void flatten(const std::shared_ptr<Source>& source, LocateStorage locate, std::uint64_t pickle_size,
-             const Value& root, const std::vector<std::string>& key, Checkpoint& out) {
+             const Value& root, const CheckpointOptions& options, Checkpoint& out) {
   Storages storages(source, std::move(locate));
-  Flattener flattener(storages, *source, pickle_size, out);
-  flattener.walk(select(root, key, source->path()), "", 0);
+  Flattener flattener(storages, *source, pickle_size, options.non_tensors_as_json(), out);
+  flattener.walk(select(root, options.key(), source->path()), "", 0);
+  if (options.non_tensors_as_json()) flattener.write_json();
 }
 
 }  // namespace safetensors::detail

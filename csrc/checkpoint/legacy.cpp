@@ -98,7 +98,7 @@ void read_torch_legacy(const std::shared_ptr<Source>& source, const CheckpointOp
     if (it == spans.end()) return std::nullopt;
     return it->second;
   };
-  flatten(source, locate, object_size, *p.root, options.key(), out);
+  flatten(source, locate, object_size, *p.root, options, out);
 }
 
 }  // namespace safetensors::detail

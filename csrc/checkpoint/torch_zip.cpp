@@ -27,7 +27,7 @@ void read_torch_zip(const std::shared_ptr<Source>& source, CheckpointFormat form
     if (!entry) return std::nullopt;
     return Span{entry->offset, entry->size};
   };
-  flatten(source, locate, data.size(), *p.root, options.key(), out);
+  flatten(source, locate, data.size(), *p.root, options, out);
 
   // The tensors TorchScript code uses as constants are not the module's state;
   // they are reported, not read.

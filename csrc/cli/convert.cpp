@@ -132,6 +132,9 @@ void print_report(const std::string& in, const std::string& out, const ConvertRe
   if (!s.copied_views.empty())
     std::cout << "  overlapping views of one storage, written as separate copies: " << joined(s.copied_views)
               << '\n';
+  if (!s.metadata_keys.empty())
+    std::cout << "  " << s.metadata_keys.size() << " non-tensor values kept as metadata: " << joined(s.metadata_keys)
+              << '\n';
   if (!s.non_tensors.empty()) {
     std::vector<std::string> entries;
     for (const NonTensorEntry& e : s.non_tensors) entries.push_back(e.name + " (" + e.description + ")");

@@ -81,13 +81,25 @@ struct CheckpointOptions {
   /// Pread: positional reads, no mapping; the tensors own copies of their
   /// bytes, and only the storages the selected tensors use are read.
   TORCH_ARG(Backend, backend) = Backend::Mmap;
+  /// Also give every non-tensor entry its JSON text (NonTensorEntry::json),
+  /// charged to the same bound as the names (kFlattenBytesPerPickleByte).
+  TORCH_ARG(bool, non_tensors_as_json) = false;
 };
 
 /// An entry that is not a tensor (an epoch number, optimizer hyperparameters),
-/// reported so that nothing is dropped silently.
+/// reported so that nothing is dropped silently: the largest subtree of the
+/// checkpoint that holds no tensor, named by where it sits ("epoch",
+/// "optimizer.param_groups").
 struct NonTensorEntry {
   std::string name;
   std::string description;  ///< "int 3", "dict of 2", ...
+  /// With CheckpointOptions::non_tensors_as_json: the value as Python's
+  /// json.dumps writes it (ints; floats as their shortest round-trip text,
+  /// Infinity, -Infinity and NaN; true, false, null; strings; lists and tuples
+  /// as arrays; dicts whose keys are all str or int as objects, int keys as
+  /// their decimal text). nullopt for a value that has none: bytes, a
+  /// TorchScript object, a torch.device, a dict with other keys, ...
+  std::optional<std::string> json;
 };
 
 struct Checkpoint {
@@ -128,6 +140,11 @@ struct ConvertOptions : WriteOptions<ConvertOptions> {
   TORCH_ARG(Backend, backend) = Backend::Mmap;
   /// Extra metadata; "format": "pt" and the alias entries are always written.
   TORCH_ARG(Metadata, metadata) = {};
+  /// Keep every non-tensor entry that has a JSON form (NonTensorEntry::json) as
+  /// a metadata entry of its name: `"epoch": "3"`, `"param_groups": "[{...}]"`.
+  /// The metadata given, "format" and the alias entries take precedence: an
+  /// entry whose name is one of their keys, or not valid UTF-8, is not kept.
+  TORCH_ARG(bool, keep_non_tensors) = true;
   /// When set, `out` is a folder that receives a sharded checkpoint
   /// (save_sharded) with at most this many tensor bytes per shard.
   TORCH_ARG(std::optional<std::uint64_t>, max_shard_size) = std::nullopt;
@@ -143,7 +160,10 @@ struct ConvertReport {
   std::uint64_t bytes = 0;  ///< tensor bytes written
   std::map<std::string, std::string> aliases;
   std::vector<std::string> copied_views;
+  /// The non-tensor entries that were not kept as metadata (see keep_non_tensors).
   std::vector<NonTensorEntry> non_tensors;
+  /// The metadata keys the kept non-tensor entries were written as, in the checkpoint's order.
+  std::vector<std::string> metadata_keys;
   std::vector<std::string> files;  ///< the files written (several when sharded)
   TransformReport transform;       ///< what ConvertOptions::transform changed
   double seconds = 0;
@@ -155,7 +175,10 @@ using ConvertSummary [[deprecated("use ConvertReport")]] = ConvertReport;
 /// safetensors file, crash-safely (or as shards, see max_shard_size). A tensor
 /// that is the same view as an earlier one is written once, its name recorded
 /// in the metadata; a safetensors input keeps its dtypes, even those this
-/// LibTorch lacks.
+/// LibTorch lacks. Non-tensor values (an epoch, an optimizer's param_groups)
+/// become metadata entries of JSON text (see keep_non_tensors), so that
+/// `key({"optimizer"})` of a Python training checkpoint writes a file
+/// load_optimizer reads.
 ConvertReport convert_checkpoint(const std::string& in, const std::string& out,
                                  const ConvertOptions& options = {});
 

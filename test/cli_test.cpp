@@ -663,6 +663,20 @@ TEST_F(CliTest, ConvertShardSizeTakesDecimalAndBinaryUnits) {
   }
 }
 
+// Resharding a safetensors file keeps its metadata, as every other rewrite of
+// one does.
+TEST_F(CliTest, ConvertShardSizeKeepsASafetensorsFilesMetadata) {
+  const std::string in = path("meta.safetensors");
+  safetensors::save_file({{"a", at::zeros({250})}, {"b", at::ones({250})}}, in,
+                         safetensors::Metadata{{"format", "pt"}, {"epoch", "3"}});
+  const std::string out = path("meta-sharded");
+  const Result r = run({"convert", in, out, "--shard-size", "1kB"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const safetensors::ShardedOpen set(out);
+  EXPECT_EQ(set.shards().size(), 2u);
+  for (const safetensors::SafeOpen& shard : set.shards()) EXPECT_EQ(shard.metadata().at("epoch"), "3");
+}
+
 // --- JSON -----------------------------------------------------------------------
 
 TEST_F(CliTest, VerifyJsonHasOneEntryPerPath) {

@@ -158,42 +158,23 @@ void print_report(const std::string& in, const std::string& out, const ConvertRe
     std::cout << "  floating-point dtypes this LibTorch cannot convert, kept: " << joined(t->not_cast) << '\n';
 }
 
-// Any input, as tensors selected, renamed and cast (TensorTransform) on their
-// way to one file or a sharded folder. A safetensors file or set keeps its
+// A safetensors file or set, its tensors selected, renamed and cast
+// (TensorTransform) on their way to one file or a sharded folder. It keeps its
 // metadata and its dtypes this LibTorch lacks; an alias (a name recorded in
 // the metadata for a tensor's bytes) stays an alias, unless its name is a
 // metadata key already, when it is written as a copy.
 int transform(const std::string& in, const std::string& out, const Metadata& overrides, const ConvertArgs& args) {
   const auto start = std::chrono::steady_clock::now();
+  if (!args.key.empty())
+    throw Error(ErrorCode::InvalidArgument, in, "", "a safetensors file has no nested keys to select");
   ConvertReport report;
-  NamedTensors tensors;
-  std::map<std::string, std::string> aliases;
-  Metadata metadata;
-  std::optional<SetTensors> set;  // holds the input files open until written
-  if (is_set_path(in) || detect_format(in, args.backend) == CheckpointFormat::Safetensors) {
-    if (!args.key.empty())
-      throw Error(ErrorCode::InvalidArgument, in, "", "a safetensors file has no nested keys to select");
-    set = read_set(in, args.backend);
-    tensors = set->tensors;
-    aliases = set->aliases;
-    metadata = set->metadata;
-    report.format = CheckpointFormat::Safetensors;
-  } else {
-    Checkpoint ckpt = read_checkpoint(in, CheckpointOptions().key(args.key).backend(args.backend));
-    const std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
-    for (const auto& item : ckpt.tensors) {
-      if (ckpt.aliases.count(item.key())) continue;
-      tensors.add(item.key(),
-                  copies.count(item.key()) ? item.value().clone(at::MemoryFormat::Contiguous) : item.value());
-    }
-    aliases = std::move(ckpt.aliases);
-    report.format = ckpt.format;
-    report.copied_views = std::move(ckpt.copied_views);
-    report.non_tensors = std::move(ckpt.non_tensors);
-  }
+  const SetTensors set = read_set(in, args.backend);  // holds the input files open until written
+  std::map<std::string, std::string> aliases = set.aliases;
+  Metadata metadata = set.metadata;
+  report.format = CheckpointFormat::Safetensors;
 
   TransformReport changes;
-  NamedTensors written = transform_tensors(tensors, args.transform, &aliases, &changes);
+  NamedTensors written = transform_tensors(set.tensors, args.transform, &aliases, &changes);
   for (const auto& [key, value] : overrides) metadata[key] = value;
   metadata.emplace("format", "pt");
   detail::record_aliases(written, aliases, metadata);
@@ -230,9 +211,10 @@ int migrate(const std::string& in, const std::string& out, const Metadata& overr
                                     .backend(args.backend)
                                     .metadata(overrides)
                                     .max_shard_size(args.shard_size)
+                                    .transform(args.transform)
                                     .progress(progress.callback()));
   }
-  print_report(in, out, report);
+  print_report(in, out, report, args.transform.identity() ? nullptr : &report.transform);
   return kExitOk;
 }
 
@@ -258,9 +240,12 @@ int rewrite(const std::string& in, const std::string& out, const Metadata& overr
 
 int convert(const std::string& in, const std::string& out, const Metadata& overrides, const ConvertArgs& args) {
   try {
-    if (!args.transform.identity() || is_set_path(in)) return transform(in, out, overrides, args);
-    if (!args.key.empty() || args.shard_size || detect_format(in, args.backend) != CheckpointFormat::Safetensors)
+    // A safetensors input keeps its metadata whatever is asked of it; a pickle
+    // goes through convert_checkpoint, which reads what the pickle holds.
+    if (!is_set_path(in) && detect_format(in, args.backend) != CheckpointFormat::Safetensors)
       return migrate(in, out, overrides, args);
+    if (!args.transform.identity() || is_set_path(in) || args.shard_size || !args.key.empty())
+      return transform(in, out, overrides, args);
     return rewrite(in, out, overrides, args.backend);
   } catch (...) {
     std::cerr << error_line(in) << '\n';

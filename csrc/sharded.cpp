@@ -5,6 +5,7 @@
 #include "safetensors/sharded.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -31,6 +32,31 @@ namespace safetensors {
 namespace fs = std::filesystem;
 
 namespace {
+
+// An index's text: a regular file (a FIFO or a device is refused, never read
+// or waited on) of at most kMaxIndexSize bytes.
+std::string read_index_text(const std::string& path) {
+  const FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+  if (fd.get() < 0) throw Error(ErrorCode::Io, path, "", "cannot open: " + errno_text(errno));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) throw Error(ErrorCode::Io, path, "", "cannot stat: " + errno_text(errno));
+  if (!S_ISREG(st.st_mode)) throw Error(ErrorCode::InvalidIndex, path, "", "the index is not a regular file");
+  if (static_cast<std::uint64_t>(st.st_size) > kMaxIndexSize)
+    throw Error(ErrorCode::InvalidIndex, path, "",
+                "the index has " + std::to_string(st.st_size) + " bytes, more than the limit of " +
+                    std::to_string(kMaxIndexSize));
+  std::string text(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::pread(fd.get(), text.data() + done, text.size() - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw Error(ErrorCode::Io, path, "", "cannot read the index: " + errno_text(errno));
+    if (n == 0) break;  // shrunk meanwhile: what is there is parsed
+    done += static_cast<std::size_t>(n);
+  }
+  text.resize(done);
+  return text;
+}
 
 constexpr std::string_view kShardExtension = ".safetensors";
 
@@ -104,9 +130,12 @@ Checkpoint current_checkpoint(const std::string& folder) {
       return out;
     } catch (const Error&) {
     }
-    std::ifstream in(index, std::ios::binary);
-    const nlohmann::json doc = nlohmann::json::parse(std::istreambuf_iterator<char>(in),
-                                                     std::istreambuf_iterator<char>(), nullptr, false);
+    std::string text;
+    try {
+      text = read_index_text(index.string());
+    } catch (const Error&) {  // unreadable: every visible shard counts as the old checkpoint's
+    }
+    const nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
     if (doc.is_object() && doc.contains("weight_map") && doc["weight_map"].is_object())
       for (const auto& entry : doc["weight_map"].items())
         if (entry.value().is_string() && !unsafe_shard_name(entry.value().get<std::string>()))
@@ -339,13 +368,7 @@ ShardIndex parse_index(std::string_view json, const std::string& file) {
   return index;
 }
 
-ShardIndex read_index(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorCode::Io, path, "", std::string("cannot open: ") + std::strerror(errno));
-  const std::string json((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw Error(ErrorCode::Io, path, "", "cannot read the index");
-  return parse_index(json, path);
-}
+ShardIndex read_index(const std::string& path) { return parse_index(read_index_text(path), path); }
 
 // ---------------------------------------------------------------------------
 // ShardedOpen

@@ -642,6 +642,26 @@ TEST_F(CliSetTest, ConvertMergesASetAndReshardsIt) {
   EXPECT_EQ(run({"diff", resharded, folder}).code, 0);
 }
 
+// One file written over the index or a shard of the set being read would
+// break that set: refused before anything is written.
+TEST_F(CliSetTest, ConvertRefusesToWriteOverAFileOfItsInputSet) {
+  const std::string folder = write_set("own");
+  const safetensors::ShardedOpen before(folder);
+  std::vector<std::string> targets{before.path()};
+  for (const safetensors::SafeOpen& shard : before.shards()) targets.push_back(shard.path());
+  ASSERT_GT(targets.size(), 2u);
+  for (const std::string& target : targets) {
+    SCOPED_TRACE(target);
+    const Result r = run({"convert", folder, target});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.err.find("is a file of the sharded set being converted"), std::string::npos) << r.err;
+    EXPECT_EQ(run({"verify", folder}).code, 0);
+  }
+  // Resharded into its own folder, through the set's switch, it stays whole.
+  ASSERT_EQ(run({"convert", folder, folder, "--shard-size", "32B"}).code, 0);
+  EXPECT_EQ(run({"verify", folder}).code, 0);
+}
+
 TEST_F(CliTest, ConvertShardSizeTakesDecimalAndBinaryUnits) {
   const std::string in = path("in.safetensors");
   safetensors::NamedTensors tensors;

@@ -214,15 +214,30 @@ TEST_F(ConvertMetadata, ResumesPythonTraining) {
   }
 }
 
-// A string the memo repeats writes out to 50 MB of JSON (a header the writer
-// would take): beyond the bound on what flattening makes, 24 MiB for this
-// pickle, charged as it is written.
+// A string the memo repeats writes out to 50 MB of JSON, more than an entry
+// may keep (kMaxJsonEntry) and than the bound on what flattening makes: the
+// entry keeps no text and is reported, and the rest converts.
 TEST_F(ConvertMetadata, SharedStringsStayWithinTheBound) {
-  EXPECT_EQ(error_code_of([&] { st::convert_checkpoint(in("hostile_json.pt"), out("h.safetensors")); }),
-            ErrorCode::LimitExceeded);
-  // Without JSON, the same checkpoint converts.
-  EXPECT_NO_THROW(st::convert_checkpoint(in("hostile_json.pt"), out("h.safetensors"),
-                                         st::ConvertOptions().keep_non_tensors(false)));
+  const st::ConvertReport report = st::convert_checkpoint(in("hostile_json.pt"), out("h.safetensors"));
+  EXPECT_EQ(report.metadata_keys, std::vector<std::string>{"epoch"});
+  ASSERT_EQ(report.non_tensors.size(), 1u);
+  EXPECT_EQ(report.non_tensors[0].name, "big");
+  EXPECT_NE(report.non_tensors[0].description.find("JSON text over"), std::string::npos)
+      << report.non_tensors[0].description;
+  const st::SafeOpen f(out("h.safetensors"));
+  EXPECT_EQ(f.keys(), std::vector<std::string>{"t"});
+  EXPECT_EQ(f.metadata(), (st::Metadata{{"format", "pt"}, {"epoch", "2"}}));
+}
+
+// A value whose text is a tensor's name would read back as an alias of that
+// tensor: it is reported, not kept.
+TEST_F(ConvertMetadata, AValueNamingATensorIsNotKept) {
+  const st::ConvertReport report = st::convert_checkpoint(in("list_value.pt"), out("l.safetensors"));
+  EXPECT_TRUE(report.metadata_keys.empty());
+  ASSERT_EQ(report.non_tensors.size(), 1u);
+  EXPECT_EQ(report.non_tensors[0].name, "3");
+  EXPECT_NE(report.non_tensors[0].description.find("tensor's name"), std::string::npos);
+  EXPECT_TRUE(st::diff_checkpoints(in("list_value.pt"), out("l.safetensors")).equal());
 }
 
 TEST_F(ConvertMetadata, ValuesWithoutJsonAreReported) {

@@ -212,6 +212,30 @@ TEST(ShardIndex, TotalSizeMayBeAWholeFloatThatFits) {
         << bad;
 }
 
+// An index is a regular file of at most kMaxIndexSize bytes: a FIFO is
+// refused without waiting for a writer, a device without reading it, and an
+// oversized file before it is read; a save over such a folder still works.
+TEST(ShardIndex, IsARegularFileOfBoundedSize) {
+  TempDir dir;
+  const std::string index = dir.file(std::string(kIndexFileName));
+  ASSERT_EQ(::mkfifo(index.c_str(), 0600), 0);
+  EXPECT_EQ(error_code_of([&] { read_index(index); }), ErrorCode::InvalidIndex);
+  EXPECT_EQ(error_code_of([&] { ShardedOpen{dir.path().string()}; }), ErrorCode::InvalidIndex);
+  save_sharded({{"a", torch::zeros({4})}}, dir.path().string(), std::nullopt,
+               ShardedSaveOptions().max_shard_size(1 << 20).fsync(false));
+  EXPECT_TRUE(torch::equal(ShardedOpen(dir.path().string()).get_tensor("a"), torch::zeros({4})));
+
+  TempDir zero;
+  const std::string link = zero.file(std::string(kIndexFileName));
+  ASSERT_EQ(::symlink("/dev/zero", link.c_str()), 0);
+  EXPECT_EQ(error_code_of([&] { read_index(link); }), ErrorCode::InvalidIndex);
+
+  TempDir big;
+  const std::string sparse = big.file(std::string(kIndexFileName));
+  ASSERT_EQ(::truncate((write_index(big, nlohmann::json::object()), sparse.c_str()), kMaxIndexSize + 1), 0);
+  EXPECT_EQ(error_code_of([&] { read_index(sparse); }), ErrorCode::InvalidIndex);
+}
+
 TEST(ShardedOpen, RefusesASetThatDisagreesWithItsIndex) {
   TempDir dir;
   save_file({{"a", torch::ones({1})}}, dir.file("one.safetensors"));

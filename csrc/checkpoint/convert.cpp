@@ -74,11 +74,15 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   Metadata metadata = options.metadata();
   metadata.emplace("format", "pt");
   detail::record_aliases(tensors, ckpt.aliases, metadata);
-  // Then the non-tensor values with a JSON form, under names no key above has.
+  // Then the non-tensor values with a JSON form, under names no key above has;
+  // a value that is a tensor's name would read back as an alias of it.
+  std::set<std::string> written;
+  for (const NamedTensors::Item& item : tensors.items()) written.insert(item.name);
   for (NonTensorEntry& entry : ckpt.non_tensors) {
     if (entry.json) {
       const char* refusal = entry.name.empty()                  ? "the checkpoint itself is no metadata entry"
                             : !detail::is_valid_utf8(entry.name) ? "its name is not valid UTF-8"
+                            : written.count(*entry.json)         ? "its text is a tensor's name (it would read as an alias)"
                                                                  : nullptr;
       if (!refusal && metadata.try_emplace(entry.name, std::move(*entry.json)).second) {
         summary.metadata_keys.push_back(entry.name);

@@ -186,11 +186,26 @@ class Flattener {
 
   // Gives the entries reported their JSON text, once the walk has settled
   // which subtrees they are.
+  //
+  // The text of one entry is at most kMaxJsonEntry bytes, of all at most
+  // kMaxJsonTotal (a file's header holds them), and each byte is charged to
+  // the budget of the walk: an entry that would pass one of these keeps no
+  // text (it is reported, as a value without a JSON form is), and the read
+  // goes on. A value shared through the memo costs its text at each use.
   void write_json() {
+    std::uint64_t total = 0;
     for (std::size_t i = 0; i < reported_.size(); ++i) {
       NonTensorEntry& entry = out_.non_tensors[reported_base_ + i];
       std::string text;
-      if (json(*reported_[i], entry.name, text)) entry.json = std::move(text);
+      json_room_ = std::min({kMaxJsonEntry, kMaxJsonTotal - total, budget_ - used_});
+      json_too_long_ = false;
+      if (json(*reported_[i], text)) {
+        used_ += text.size();
+        total += text.size();
+        entry.json = std::move(text);
+      } else if (json_too_long_) {
+        entry.description += ", its JSON text over " + std::to_string(json_room_) + " bytes";
+      }
     }
   }
 
@@ -247,51 +262,51 @@ class Flattener {
   // Appends `piece` to `out`, charged first: the memo may share a subtree many
   // times over, and every visit writes at least a byte, so that charging what
   // is written also bounds the work.
-  void append(std::string& out, std::string_view piece, const std::string& name) {
-    charge(piece.size(), name);
+  // Appends `piece` unless `out` would pass json_room_.
+  bool append(std::string& out, std::string_view piece) {
+    if (piece.size() > json_room_ - out.size()) {
+      json_too_long_ = true;
+      return false;
+    }
     out.append(piece);
+    return true;
   }
 
   // `v` as Python's json.dumps writes it (default separators) into `out`, or
-  // false when it has no JSON form. Its depth was bounded by the walk.
-  bool json(const Value& v, const std::string& name, std::string& out) {
+  // false when it has no JSON form or its text would pass json_room_. Its
+  // depth was bounded by the walk.
+  bool json(const Value& v, std::string& out) {
     switch (v.kind) {
-      case Value::Kind::None: append(out, "null", name); return true;
-      case Value::Kind::Bool: append(out, v.boolean ? "true" : "false", name); return true;
-      case Value::Kind::Int: append(out, std::to_string(v.integer), name); return true;
+      case Value::Kind::None: return append(out, "null");
+      case Value::Kind::Bool: return append(out, v.boolean ? "true" : "false");
+      case Value::Kind::Int: return append(out, std::to_string(v.integer));
       case Value::Kind::Float:
-        if (std::isnan(v.real)) append(out, "NaN", name);
-        else if (std::isinf(v.real)) append(out, v.real > 0 ? "Infinity" : "-Infinity", name);
-        else append(out, nlohmann::json(v.real).dump(), name);  // shortest text that reads back the same
-        return true;
-      case Value::Kind::String: return json_string(v.text, name, out);
+        if (std::isnan(v.real)) return append(out, "NaN");
+        if (std::isinf(v.real)) return append(out, v.real > 0 ? "Infinity" : "-Infinity");
+        return append(out, nlohmann::json(v.real).dump());  // shortest text that reads back the same
+      case Value::Kind::String: return json_string(v.text, out);
       case Value::Kind::List:
       case Value::Kind::Tuple:
-        append(out, "[", name);
-        for (std::size_t i = 0; i < v.items.size(); ++i) {
-          if (i) append(out, ", ", name);
-          if (!json(*v.items[i], name, out)) return false;
-        }
-        append(out, "]", name);
-        return true;
+        if (!append(out, "[")) return false;
+        for (std::size_t i = 0; i < v.items.size(); ++i)
+          if ((i && !append(out, ", ")) || !json(*v.items[i], out)) return false;
+        return append(out, "]");
       case Value::Kind::Dict: {
-        append(out, "{", name);
+        if (!append(out, "{")) return false;
         bool first = true;
         for (const auto& [key, value] : v.entries) {
-          if (!first) append(out, ", ", name);
+          if (!first && !append(out, ", ")) return false;
           first = false;
           if (key->kind == Value::Kind::String) {
-            if (!json_string(key->text, name, out)) return false;
+            if (!json_string(key->text, out)) return false;
           } else if (key->kind == Value::Kind::Int) {
-            append(out, "\"" + std::to_string(key->integer) + "\"", name);
+            if (!append(out, "\"" + std::to_string(key->integer) + "\"")) return false;
           } else {
             return false;
           }
-          append(out, ": ", name);
-          if (!json(*value, name, out)) return false;
+          if (!append(out, ": ") || !json(*value, out)) return false;
         }
-        append(out, "}", name);
-        return true;
+        return append(out, "}");
       }
       default: return false;
     }
@@ -299,11 +314,13 @@ class Flattener {
 
   // The unpickler accepts only UTF-8 strings; checked again here, as the
   // metadata written must be.
-  bool json_string(const std::string& text, const std::string& name, std::string& out) {
+  bool json_string(const std::string& text, std::string& out) {
     if (!is_valid_utf8(text)) return false;
-    charge(text.size() + 2, name);  // before the copy nlohmann makes
-    append(out, nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::strict), name);
-    return true;
+    if (text.size() + 2 > json_room_ - out.size()) {  // before the copy nlohmann makes
+      json_too_long_ = true;
+      return false;
+    }
+    return append(out, nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::strict));
   }
 
   void add_tensor(const Value& v, const std::string& name) {
@@ -380,6 +397,9 @@ class Flattener {
   std::uint64_t visits_left_;
   std::uint64_t budget_;
   std::uint64_t used_ = 0;
+  // write_json: the room left for the entry being written, and whether it ran out.
+  std::uint64_t json_room_ = 0;
+  bool json_too_long_ = false;
   std::uint64_t file_size_;
   std::uint64_t written_ = 0;
   // One view per tensor of the pickle: a tensor it refers to twice is one

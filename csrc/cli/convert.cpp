@@ -169,6 +169,19 @@ int transform(const std::string& in, const std::string& out, const Metadata& ove
     throw Error(ErrorCode::InvalidArgument, in, "", "a safetensors file has no nested keys to select");
   ConvertReport report;
   const SetTensors set = read_set(in, args.backend);  // holds the input files open until written
+  if (set.set.index() && !args.shard_size) {
+    // One file written over the index or a shard would leave the input set
+    // broken (a lone file may replace itself: it is read from its mapping).
+    std::vector<std::string> inputs{set.set.path()};
+    for (const SafeOpen& shard : set.set.shards()) inputs.push_back(shard.path());
+    for (const std::string& file : inputs) {
+      std::error_code ec;
+      if (std::filesystem::equivalent(out, file, ec))
+        throw Error(ErrorCode::InvalidArgument, out, "",
+                    "is a file of the sharded set being converted (" + printable(in) +
+                        "): writing it would break that set");
+    }
+  }
   std::map<std::string, std::string> aliases = set.aliases;
   Metadata metadata = set.metadata;
   report.format = CheckpointFormat::Safetensors;

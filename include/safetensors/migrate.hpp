@@ -63,6 +63,12 @@ inline constexpr std::size_t kMaxCheckpointDepth = 256;
 /// memory; beyond it, LimitExceeded.
 inline constexpr std::uint64_t kFlattenBytesPerPickleByte = 8;
 inline constexpr std::uint64_t kFlattenBytesFloor = 16 << 20;
+/// The JSON text kept for non-tensor values (CheckpointOptions::
+/// non_tensors_as_json): at most this much per entry, and in all, within what
+/// is left of the budget above. An entry beyond them keeps no text and is
+/// reported instead; the read goes on.
+inline constexpr std::uint64_t kMaxJsonEntry = 16 << 20;
+inline constexpr std::uint64_t kMaxJsonTotal = 64 << 20;
 /// The tensors of a checkpoint, written out (every name, numel times element
 /// size), may hold at most this many times the file's bytes, plus
 /// kViewBytesFloor: a view of stride 0 (`expand`) or many overlapping views

@@ -32,6 +32,9 @@ inline constexpr std::string_view kSingleFileName = "model.safetensors";
 /// The metadata key, in the index and in every shard, naming the save a shard
 /// belongs to: a loader refuses a set mixed from two saves.
 inline constexpr std::string_view kShardSetKey = "shard_set";
+/// The largest index read: as a header, 100 MB (an index of a million
+/// tensors is about 60 MB).
+inline constexpr std::uint64_t kMaxIndexSize = 100'000'000;
 /// The default maximum shard size: 5 GB, decimal, as the Hub's tools use.
 inline constexpr std::uint64_t kDefaultMaxShardSize = 5'000'000'000;
 
@@ -52,7 +55,9 @@ struct ShardIndex {
 /// names that are absolute, have a drive, a `..` component, a backslash, or do
 /// not end in ".safetensors". `file` names the index in errors.
 ShardIndex parse_index(std::string_view json, const std::string& file = "");
-/// Reads and parses an index file.
+/// Reads and parses an index file. Refuses (InvalidIndex) a file that is not
+/// a regular file (a FIFO, a device: never read or waited on) or is larger
+/// than kMaxIndexSize.
 ShardIndex read_index(const std::string& path);
 
 /// A sharded checkpoint opened lazily, with SafeOpen's interface: every shard the

@@ -64,7 +64,9 @@ for name in ("adam", "sgd"):
 # A string shared through the pickle's memo: 1 MB in the file, a 50 MB JSON text
 # once written out as often as the list refers to it.
 shared = "x" * (1 << 20)
-torch.save({"t": torch.zeros(1), "big": [shared] * 50}, f"{out}/hostile_json.pt")
+torch.save({"t": torch.zeros(1), "big": [shared] * 50, "epoch": 2}, f"{out}/hostile_json.pt")
+# A list: its int entry "3" holds 1, which is also a tensor's name.
+torch.save([torch.ones(2), torch.ones(2) * 2, torch.ones(2) * 3, 1], f"{out}/list_value.pt")
 # Values without a JSON form, and a lone surrogate (pickled as invalid UTF-8).
 torch.save({"t": torch.zeros(1), "z": torch.float16, "where": torch.device("cpu"), "epoch": 1},
            f"{out}/no_json.pt")

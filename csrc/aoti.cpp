@@ -265,9 +265,7 @@ LoadReport load_constants(torch::inductor::AOTIModelPackageLoader& package, cons
   Matcher matcher(targets, catalog, options);
   matcher.match();
   LoadReport& report = matcher.report();
-  if (options.strict() && !report.ok())
-    throw Error(ErrorCode::StateDictMismatch, checkpoint.path(), "",
-                "the AOTInductor package and the checkpoint disagree:\n" + report.describe());
+  detail::refuse_mismatch(report, options, checkpoint.path(), "the AOTInductor package");
 
   const auto live = device.is_cpu() ? installed(*runner) : std::nullopt;
   if (!live && (!report.missing_keys.empty() || !report.mismatched.empty()))

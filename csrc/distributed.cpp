@@ -412,9 +412,7 @@ LoadReport load_state_dict_broadcast(torch::nn::Module& module, const std::strin
     matcher.emplace(targets, catalog, options);
     matcher->match();
     report = matcher->report();
-    if (options.strict() && !report.ok())
-      throw Error(ErrorCode::StateDictMismatch, file, "",
-                  "rank " + std::to_string(rank) + ": the module and the checkpoint disagree:\n" + report.describe());
+    detail::refuse_mismatch(report, options, file, "rank " + std::to_string(rank) + ": the module");
     writes = matcher->writes();
     for (const detail::Write& w : writes) needs[request_of(catalog, *w.fill)].push_back(&w);
   } catch (...) {

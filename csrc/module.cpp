@@ -355,15 +355,19 @@ std::string LoadReport::describe() const {
   return out.str();
 }
 
+void detail::refuse_mismatch(const LoadReport& report, const StateDictLoadOptions& options, const std::string& file,
+                             const std::string& what) {
+  if (options.strict() && !report.ok())
+    throw Error(ErrorCode::StateDictMismatch, file, "", what + " and the checkpoint disagree:\n" + report.describe());
+}
+
 LoadReport detail::load_state(Entries& targets, const ShardedOpen& checkpoint, const StateDictLoadOptions& options) {
   const Catalog catalog = Catalog::of(checkpoint);
   Matcher matcher(targets, catalog, options);
   matcher.match();
   LoadReport& report = matcher.report();
   // Checked before anything is filled: a failed strict load leaves the module as it was.
-  if (options.strict() && !report.ok())
-    throw Error(ErrorCode::StateDictMismatch, checkpoint.path(), "",
-                "the module and the checkpoint disagree:\n" + report.describe());
+  refuse_mismatch(report, options, checkpoint.path(), "the module");
   fill(targets, matcher.writes(), checkpoint, options.mode());
   return std::move(report);
 }

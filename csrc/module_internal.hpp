@@ -53,6 +53,11 @@ Entries module_state(const torch::jit::Module& module);
 /// A checkpoint opened for load_state_dict from a path.
 ShardedOpen open_for_load(const std::string& path, const StateDictLoadOptions& options);
 
+/// With options.strict(), a report that is not ok is a StateDictMismatch
+/// naming `file`: "<what> and the checkpoint disagree:" and every problem.
+void refuse_mismatch(const LoadReport& report, const StateDictLoadOptions& options, const std::string& file,
+                     const std::string& what);
+
 /// load_state_dict of a module whose state is `targets`: matches, checks
 /// (throws before changing anything when strict), then fills.
 LoadReport load_state(Entries& targets, const ShardedOpen& checkpoint, const StateDictLoadOptions& options);

@@ -5,7 +5,9 @@
 file(READ "${INPUT}" text)
 # CMake lists split at semicolons: carry them through as a placeholder.
 string(REPLACE ";" "@SEMICOLON@" text "${text}")
-set(includes "#include <iostream>\n#include <torch/torch.h>\n#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>\n")
+# AOTInductor's loader exists on LibTorch 2.x only: a snippet using it sits
+# under `#if SAFETENSORS_TORCH_HAS_AOTI`, and its header is included here.
+set(includes "#include <iostream>\n#include <torch/torch.h>\n#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>\n#ifdef SAFETENSORS_TORCH_HAS_AOTI\n#include <torch/csrc/inductor/aoti_package/model_package_loader.h>\n#endif\n")
 set(body "")
 string(REGEX MATCHALL "```cpp\n[^`]*```" blocks "${text}")
 foreach(block IN LISTS blocks)

@@ -60,7 +60,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (const st::Backend backend : {st::Backend::Mmap, st::Backend::Pread}) {
     try {
       if (st::detect_format(file.path(), backend) == st::CheckpointFormat::Unknown) break;
-      read_all(st::read_checkpoint(file.path(), st::CheckpointOptions().backend(backend)));
+      // The mmap pass also writes the JSON text of the non-tensor values, as convert does.
+      read_all(st::read_checkpoint(
+          file.path(), st::CheckpointOptions().backend(backend).non_tensors_as_json(backend == st::Backend::Mmap)));
     } catch (const st::Error&) {
     }
   }

@@ -398,8 +398,22 @@ void run_on_file(const std::string& file, const fs::path& dir, int reps) {
 // --- cold loads ---------------------------------------------------------------
 
 // The loads --cold times, each in a process of its own.
-const std::vector<std::string> kColdLoads = {"load_file+touch", "load_file copy(true)", "read() into fresh memory",
-                                             "torch::load (InputArchive)"};
+const std::vector<std::string> kColdLoads = {"load_file+touch",          "load_file copy(true)",
+                                             "read() into fresh memory", "torch::load (InputArchive)",
+                                             "load_state_dict (module)", "torch::load(module)"};
+
+// The module a service builds before it loads its weights: parameters of the
+// file's names, shapes and dtypes, their memory already faulted in (zeros),
+// as a constructed model's is. Only the header of the file is read.
+std::shared_ptr<torch::nn::Module> module_shaped_like(const std::string& file) {
+  const st::SafeOpen f(file);
+  std::vector<std::pair<std::string, at::Tensor>> zeros;
+  for (const st::TensorInfo& info : f.header().tensors()) {
+    const std::vector<std::int64_t> shape(info.shape.begin(), info.shape.end());
+    zeros.emplace_back(info.name, at::zeros(shape, at::TensorOptions(*st::to_torch_dtype(info.dtype))));
+  }
+  return make_module(zeros);
+}
 
 // Drops the page cache's copy of a file: its dirty pages are written first,
 // since only clean pages can be dropped; with root and `whole_cache`, the
@@ -421,10 +435,15 @@ void drop_pages(const std::string& path, bool whole_cache) {
   }
 }
 
+// torch::save(module) of the same weights, beside the tensors' archive.
+std::string module_archive(const std::string& archive) { return archive + ".module"; }
+
 // In the child: one load, timed from the first byte read to the last, printed
 // as seconds on stdout.
 int cold_child(const std::string& load, const std::string& file, const std::string& archive) {
   double seconds = 0;
+  std::shared_ptr<torch::nn::Module> module;  // built before the clock starts
+  if (load == kColdLoads[4] || load == kColdLoads[5]) module = module_shaped_like(file);
   if (load == kColdLoads[0]) {
     seconds = seconds_once([&] { touch(st::load_file(file)); });
   } else if (load == kColdLoads[1]) {
@@ -451,6 +470,10 @@ int cold_child(const std::string& load, const std::string& file, const std::stri
       std::vector<at::Tensor> loaded(keys.size());
       for (std::size_t i = 0; i < keys.size(); ++i) in.read(keys[i], loaded[i]);
     });
+  } else if (load == kColdLoads[4]) {
+    seconds = seconds_once([&] { st::load_state_dict(*module, file); });
+  } else if (load == kColdLoads[5]) {
+    seconds = seconds_once([&] { torch::load(module, module_archive(archive)); });
   } else {
     throw std::runtime_error("no cold load '" + load + "'");
   }
@@ -507,6 +530,12 @@ void run_cold(std::string file, const fs::path& dir, int reps, bool whole_cache)
     out.save_to(archive);
     made.push_back(archive);
   }
+  {
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const auto& item : st::load_file(file)) tensors.emplace_back(item.key(), item.value());
+    torch::save(make_module(tensors), module_archive(archive));
+    made.push_back(module_archive(archive));
+  }
   std::printf("cold loads of %s (%.1f MB), median of %d, each in a fresh process after %s\n", file.c_str(),
               static_cast<double>(fs::file_size(file)) / 1e6, reps,
               whole_cache && ::geteuid() == 0 ? "posix_fadvise(DONTNEED) and drop_caches" : "posix_fadvise(DONTNEED)");
@@ -515,6 +544,7 @@ void run_cold(std::string file, const fs::path& dir, int reps, bool whole_cache)
     for (const std::string& load : kColdLoads) {
       drop_pages(file, whole_cache);
       drop_pages(archive, whole_cache);
+      drop_pages(module_archive(archive), whole_cache);
       times[load].push_back(cold_run(load, file, archive, dir));
     }
   std::printf("%-30s %10s %10s %10s\n", "load", "median ms", "min ms", "max ms");

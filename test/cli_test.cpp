@@ -7,6 +7,8 @@
 #include <ATen/ops/equal.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/isinf.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -600,6 +602,41 @@ TEST_F(CliSetTest, VerifyChecksEveryShardAndTheIndex) {
   EXPECT_NE(ghost.out.find("[InvalidIndex]"), std::string::npos) << ghost.out;
 }
 
+// A set one of whose shards is gone is an invalid set (exit 1), named by its
+// index and the missing shard; diff cannot compare it (exit 2). With --json,
+// the failure is a JSON document on stdout too.
+TEST_F(CliSetTest, ASetMissingAShardIsInvalid) {
+  const std::string folder = write_set("set");
+  const std::string index = folder + "/model.safetensors.index.json";
+  const safetensors::ShardedOpen set(folder);
+  const std::string shard = fs::path(set.shards()[1].path()).filename().string();
+  fs::remove(folder + "/" + shard);
+  const std::string message = index + ": error: lists shard " + shard + ", which does not exist [InvalidIndex]";
+  for (const std::string& p : {folder, index}) {
+    SCOPED_TRACE(p);
+    const Result verify = run({"verify", p});
+    EXPECT_EQ(verify.code, 1);
+    EXPECT_EQ(verify.out, message + "\n");
+    const Result inspect = run({"inspect", p});
+    EXPECT_EQ(inspect.code, 1);
+    EXPECT_EQ(inspect.err, message + "\n");
+    const Result diff = run({"diff", p, p});
+    EXPECT_EQ(diff.code, 2);
+    EXPECT_EQ(diff.err, message + "\n");
+  }
+  const Result verify = run({"verify", "--json", folder});
+  EXPECT_EQ(verify.code, 1);
+  const nlohmann::json v = nlohmann::json::parse(verify.out);
+  EXPECT_EQ(v.at("files")[0].at("code"), "InvalidIndex");
+  const Result inspect = run({"inspect", "--json", folder});
+  EXPECT_EQ(inspect.code, 1);
+  EXPECT_EQ(nlohmann::json::parse(inspect.out),
+            nlohmann::json({{"file", folder},
+                            {"ok", false},
+                            {"error", index + ": lists shard " + shard + ", which does not exist [InvalidIndex]"},
+                            {"code", "InvalidIndex"}}));
+}
+
 TEST_F(CliSetTest, DiffComparesSetsWithSetsAndFiles) {
   const std::string folder = write_set("set");
   const std::string again = write_set("again");
@@ -740,6 +777,51 @@ TEST_F(CliTest, DiffJsonListsEveryDifference) {
   EXPECT_EQ(nlohmann::json::parse(same.out).at("equal"), true);
 }
 
+// Every --json command prints one JSON document on stdout when it fails too,
+// beside the stderr line and the exit status.
+TEST_F(CliTest, JsonFailuresAreJsonDocuments) {
+  const std::string good = write_sample("good.safetensors");
+  const std::string corrupt = path("corrupt.safetensors");
+  write_bytes(corrupt, read_bytes(good).substr(0, 20));
+  const std::string missing = path("missing.safetensors");
+  using Members = std::vector<std::pair<std::string, std::string>>;
+  struct Case {
+    std::vector<std::string> args;
+    int code;
+    Members head;  // the members before "ok", in order
+    std::string error_code, file;
+  };
+  const std::vector<Case> cases = {
+      {{"inspect", "--json", missing}, 2, {{"file", missing}}, "Io", missing},
+      {{"inspect", "--json", corrupt}, 1, {{"file", corrupt}}, "InvalidHeaderLength", corrupt},
+      {{"diff", "--json", good, missing}, 2, {{"a", good}, {"b", missing}, {"file", missing}}, "Io", missing},
+      {{"diff", "--json", corrupt, good}, 2, {{"a", corrupt}, {"b", good}, {"file", corrupt}}, "", corrupt},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::PrintToString(c.args));
+    const Result r = run(c.args);
+    EXPECT_EQ(r.code, c.code) << r.err;
+    EXPECT_TRUE(starts_with(r.err, c.file + ": error: ")) << r.err;
+    ASSERT_EQ(lines(r.out).size(), 1u) << r.out;
+    const nlohmann::ordered_json j = nlohmann::ordered_json::parse(r.out);
+    Members members;
+    for (const auto& [key, value] : j.items())
+      members.emplace_back(key, value.is_string() ? value.get<std::string>() : value.dump());
+    ASSERT_EQ(members.size(), c.head.size() + 3) << r.out;
+    EXPECT_EQ(Members(members.begin(), members.begin() + c.head.size()), c.head);
+    EXPECT_EQ(members[c.head.size()], (std::pair<std::string, std::string>{"ok", "false"}));
+    EXPECT_EQ(members[c.head.size() + 1].first, "error");
+    EXPECT_NE(members[c.head.size() + 1].second.find(c.file), std::string::npos) << r.out;
+    EXPECT_EQ(members[c.head.size() + 2].first, "code");
+    if (!c.error_code.empty()) {
+      EXPECT_EQ(members[c.head.size() + 2].second, c.error_code);
+    }
+  }
+  // A success says "ok" too.
+  EXPECT_EQ(nlohmann::json::parse(run({"inspect", "--json", good}).out).at("ok"), true);
+  EXPECT_EQ(nlohmann::json::parse(run({"diff", "--json", good, good}).out).at("ok"), true);
+}
+
 // --- inspect totals, aliases, selection ------------------------------------------
 
 TEST_F(CliTest, InspectCountsParametersPerDtypeAndListsAliases) {
@@ -838,6 +920,97 @@ TEST_F(CliTest, ConvertDtypeKeepsFloatingDtypesLibTorchCannotCast) {
   } else {
     EXPECT_EQ(file.info("f8").dtype, Dtype::F16);
   }
+}
+
+// A selection that leaves nothing is a usage error, refused before anything
+// is written, for a safetensors input as for a torch.save one.
+TEST_F(CliTest, ConvertRefusesASelectionThatLeavesNothing) {
+  const std::string in = write_sample("in.safetensors");
+  const std::string pickle = std::string(SAFETENSORS_TEST_DATA_DIR) + "/pickle/dtypes.pt";
+  const std::string out = path("out.safetensors");
+  struct Case {
+    std::string input;
+    std::vector<std::string> args;
+    std::string selection;
+  };
+  for (const Case& c : std::vector<Case>{{in, {"--include", "nothing*", "--include", "x"}, "include 'nothing*', 'x'"},
+                                         {in, {"--exclude", "*"}, "exclude '*'"},
+                                         {in, {"--include", "weight", "--exclude", "w*", "--dtype", "f16"},
+                                          "include 'weight'; exclude 'w*'"},
+                                         {in, {"--include", "nothing", "--shard-size", "1kB"}, "include 'nothing'"},
+                                         {pickle, {"--include", "nothing"}, "include 'nothing'"}}) {
+    std::vector<std::string> args{"convert", c.input, out};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    SCOPED_TRACE(::testing::PrintToString(args));
+    const Result r = run(args);
+    EXPECT_EQ(r.code, 2) << r.out << r.err;
+    EXPECT_TRUE(starts_with(r.err, c.input + ": error: the selection (" + c.selection + ") leaves none of the "))
+        << r.err;
+    EXPECT_EQ(r.out, "");
+    EXPECT_FALSE(fs::exists(out));
+  }
+}
+
+// A pattern that matches nothing while others do is most likely mistyped: the
+// conversion goes on, and says so on stderr.
+TEST_F(CliTest, ConvertWarnsOfPatternsThatMatchNothing) {
+  const std::string in = write_sample("in.safetensors");
+  const std::string out = path("out.safetensors");
+  const Result r = run({"convert", in, out, "--include", "weight", "--include", "wieght*", "--exclude", "mask",
+                        "--exclude", "msak"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(safetensors::SafeOpen(out).keys(), (std::vector<std::string>{"weight"}));
+  EXPECT_EQ(r.err, "warning: --include 'wieght*' matches no tensor of " + in + "\n" +
+                       "warning: --exclude 'msak' matches no tensor of " + in + "\n");
+  const Result clean = run({"convert", in, out, "--include", "weight"});
+  ASSERT_EQ(clean.code, 0) << clean.err;
+  EXPECT_EQ(clean.err, "");
+}
+
+// --strip-prefix never makes a name empty, and no renaming makes two names one,
+// aliases included: refused naming the tensors, nothing written.
+TEST_F(CliTest, ConvertRefusesNamesTheRenamingMakesEmptyOrOne) {
+  const std::string in = path("in.safetensors");
+  const std::string out = path("out.safetensors");
+  safetensors::save_file({{"module.", at::zeros({1})}, {"module.w", at::zeros({1})}}, in);
+  const Result empty = run({"convert", in, out, "--strip-prefix", "module."});
+  EXPECT_EQ(empty.code, 1) << empty.err;
+  EXPECT_EQ(empty.err, in + ": error: tensor 'module.': removing the prefix 'module.' would leave it no name "
+                            "[InvalidArgument]\n");
+  EXPECT_FALSE(fs::exists(out));
+
+  // "a.tied" is an alias of "a.w" in the metadata; stripped, it meets "tied".
+  safetensors::save_file({{"a.w", at::zeros({1})}, {"tied", at::ones({1})}}, in,
+                         Metadata{{"format", "pt"}, {"a.tied", "a.w"}});
+  const Result alias = run({"convert", in, out, "--strip-prefix", "a."});
+  EXPECT_EQ(alias.code, 1) << alias.err;
+  EXPECT_NE(alias.err.find("tensor 'tied': both '"), std::string::npos) << alias.err;
+  EXPECT_NE(alias.err.find("'a.tied'"), std::string::npos) << alias.err;
+  EXPECT_FALSE(fs::exists(out));
+  const Result added = run({"convert", in, out, "--add-prefix", "m."});
+  ASSERT_EQ(added.code, 0) << added.err;
+  EXPECT_EQ(safetensors::SafeOpen(out).metadata().at("m.a.tied"), "m.a.w");
+}
+
+// A cast that turns finite values into infinities says which tensors, and how
+// many values, on stderr; one that loses none says nothing.
+TEST_F(CliTest, ConvertDtypeWarnsOfValuesThatOverflow) {
+  const std::string in = path("in.safetensors");
+  const std::string out = path("out.safetensors");
+  safetensors::save_file({{"big", at::tensor({1e300, -1e300, 1.0}, at::kDouble)},
+                          {"fine", at::tensor({1.0, 2.0}, at::kDouble)},
+                          {"mask", at::tensor({-3.4e38f, 0.0f}, at::kFloat)}},
+                         in);
+  const Result r = run({"convert", in, out, "--dtype", "f16"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err, "warning: finite values beyond the range of F16 became infinite: big (2 values), mask (1 value)\n");
+  EXPECT_TRUE(at::isinf(safetensors::SafeOpen(out).get_tensor("big")).any().item<bool>());
+  const Result bf16 = run({"convert", in, out, "--dtype", "bf16", "--exclude", "mask"});
+  ASSERT_EQ(bf16.code, 0) << bf16.err;
+  EXPECT_EQ(bf16.err, "warning: finite values beyond the range of BF16 became infinite: big (2 values)\n");
+  const Result f32 = run({"convert", in, out, "--dtype", "f32", "--exclude", "big"});
+  ASSERT_EQ(f32.code, 0) << f32.err;
+  EXPECT_EQ(f32.err, "");
 }
 
 // --- the benchmark's command line ----------------------------------------------

@@ -416,7 +416,13 @@ void ShardedOpen::open_index(const std::string& index_path, const LoadOptions& o
   const fs::path folder = fs::path(index_path).parent_path();
   const auto set_id = index_->metadata.find(std::string(kShardSetKey));
   for (const std::string& file : index_->shard_files()) {
-    SafeOpen shard((folder / file).string(), options);
+    // A shard that is not there makes the set invalid, as one that does not
+    // match the index does; one that cannot be read is an I/O error.
+    const fs::path shard_path = folder / file;
+    std::error_code ec;
+    if (!fs::exists(shard_path, ec) && !ec)
+      throw index_error(path_, "", "lists shard " + file + ", which does not exist");
+    SafeOpen shard(shard_path.string(), options);
     for (const TensorInfo& info : shard.header().tensors()) {
       const auto listed = index_->weight_map.find(info.name);
       if (listed == index_->weight_map.end())

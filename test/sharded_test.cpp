@@ -252,8 +252,9 @@ TEST(ShardedOpen, RefusesASetThatDisagreesWithItsIndex) {
   EXPECT_EQ(error_code_of([&] { ShardedOpen{path}; }), ErrorCode::InvalidIndex);  // c: listed, absent
   write_index(dir, {{"a", "one.safetensors"}, {"b", "two.safetensors"}});
   EXPECT_EQ(ShardedOpen(path).size(), 2u);
+  // A shard the index lists but the folder lacks: an invalid set, not an I/O error.
   write_index(dir, {{"a", "missing.safetensors"}});
-  EXPECT_EQ(error_code_of([&] { ShardedOpen{path}; }), ErrorCode::Io);
+  EXPECT_EQ(error_code_of([&] { ShardedOpen{path}; }), ErrorCode::InvalidIndex);
   TempDir empty;
   EXPECT_EQ(error_code_of([&] { ShardedOpen{empty.path().string()}; }), ErrorCode::Io);
 }

@@ -3,11 +3,13 @@
 // diff_checkpoints over checkpoints already read.
 
 #include <ATen/ops/arange.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -101,6 +103,106 @@ TEST(TransformTest, RefusesOtherTargetsAndNamesMadeOne) {
       EXPECT_EQ(e.code(), st::ErrorCode::InvalidArgument);
     }
   }
+}
+
+// A selection that keeps nothing of a non-empty input is the caller's
+// mistake, refused naming its patterns; an empty input stays empty.
+TEST(TransformTest, RefusesASelectionThatLeavesNothing) {
+  st::NamedTensors in;
+  in.add("w", at::zeros({1}));
+  in.add("b", at::zeros({1}));
+  std::map<std::string, std::string> aliases = {{"tied", "w"}};
+  for (const st::TensorTransform& t : {st::TensorTransform().include({"nothing*", "x"}),
+                                       st::TensorTransform().exclude({"*"}),
+                                       st::TensorTransform().include({"w"}).exclude({"w", "tied"})}) {
+    std::map<std::string, std::string> kept = aliases;
+    try {
+      st::transform_tensors(in, t, &kept);
+      FAIL() << "nothing selected, nothing refused";
+    } catch (const st::EmptySelection& e) {
+      EXPECT_EQ(e.code(), st::ErrorCode::InvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("leaves none of the 2 tensors and 1 alias"), std::string::npos) << e.what();
+      const std::string what = e.what();
+      if (!t.include().empty() && t.include()[0] == "nothing*") {
+        EXPECT_NE(what.find("the selection (include 'nothing*', 'x')"), std::string::npos) << what;
+      }
+      if (!t.exclude().empty() && t.exclude()[0] == "w") {
+        EXPECT_NE(what.find("(include 'w'; exclude 'w', 'tied')"), std::string::npos) << what;
+      }
+    }
+    EXPECT_EQ(kept, aliases);  // untouched
+  }
+  // An alias alone is a selection: it takes its tensor's bytes.
+  EXPECT_EQ(names(st::transform_tensors(in, st::TensorTransform().include({"tied"}), &aliases)),
+            (std::vector<std::string>{"tied"}));
+  EXPECT_EQ(st::transform_tensors(st::NamedTensors(), st::TensorTransform().include({"x"})).size(), 0u);
+  EXPECT_EQ(st::transform_tensors(st::NamedTensors(), st::TensorTransform()).size(), 0u);
+}
+
+TEST(TransformTest, ReportsPatternsThatMatchNoName) {
+  st::NamedTensors in;
+  in.add("h.0.w", at::zeros({1}));
+  in.add("head", at::zeros({1}));
+  std::map<std::string, std::string> aliases = {{"tied", "head"}};
+  st::TransformReport report;
+  const st::NamedTensors out = st::transform_tensors(
+      in, st::TensorTransform().include({"h.*", "typo*", "tied"}).exclude({"head", "nope", "h.1.*"}), &aliases,
+      &report);
+  EXPECT_EQ(names(out), (std::vector<std::string>{"h.0.w", "tied"}));
+  EXPECT_EQ(report.unmatched_include, (std::vector<std::string>{"typo*"}));
+  EXPECT_EQ(report.unmatched_exclude, (std::vector<std::string>{"nope", "h.1.*"}));
+  st::transform_tensors(in, st::TensorTransform().include({"head"}), nullptr, &report);
+  EXPECT_TRUE(report.unmatched_include.empty());
+  EXPECT_TRUE(report.unmatched_exclude.empty());
+}
+
+TEST(TransformTest, RefusesANameTheRenamingMakesEmpty) {
+  st::NamedTensors in;
+  in.add("module.", at::zeros({1}));
+  in.add("module.w", at::zeros({1}));
+  try {
+    st::transform_tensors(in, st::TensorTransform().strip_prefix("module."));
+    FAIL() << "a tensor named ''";
+  } catch (const st::Error& e) {
+    EXPECT_EQ(e.code(), st::ErrorCode::InvalidArgument);
+    EXPECT_EQ(e.tensor(), "module.");
+    EXPECT_NE(std::string(e.what()).find("removing the prefix 'module.' would leave it no name"), std::string::npos)
+        << e.what();
+  }
+  // With a prefix put back, the name is that prefix.
+  EXPECT_EQ(names(st::transform_tensors(in, st::TensorTransform().strip_prefix("module.").add_prefix("m"))),
+            (std::vector<std::string>{"m", "mw"}));
+}
+
+// A cast never loses a value silently: finite values beyond the target's range
+// become infinite and are counted; infinities and NaNs already there are not.
+TEST(TransformTest, CountsFiniteValuesACastMakesInfinite) {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  auto overflowed = [](const at::Tensor& t, st::Dtype to) {
+    st::NamedTensors in;
+    in.add("t", t);
+    st::TransformReport report;
+    st::transform_tensors(in, st::TensorTransform().dtype(to), nullptr, &report);
+    EXPECT_EQ(report.cast.size(), 1u);
+    return report.cast.empty() ? ~std::uint64_t{0} : report.cast[0].overflowed;
+  };
+  const at::Tensor f64 = at::tensor({1e300, -1e300, inf, -inf, nan, 1.0, 7e4, 3.5e38}, at::kDouble);
+  EXPECT_EQ(overflowed(f64, st::Dtype::F16), 4u);  // 1e300, -1e300, 7e4, 3.5e38
+  EXPECT_EQ(overflowed(f64, st::Dtype::BF16), 3u);
+  EXPECT_EQ(overflowed(f64, st::Dtype::F32), 3u);
+  const at::Tensor f32 = at::tensor({3.4e38f, 3.0e38f, 7e4f, 1.0f}, at::kFloat);
+  EXPECT_EQ(overflowed(f32, st::Dtype::BF16), 1u);  // 3.4e38 rounds up past BF16's largest
+  EXPECT_EQ(overflowed(f32, st::Dtype::F16), 3u);
+  EXPECT_EQ(overflowed(f32, st::Dtype::F64), 0u);
+  EXPECT_EQ(overflowed(at::tensor({1e38f}, at::kFloat).to(at::kBFloat16), st::Dtype::F16), 1u);
+  EXPECT_EQ(overflowed(at::tensor({65504.0f, -65504.0f}, at::kFloat).to(at::kHalf), st::Dtype::BF16), 0u);
+  EXPECT_EQ(overflowed(at::tensor({inf, nan}, at::kDouble), st::Dtype::F16), 0u);
+  // Counted across the slices a large tensor is checked in, and in a strided view.
+  at::Tensor large = at::zeros({(std::int64_t{1} << 24) + 3}, at::kFloat);
+  large[0] = 1e6f;
+  large[-1] = -1e6f;
+  EXPECT_EQ(overflowed(large, st::Dtype::F16), 2u);
+  EXPECT_EQ(overflowed(at::tensor({1e6, 1.0, 1e6, 1.0}, at::kDouble).slice(0, 0, 4, 2), st::Dtype::F16), 2u);
 }
 
 TEST(TransformTest, AliasesFollowTheirTensorsOrBecomeTensors) {

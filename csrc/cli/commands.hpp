@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "safetensors/header.hpp"
 #include "safetensors/save.hpp"
 #include "safetensors/sharded.hpp"
@@ -65,6 +67,10 @@ std::string printable(std::string_view s);
 /// escaped once.
 std::string current_message();
 
+/// The file a library error names (call it inside a catch block), else
+/// `fallback_path`.
+std::string error_file(const std::string& fallback_path);
+
 /// "PATH: error: MESSAGE" for the exception being handled (call it inside a
 /// catch block), on one line. PATH is the file a library error names, else
 /// `fallback_path`. Library errors already begin with "PATH: "; that prefix is
@@ -73,12 +79,23 @@ std::string error_line(const std::string& fallback_path);
 
 /// The exit status for the exception being handled (call it inside a catch
 /// block): kExitTrouble for an I/O error (a file missing, unreadable, changed
-/// while read) or exhausted memory, kExitInvalid for anything else.
+/// while read) or exhausted memory, kExitUsage for a selection that leaves
+/// nothing (EmptySelection), kExitInvalid for anything else (a set missing a
+/// shard its index lists included).
 int failure_status();
 
 /// The ErrorCode's name of the exception being handled, or "" when it is not
 /// a library error (call it inside a catch block).
 std::string error_code_name();
+
+/// The failure being handled (call it inside a catch block) as `--json` shows
+/// it: `head`'s members, then "ok": false, "error" (current_message) and
+/// "code" (error_code_name).
+nlohmann::ordered_json json_failure(nlohmann::ordered_json head);
+
+/// Prints `doc` on one line of stdout; bytes that are not UTF-8 (a path's) are
+/// replaced.
+void emit_json(const nlohmann::ordered_json& doc);
 
 /// True when `path` names a sharded set: a folder, or an index file (a name
 /// ending in ".json"). Anything else is read as one file.

@@ -156,6 +156,18 @@ void print_report(const std::string& in, const std::string& out, const ConvertRe
   }
   if (!t->not_cast.empty())
     std::cout << "  floating-point dtypes this LibTorch cannot convert, kept: " << joined(t->not_cast) << '\n';
+  // Warnings go to stderr: a pattern that matched nothing, values the cast lost.
+  for (const std::string& p : t->unmatched_include)
+    std::cerr << "warning: --include '" << printable(p) << "' matches no tensor of " << printable(in) << '\n';
+  for (const std::string& p : t->unmatched_exclude)
+    std::cerr << "warning: --exclude '" << printable(p) << "' matches no tensor of " << printable(in) << '\n';
+  std::vector<std::string> overflowed;
+  for (const TransformReport::Cast& c : t->cast)
+    if (c.overflowed)
+      overflowed.push_back(c.name + " (" + std::to_string(c.overflowed) + (c.overflowed == 1 ? " value)" : " values)"));
+  if (!overflowed.empty())
+    std::cerr << "warning: finite values beyond the range of " << dtype_name(t->cast.front().to)
+              << " became infinite: " << joined(overflowed) << '\n';
 }
 
 // A safetensors file or set, its tensors selected, renamed and cast

@@ -30,14 +30,14 @@ Checkpoint read_any(const std::string& path, const std::vector<std::string>& key
 void print_json(const std::string& a, const std::string& b, const DiffReport& report) {
   nlohmann::ordered_json different = nlohmann::ordered_json::array();
   for (const TensorDifference& d : report.different) different.push_back({{"name", d.name}, {"detail", d.detail}});
-  const nlohmann::ordered_json out = {{"a", a},
-                                      {"b", b},
-                                      {"equal", report.equal()},
-                                      {"identical", report.identical},
-                                      {"different", std::move(different)},
-                                      {"only_in_a", report.only_in_a},
-                                      {"only_in_b", report.only_in_b}};
-  std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+  emit_json({{"a", a},
+             {"b", b},
+             {"ok", true},
+             {"equal", report.equal()},
+             {"identical", report.identical},
+             {"different", std::move(different)},
+             {"only_in_a", report.only_in_a},
+             {"only_in_b", report.only_in_b}});
 }
 
 }  // namespace
@@ -57,6 +57,7 @@ int diff(const std::string& a, const std::string& b, const std::vector<std::stri
     }
   } catch (...) {
     std::cerr << error_line(reading) << '\n';
+    if (json) emit_json(json_failure({{"a", a}, {"b", b}, {"file", error_file(reading)}}));
     return kExitTrouble;
   }
   if (json) {

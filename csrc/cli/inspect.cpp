@@ -165,7 +165,7 @@ void print_json(const std::string& path, const ShardedOpen& set, const Listing& 
   }
   Json dtypes = Json::object();
   for (const auto& [dtype, t] : l.by_dtype) dtypes[std::string(dtype_name(dtype))] = totals_json(t);
-  Json out = {{"file", path}};
+  Json out = {{"file", path}, {"ok", true}};
   std::uint64_t data = 0;
   if (sharded) {
     Json shards = Json::array();
@@ -197,8 +197,7 @@ void print_json(const std::string& path, const ShardedOpen& set, const Listing& 
   out["parameters"] = l.totals.parameters;
   out["dtypes"] = std::move(dtypes);
   out["aliases"] = l.aliases;
-  // Names are validated UTF-8, but the path is not: replace rather than throw.
-  std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+  emit_json(out);
 }
 
 }  // namespace
@@ -216,6 +215,7 @@ int inspect(const std::string& path, const InspectArgs& args) {
     return kExitOk;
   } catch (...) {
     std::cerr << error_line(path) << '\n';
+    if (args.json) emit_json(json_failure({{"file", path}}));
     return failure_status();
   }
 }

@@ -118,8 +118,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "A sharded set (its folder, or its model.safetensors.index.json) is accepted wherever a file is.\n"
-      "Exit status: 0 success (diff: equal), 1 an invalid input or a failed operation (diff: different),\n"
-      "2 a usage error or trouble (a missing or unreadable file, an I/O error).\n"
+      "Exit status: 0 success (diff: equal), 1 an invalid input (a set missing a shard included) or a failed\n"
+      "operation (diff: different), 2 a usage error (a selection that leaves no tensor included) or trouble\n"
+      "(a missing or unreadable file, an I/O error; diff: any input it cannot compare).\n"
       "Example: safetensors-torch convert ckpt.pt model.safetensors --key model --dtype bf16");
 
   safetensors::cli::InspectArgs inspect_args;
@@ -166,7 +167,9 @@ int main(int argc, char** argv) {
   convert->add_option("--backend", backend, backend_help)->check(CLI::IsMember({"mmap", "pread"}));
   std::vector<std::string> include, exclude;
   std::string strip_prefix, add_prefix, dtype;
-  convert->add_option("--include", include, "Convert only the tensors matching GLOB (repeatable)")
+  convert->add_option("--include", include,
+                      "Convert only the tensors matching GLOB (repeatable; one that matches nothing is warned of, "
+                      "a selection that leaves no tensor refused)")
       ->type_name("GLOB");
   convert->add_option("--exclude", exclude, "Leave out the tensors matching GLOB (repeatable)")->type_name("GLOB");
   convert->add_option("--strip-prefix", strip_prefix, "Remove P from the names that begin with it")

@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <filesystem>
+#include <iostream>
 #include <new>
 #include <stdexcept>
 
@@ -35,17 +36,21 @@ std::string current_message() {
   }
 }
 
-std::string error_line(const std::string& fallback_path) {
-  std::string message = current_message();
+std::string error_file(const std::string& fallback_path) {
   // A library error names the file it is about (the output of a conversion,
   // say); other exceptions are about the command's input.
-  std::string path = fallback_path;
   try {
     throw;
   } catch (const Error& e) {
-    if (!e.file().empty()) path = e.file();
+    if (!e.file().empty()) return e.file();
   } catch (...) {
   }
+  return fallback_path;
+}
+
+std::string error_line(const std::string& fallback_path) {
+  std::string message = current_message();
+  const std::string path = error_file(fallback_path);
   // The message names the file first, escaped as printable() does.
   const std::string prefix = printable(path) + ": ";
   if (message.compare(0, prefix.size(), prefix) == 0) message.erase(0, prefix.size());
@@ -55,6 +60,8 @@ std::string error_line(const std::string& fallback_path) {
 int failure_status() {
   try {
     throw;
+  } catch (const EmptySelection&) {
+    return kExitUsage;  // the patterns, not the input, are wrong
   } catch (const Error& e) {
     return e.code() == ErrorCode::Io || e.code() == ErrorCode::FileChanged ? kExitTrouble : kExitInvalid;
   } catch (const std::bad_alloc&) {
@@ -72,6 +79,17 @@ std::string error_code_name() {
   } catch (...) {
     return "";
   }
+}
+
+nlohmann::ordered_json json_failure(nlohmann::ordered_json head) {
+  head["ok"] = false;
+  head["error"] = current_message();
+  head["code"] = error_code_name();
+  return head;
+}
+
+void emit_json(const nlohmann::ordered_json& doc) {
+  std::cout << doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
 }
 
 bool is_set_path(const std::string& path) {

@@ -58,16 +58,14 @@ int verify(const std::vector<std::string>& paths, bool json) {
     } catch (...) {
       status = std::max(status, failure_status());
       if (json) {
-        files.push_back({{"file", path}, {"ok", false}, {"error", current_message()},
-                         {"code", error_code_name()}});
+        files.push_back(json_failure({{"file", path}}));
       } else {
         std::cout << error_line(path) << '\n';
       }
     }
   }
   if (json) {
-    const nlohmann::ordered_json out = {{"ok", status == kExitOk}, {"files", std::move(files)}};
-    std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+    emit_json({{"ok", status == kExitOk}, {"files", std::move(files)}});
   }
   return status;
 }

@@ -18,6 +18,7 @@
 #include <torch/arg.h>
 
 #include "safetensors/dtype.hpp"
+#include "safetensors/error.hpp"
 #include "safetensors/save.hpp"
 
 namespace safetensors {
@@ -54,6 +55,9 @@ struct TransformReport {
     std::string name;  ///< the new name
     Dtype from;
     Dtype to;
+    /// Finite values the cast made infinite: out of the range of `to` (F64 to
+    /// F32, BF16 or F16; F32 or BF16 to F16; F32 to BF16 at its very top).
+    std::uint64_t overflowed = 0;
   };
   std::vector<std::string> excluded;  ///< original names left out, tensors and aliases
   std::size_t renamed = 0;            ///< names that changed
@@ -61,14 +65,27 @@ struct TransformReport {
   /// Floating-point tensors that keep their dtype because the LibTorch in use
   /// cannot compute with it (raw items: F8 on LibTorch 1.13, F4, F6): new names.
   std::vector<std::string> not_cast;
+  /// Include and exclude patterns that match no name of the input, tensor or
+  /// alias: likely mistyped. The selection still applies.
+  std::vector<std::string> unmatched_include, unmatched_exclude;
+};
+
+/// Thrown by transform_tensors (code InvalidArgument) when the include and
+/// exclude patterns leave none of a non-empty input's names: the selection,
+/// not the input, is wrong.
+class EmptySelection : public Error {
+ public:
+  using Error::Error;
 };
 
 /// The selected tensors of `tensors`, renamed and cast. `aliases` (name ->
 /// kept name, as Checkpoint::aliases), when given, are selected and renamed as
 /// tensors are, in place; an alias whose kept tensor is left out becomes a
 /// tensor of its own (the kept one's bytes) so that no selected name is lost.
-/// Throws InvalidArgument for a dtype that is not F16, BF16, F32 or F64, and for
-/// two names that the renaming makes one (naming both).
+/// Throws InvalidArgument for a dtype that is not F16, BF16, F32 or F64, for two
+/// names that the renaming makes one (naming both) and for a name it makes
+/// empty; EmptySelection when nothing of a non-empty input is selected. An
+/// empty input gives an empty output.
 NamedTensors transform_tensors(const NamedTensors& tensors, const TensorTransform& transform,
                                std::map<std::string, std::string>* aliases = nullptr,
                                TransformReport* report = nullptr);

@@ -6,7 +6,8 @@
 
 # The torch-free core (safetensors::format): header parsing and validation,
 # file access, the writer, dtypes, errors, tensor-parallel arithmetic, the
-# staging schedule, and the zip and pickle readers of migration.
+# staging schedule, JSON with Python's NaN and Infinity, and the zip and
+# pickle readers of migration.
 set(SAFETENSORS_FORMAT_SOURCES
   error.cpp
   dtype.cpp
@@ -16,6 +17,7 @@ set(SAFETENSORS_FORMAT_SOURCES
   durable.cpp
   tensor_parallel.cpp
   staging.cpp
+  json_nonfinite.cpp
   checkpoint/zip.cpp
   pickle/unpickler.cpp)
 

@@ -22,7 +22,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -31,6 +30,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "detail/json_nonfinite.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/sharded.hpp"
 #include "safetensors/torch_dtype.hpp"
@@ -280,20 +280,35 @@ json group_json(Kind kind, const optim::OptimizerOptions& options) {
   return g;
 }
 
+// A value as messages show it: Python's text, NaN and Infinity included.
+std::string shown(const json& value) { return dump_python_json(value); }
+
 // Reads one group's hyperparameters, collecting every problem.
 class GroupReader {
  public:
   GroupReader(const json& group, std::size_t index, Kind kind, std::vector<std::string>& problems)
       : group_(group), where_("param_groups[" + std::to_string(index) + "]"), kind_(kind), problems_(problems) {}
 
-  // A number >= `min` (and < `below` when given).
+  // A number >= `min` (and < `below` when given): NaN never is one.
   std::optional<double> number(const char* key, double min = 0,
                                std::optional<double> below = std::nullopt) {
     const json* v = find(key);
     if (!v) return std::nullopt;
     if (!v->is_number() || !(v->get<double>() >= min) || (below && !(v->get<double>() < *below))) {
       problem(std::string("'") + key + "' must be a number >= " + text(min) +
-              (below ? " and < " + text(*below) : "") + ", found " + v->dump());
+              (below ? " and < " + text(*below) : "") + ", found " + shown(*v));
+      return std::nullopt;
+    }
+    return v->get<double>();
+  }
+
+  // Any number, NaN and the infinities included: one neither Python nor
+  // LibTorch bounds.
+  std::optional<double> any_number(const char* key) {
+    const json* v = find(key);
+    if (!v) return std::nullopt;
+    if (!v->is_number()) {
+      problem(std::string("'") + key + "' must be a number, found " + shown(*v));
       return std::nullopt;
     }
     return v->get<double>();
@@ -303,7 +318,7 @@ class GroupReader {
     const json* v = find(key);
     if (!v) return std::nullopt;
     if (!v->is_boolean()) {
-      problem(std::string("'") + key + "' must be true or false, found " + v->dump());
+      problem(std::string("'") + key + "' must be true or false, found " + shown(*v));
       return std::nullopt;
     }
     return v->get<bool>();
@@ -315,7 +330,7 @@ class GroupReader {
     if (!v->is_array() || v->size() != 2 || !(*v)[0].is_number() || !(*v)[1].is_number() ||
         !((*v)[0].get<double>() >= 0 && (*v)[0].get<double>() < 1) ||
         !((*v)[1].get<double>() >= 0 && (*v)[1].get<double>() < 1)) {
-      problem("'betas' must be two numbers in [0, 1), found " + v->dump());
+      problem("'betas' must be two numbers in [0, 1), found " + shown(*v));
       return std::nullopt;
     }
     return std::make_tuple((*v)[0].get<double>(), (*v)[1].get<double>());
@@ -327,9 +342,9 @@ class GroupReader {
     const json* v = find(key, false);
     if (!v || v->is_null()) return;
     if (!v->is_boolean()) {
-      problem(std::string("'") + key + "' must be true or false, found " + v->dump());
+      problem(std::string("'") + key + "' must be true or false, found " + shown(*v));
     } else if (v->get<bool>() != allowed) {
-      problem(std::string("'") + key + "' is " + v->dump() + ": " + why);
+      problem(std::string("'") + key + "' is " + shown(*v) + ": " + why);
     }
   }
 
@@ -337,15 +352,16 @@ class GroupReader {
   void implementation(const char* key) {
     const json* v = find(key, false);
     if (v && !v->is_null() && !v->is_boolean())
-      problem(std::string("'") + key + "' must be true, false or null, found " + v->dump());
+      problem(std::string("'") + key + "' must be true, false or null, found " + shown(*v));
   }
 
-  // Every key read is marked; the others are unknown to the kind.
-  void finish() {
+  // The keys not read, in the file's order: unknown to the kind in LibTorch
+  // (a Python scheduler's `initial_lr`, a key of the user's).
+  std::vector<std::string> unknown() const {
+    std::vector<std::string> out;
     for (const auto& item : group_.items())
-      if (item.key() != "params" && !seen_.count(item.key()))
-        problem("'" + item.key() + "' is not a hyperparameter of " + name_of(kind_) +
-                " that LibTorch has");
+      if (item.key() != "params" && !seen_.count(item.key())) out.push_back(item.key());
+    return out;
   }
 
   void problem(const std::string& text) { problems_.push_back(where_ + ": " + text); }
@@ -374,10 +390,12 @@ class GroupReader {
   std::set<std::string> seen_;
 };
 
-// The group's hyperparameters from `g`, over a copy of `current`.
+// The group's hyperparameters from `g`, over a copy of `current`; the keys
+// LibTorch has no place for in `unknown`.
 std::unique_ptr<optim::OptimizerOptions> read_group(Kind kind, const json& g, std::size_t index,
                                                     const optim::OptimizerOptions& current,
-                                                    std::vector<std::string>& problems) {
+                                                    std::vector<std::string>& problems,
+                                                    std::vector<std::string>& unknown) {
   std::unique_ptr<optim::OptimizerOptions> out = current.clone();
   GroupReader r(g, index, kind, problems);
   constexpr const char* kNoMaximize = "LibTorch's optimizers cannot maximize";
@@ -389,7 +407,7 @@ std::unique_ptr<optim::OptimizerOptions> read_group(Kind kind, const json& g, st
       auto& o = static_cast<optim::SGDOptions&>(*out);
       set(r.number("lr"), [&](double v) { o.lr(v); });
       set(r.number("momentum"), [&](double v) { o.momentum(v); });
-      set(r.number("dampening", -std::numeric_limits<double>::infinity()), [&](double v) { o.dampening(v); });
+      set(r.any_number("dampening"), [&](double v) { o.dampening(v); });
       set(r.number("weight_decay"), [&](double v) { o.weight_decay(v); });
       set(r.flag("nesterov"), [&](bool v) { o.nesterov(v); });
       r.implementation("fused");
@@ -442,7 +460,7 @@ std::unique_ptr<optim::OptimizerOptions> read_group(Kind kind, const json& g, st
   r.fixed("maximize", false, kNoMaximize);
   r.implementation("foreach");
   r.implementation("differentiable");
-  r.finish();
+  unknown = r.unknown();
   return out;
 }
 
@@ -474,7 +492,7 @@ std::optional<std::string> step_misfit(const ShardedOpen& checkpoint, const Tens
     const double v = t.item<double>();
     // 2^63: the first double above int64's range.
     if (!(v >= 0) || v != std::floor(v) || v >= 9223372036854775808.0)
-      return "a step is a whole number in [0, 2^63), found " + json(v).dump();
+      return "a step is a whole number in [0, 2^63), found " + shown(json(v));
     step = static_cast<std::int64_t>(v);
   } else {
     step = t.item<std::int64_t>();
@@ -526,7 +544,8 @@ std::pair<NamedTensors, std::string> optimizer_to_save(const optim::Optimizer& o
     g["params"] = std::move(params);
     groups.push_back(std::move(g));
   }
-  return {std::move(tensors), groups.dump()};
+  // NaN and the infinities as Python writes them (nlohmann would write null).
+  return {std::move(tensors), dump_python_json(groups)};
 }
 
 struct OptimizerLoad::Parameter {
@@ -549,6 +568,7 @@ OptimizerLoad::OptimizerLoad(optim::Optimizer& optimizer, const ShardedOpen& che
 
   // ---- the param groups ----
   std::vector<std::string> problems;
+  std::size_t unknown_keys = 0;  // hyperparameters LibTorch has no place for, in report_
   const std::string* text = metadata_entry(checkpoint, groups_key);
   if (!text)
     throw Error(ErrorCode::StateDictMismatch, file, "",
@@ -556,7 +576,7 @@ OptimizerLoad::OptimizerLoad(optim::Optimizer& optimizer, const ShardedOpen& che
                     "': not an optimizer checkpoint (or another prefix)");
   json saved;
   try {
-    saved = json::parse(*text);
+    saved = parse_python_json(*text);  // Python's json.dumps writes NaN and Infinity bare
   } catch (const json::exception& e) {
     throw Error(ErrorCode::StateDictMismatch, file, "",
                 "metadata '" + escape_control(groups_key) + "' is not JSON: " + escape_control(e.what()));
@@ -584,7 +604,13 @@ OptimizerLoad::OptimizerLoad(optim::Optimizer& optimizer, const ShardedOpen& che
         next += groups[g].params().size();
         continue;
       }
-      options_.push_back(read_group(kind, group, g, groups[g].options(), problems));
+      std::vector<std::string> unknown;
+      options_.push_back(read_group(kind, group, g, groups[g].options(), problems, unknown));
+      for (const std::string& key : unknown) {
+        const std::string name = groups_key + "[" + std::to_string(g) + "]." + key;
+        report_.unexpected_keys.push_back({name, name});
+        ++unknown_keys;
+      }
       const auto params = group.find("params");
       if (params == group.end() || !params->is_array()) {
         problems.push_back(where + ": 'params' is not a list of parameter numbers");
@@ -679,7 +705,11 @@ OptimizerLoad::OptimizerLoad(optim::Optimizer& optimizer, const ShardedOpen& che
   if (options.strict() && !report_.ok())
     throw Error(ErrorCode::StateDictMismatch, file, "",
                 std::string("the ") + name_of(kind) + " optimizer and the checkpoint disagree:\n" +
-                    report_.describe());
+                    report_.describe() +
+                    (unknown_keys ? std::string("(an unexpected '") + escape_control(groups_key) +
+                                        "[i].key' is a hyperparameter LibTorch's " + name_of(kind) +
+                                        " does not have: strict(false) loads without it)"
+                                  : std::string()));
 
   // ---- read every fitting state into new memory, shard by shard ----
   std::vector<Flat> flats(parameters_.size());

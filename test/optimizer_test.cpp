@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -409,14 +410,13 @@ TEST(Optimizer, ParamGroupProblemsAreListedAndChangeNothing) {
         g[0]["maximize"] = true;
         g[0]["lr"] = -1;
         g[0]["betas"] = {0.9};
-        g[1]["nadam"] = 1;
         g[1].erase("eps");
         g[1]["amsgrad"] = "yes";
         g[1]["foreach"] = 3;
       },
       {"param_groups[0]: 'maximize' is true: LibTorch's optimizers cannot maximize",
        "param_groups[0]: 'lr' must be a number >= 0, found -1", "param_groups[0]: 'betas' must be two numbers",
-       "param_groups[1]: 'nadam' is not a hyperparameter of Adam", "param_groups[1]: 'eps' is missing",
+       "param_groups[1]: 'eps' is missing",
        "param_groups[1]: 'amsgrad' must be true or false, found \"yes\"",
        "param_groups[1]: 'foreach' must be true, false or null, found 3"});
   expect_refused([](json& g) { g[0]["decoupled_weight_decay"] = true; }, {"that is AdamW"});
@@ -498,6 +498,166 @@ TEST(Optimizer, AcceptsTorch113Groups) {
     EXPECT_TRUE(report.ok()) << report.describe();
     EXPECT_EQ(target->param_groups()[0].options().get_lr(), json::parse(c.group)["lr"].get<double>());
   }
+}
+
+// Python's json.dumps writes non-finite floats as bare NaN, Infinity and
+// -Infinity: the texts /usr/bin/python3 (torch 1.13) writes for an Adam with
+// eps=inf and a key of the user's holding inf, and for an SGD with NaN and
+// -inf dampening (which neither Python nor LibTorch bounds).
+constexpr const char* kPythonAdamGroups =
+    R"([{"eps": Infinity, "lr": 0.01, "betas": [0.9, 0.999], "weight_decay": 0, "amsgrad": false, )"
+    R"("maximize": false, "foreach": null, "capturable": false, "differentiable": false, "fused": false, )"
+    R"("params": [0, 1]}, {"lr": 0.005, "max_grad_norm": Infinity, "betas": [0.9, 0.999], "eps": 1e-08, )"
+    R"("weight_decay": 0, "amsgrad": false, "maximize": false, "foreach": null, "capturable": false, )"
+    R"("differentiable": false, "fused": false, "params": [2, 3]}])";
+constexpr const char* kPythonSgdGroups =
+    R"([{"dampening": NaN, "lr": 0.1, "momentum": 0.9, "weight_decay": 0, "nesterov": false, "maximize": false, )"
+    R"("foreach": null, "differentiable": false, "params": [0, 1]}, {"dampening": -Infinity, "lr": 0.1, )"
+    R"("momentum": 0.9, "weight_decay": 0, "nesterov": false, "maximize": false, "foreach": null, )"
+    R"("differentiable": false, "params": [2, 3]}])";
+
+// A saved optimizer's file with its param groups replaced by `groups`.
+std::string with_groups(const TempDir& dir, const Spec& spec, const std::string& groups) {
+  Net net = make_net(1);
+  auto opt = spec.make(net);
+  train(net, *opt, 2);
+  const std::string path = dir.file(spec.name + ".safetensors");
+  save_optimizer(*opt, path);
+  rewrite(path, [&](auto&, Metadata& meta) { meta["param_groups"] = groups; });
+  return path;
+}
+
+TEST(Optimizer, ReadsPythonsNonFiniteHyperparameters) {
+  TempDir dir;
+  const double inf = std::numeric_limits<double>::infinity();
+  {
+    Net net = make_net(1);
+    auto sgd = specs()[0].make(net);
+    const LoadReport report = load_optimizer(*sgd, with_groups(dir, specs()[0], kPythonSgdGroups));
+    EXPECT_TRUE(report.ok()) << report.describe();
+    EXPECT_EQ(report.loaded_keys.size(), 4u);
+    EXPECT_TRUE(std::isnan(static_cast<const optim::SGDOptions&>(sgd->param_groups()[0].options()).dampening()));
+    EXPECT_EQ(static_cast<const optim::SGDOptions&>(sgd->param_groups()[1].options()).dampening(), -inf);
+  }
+  // A key LibTorch's Adam has no place for: named by a strict load, which
+  // changes nothing; dropped and reported by a load that is not strict.
+  const std::string path = with_groups(dir, specs()[2], kPythonAdamGroups);
+  Net net = make_net(1);
+  auto adam = specs()[2].make(net);
+  train(net, *adam, 1);
+  const std::string before = snapshot(*adam);
+  try {
+    load_optimizer(*adam, path);
+    FAIL() << "loaded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::StateDictMismatch);
+    const std::string what = e.what();
+    for (const char* needle : {"unexpected: 'param_groups[1].max_grad_norm'", "a hyperparameter LibTorch's Adam does not have",
+                               "strict(false) loads without it"})
+      EXPECT_NE(what.find(needle), std::string::npos) << needle << "\n" << what;
+  }
+  EXPECT_EQ(snapshot(*adam), before);
+  const LoadReport report = load_optimizer(*adam, path, OptimizerLoadOptions().strict(false));
+  ASSERT_EQ(report.unexpected_keys.size(), 1u);
+  EXPECT_EQ(report.unexpected_keys[0].file_name, "param_groups[1].max_grad_norm");
+  EXPECT_EQ(report.loaded_keys.size(), 12u);
+  EXPECT_EQ(static_cast<const optim::AdamOptions&>(adam->param_groups()[0].options()).eps(), inf);
+  EXPECT_EQ(static_cast<const optim::AdamOptions&>(adam->param_groups()[1].options()).lr(), 0.005);
+}
+
+// A Python LR scheduler adds `initial_lr` to every group, which LibTorch's
+// options have no place for: refused by a strict load, dropped otherwise.
+TEST(Optimizer, UnknownHyperparametersAreUnexpected) {
+  TempDir dir;
+  std::string text = kPythonSgdGroups;
+  for (const std::string token : {"-Infinity", "NaN"}) text.replace(text.find(token), token.size(), "0.1");
+  json groups = json::parse(text);
+  for (json& g : groups) g["initial_lr"] = 0.1;
+  groups[1]["my_key"] = "x";
+  const std::string path = with_groups(dir, specs()[0], groups.dump());
+  Net net = make_net(1);
+  auto sgd = specs()[0].make(net);
+  try {
+    load_optimizer(*sgd, path);
+    FAIL() << "loaded";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    for (const char* needle : {"unexpected: 'param_groups[0].initial_lr'", "unexpected: 'param_groups[1].initial_lr'",
+                               "unexpected: 'param_groups[1].my_key'", "strict(false) loads without it"})
+      EXPECT_NE(what.find(needle), std::string::npos) << needle << "\n" << what;
+  }
+  EXPECT_TRUE(sgd->state().empty());
+  const LoadReport report = load_optimizer(*sgd, path, OptimizerLoadOptions().strict(false));
+  ASSERT_EQ(report.unexpected_keys.size(), 3u);
+  EXPECT_EQ(report.unexpected_keys[2].file_name, "param_groups[1].my_key");
+  EXPECT_EQ(report.loaded_keys.size(), 4u);
+  EXPECT_EQ(sgd->state().size(), 4u);
+}
+
+// Where a hyperparameter cannot be NaN the message says NaN, not null.
+TEST(Optimizer, NonFiniteOutOfRangeIsNamed) {
+  TempDir dir;
+  std::string groups = kPythonAdamGroups;
+  const auto replace = [&](const std::string& from, const std::string& to) {
+    groups.replace(groups.find(from), from.size(), to);
+  };
+  replace("\"lr\": 0.01", "\"lr\": NaN");
+  replace("\"eps\": 1e-08", "\"eps\": -Infinity");
+  const std::string path = with_groups(dir, specs()[2], groups);
+  Net net = make_net(1);
+  auto adam = specs()[2].make(net);
+  for (const bool strict : {true, false}) {
+    try {
+      load_optimizer(*adam, path, OptimizerLoadOptions().strict(strict));
+      ADD_FAILURE() << "loaded";
+    } catch (const Error& e) {
+      for (const char* needle : {"param_groups[0]: 'lr' must be a number >= 0, found NaN",
+                                 "param_groups[1]: 'eps' must be a number >= 0, found -Infinity"})
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << needle << "\n" << e.what();
+    }
+  }
+}
+
+// A non-finite hyperparameter is saved as Python writes it (not as null) and
+// loads back as it was.
+TEST(Optimizer, NonFiniteHyperparametersRoundTrip) {
+  TempDir dir;
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  Net net = make_net(1);
+  auto sgd = specs()[0].make(net);
+  static_cast<optim::SGDOptions&>(sgd->param_groups()[0].options()).dampening(nan);
+  static_cast<optim::SGDOptions&>(sgd->param_groups()[1].options()).dampening(-inf).weight_decay(inf);
+  train(net, *sgd, 1);
+  const std::string path = dir.file("sgd.safetensors");
+  save_optimizer(*sgd, path);
+  const std::string text = SafeOpen(path).metadata().at("param_groups");
+  EXPECT_NE(text.find("\"dampening\":NaN"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"dampening\":-Infinity"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"weight_decay\":Infinity"), std::string::npos) << text;
+  std::size_t nulls = 0;  // foreach and fused of each group
+  for (std::size_t at = text.find("null"); at != std::string::npos; at = text.find("null", at + 1)) ++nulls;
+  EXPECT_EQ(nulls, 4u) << text;
+  Net other = make_net(1);
+  auto loaded = specs()[0].make(other);
+  const LoadReport report = load_optimizer(*loaded, path);
+  EXPECT_TRUE(report.ok()) << report.describe();
+  const auto& o0 = static_cast<const optim::SGDOptions&>(loaded->param_groups()[0].options());
+  const auto& o1 = static_cast<const optim::SGDOptions&>(loaded->param_groups()[1].options());
+  EXPECT_TRUE(std::isnan(o0.dampening()));
+  EXPECT_EQ(o1.dampening(), -inf);
+  EXPECT_EQ(o1.weight_decay(), inf);
+  EXPECT_EQ(snapshot(*loaded), snapshot(*sgd));
+
+  Net adam_net = make_net(1);
+  auto adam = specs()[2].make(adam_net);
+  static_cast<optim::AdamOptions&>(adam->param_groups()[1].options()).eps(inf).lr(inf);
+  save_optimizer(*adam, path);
+  Net adam_other = make_net(1);
+  auto adam_loaded = specs()[2].make(adam_other);
+  load_optimizer(*adam_loaded, path);
+  EXPECT_EQ(static_cast<const optim::AdamOptions&>(adam_loaded->param_groups()[1].options()).eps(), inf);
+  EXPECT_EQ(adam_loaded->param_groups()[1].options().get_lr(), inf);
 }
 
 TEST(Optimizer, PrefixSelectsThePartOfACheckpoint) {
@@ -598,7 +758,7 @@ TEST(Optimizer, StepMustBeACount) {
   const std::string path = dir.file("o.safetensors");
   const std::vector<std::pair<at::Tensor, const char*>> steps = {
       {torch::tensor(-1.0f), "found -1"},
-      {torch::tensor(std::nan("")), "found null"},
+      {torch::tensor(std::nan("")), "found NaN"},
       {torch::tensor(1e30), "found 1.0000000150474662e+30"},
       {torch::tensor(std::int64_t{-3}), "found -3"},
       {torch::ones({1}), "a step is a 0-dim tensor"},
@@ -882,6 +1042,29 @@ TEST_P(OptimizerInterop, PythonToCpp) {
 
 INSTANTIATE_TEST_SUITE_P(Optimizers, OptimizerInterop, ::testing::ValuesIn(specs()),
                          [](const auto& info) { return info.param.name; });
+
+// An SGD Python saved with NaN and -inf dampening and a key of the user's
+// holding inf (json.dumps writes them bare) loads here, and saved here it
+// loads in Python with the same values.
+TEST(OptimizerInteropGroups, NonFiniteHyperparametersBothWays) {
+  std::string why;
+  const auto py = python(why);
+  if (!py) GTEST_SKIP() << why;
+  LocalDir dir;
+  run_python(*py, "nonfinite " + dir.file("python.safetensors"));
+  Net net = make_net(1);
+  auto sgd = specs()[0].make(net);
+  EXPECT_THROW(load_optimizer(*sgd, dir.file("python.safetensors")), Error);  // max_grad_norm
+  const LoadReport report = load_optimizer(*sgd, dir.file("python.safetensors"), OptimizerLoadOptions().strict(false));
+  ASSERT_EQ(report.unexpected_keys.size(), 1u);
+  EXPECT_EQ(report.unexpected_keys[0].file_name, "param_groups[1].max_grad_norm");
+  EXPECT_EQ(report.loaded_keys.size(), 4u);
+  EXPECT_TRUE(std::isnan(static_cast<const optim::SGDOptions&>(sgd->param_groups()[0].options()).dampening()));
+  EXPECT_EQ(static_cast<const optim::SGDOptions&>(sgd->param_groups()[1].options()).dampening(),
+            -std::numeric_limits<double>::infinity());
+  save_optimizer(*sgd, dir.file("cpp.safetensors"));
+  run_python(*py, "check-nonfinite " + dir.file("cpp.safetensors"));
+}
 
 }  // namespace
 }  // namespace safetensors

@@ -52,7 +52,9 @@ struct OptimizerSaveOptions : WriteOptions<OptimizerSaveOptions> {
 /// hyperparameters, crash-safely (save_file, or save_sharded). The state
 /// tensors keep their dtype and device (copied to CPU one at a time while
 /// writing). LibTorch's integer `step` is written as the 0-dim float32 tensor
-/// Python uses, or float64 above 2^24, where float32 would round it. The
+/// Python uses, or float64 above 2^24, where float32 would round it. A
+/// hyperparameter that is NaN or infinite is written `NaN`, `Infinity` or
+/// `-Infinity`, as Python's json.dumps writes it (and json.loads reads it). The
 /// metadata gets `{"format": "pt"}` unless it sets "format"; a key of
 /// `metadata` that is the param groups' key is InvalidArgument. An optimizer
 /// other than SGD, Adam, AdamW, RMSprop and Adagrad is InvalidArgument: LBFGS
@@ -69,6 +71,10 @@ struct OptimizerLoadOptions {
   /// keep their state, and the report says why. Problems of the param groups
   /// (their number and sizes, a hyperparameter LibTorch cannot honour) are
   /// errors either way: without them no state can be matched to a parameter.
+  /// A group's key that LibTorch's optimizer does not have (a Python LR
+  /// scheduler's `initial_lr`, a key of the user's) is unexpected, named
+  /// `{prefix}param_groups[g].{key}` in the report: refused when strict,
+  /// dropped otherwise.
   TORCH_ARG(bool, strict) = true;
   /// Only names under this prefix are the optimizer's (`optimizer.` in a file
   /// holding a whole training checkpoint); tensors outside it are ignored.
@@ -85,9 +91,11 @@ struct OptimizerLoadOptions {
 /// have its parameter's shape and dtype, and is read into new memory on the
 /// parameter's device; `step` must be a 0-dim tensor holding a whole number.
 /// The hyperparameters (lr, betas, ...) are taken from the file, with Python's
-/// names as torch 1.13 and 2.x write them; `maximize` true is refused (LibTorch
-/// cannot maximize), and foreach, fused, capturable and differentiable, which
-/// choose an implementation, are accepted whatever they hold. Everything is
+/// names as torch 1.13 and 2.x write them, read as Python's json.loads reads
+/// them (bare NaN, Infinity and -Infinity are floats); `maximize` true is
+/// refused (LibTorch cannot maximize), and foreach, fused, capturable and
+/// differentiable, which choose an implementation, are accepted whatever they
+/// hold. Everything is
 /// checked and read before the optimizer changes: a failed load leaves it as
 /// it was. The report names the file's tensors; `loaded_keys` those taken.
 LoadReport load_optimizer(torch::optim::Optimizer& optimizer, const std::string& path,

@@ -6,7 +6,14 @@
   optimizer_interop.py start SETUP N M CKPT FINAL
       trains N steps from SETUP's parameters, writes a training checkpoint
       (the layout save_training_checkpoint writes) to CKPT, trains M more
-      steps and writes the parameters to FINAL.
+      steps and writes the parameters to FINAL;
+  optimizer_interop.py nonfinite OUT
+      writes to OUT, in save_optimizer's layout, an SGD over Net's two layers
+      after one step, with dampening NaN and -inf and a key of the user's,
+      max_grad_norm, holding inf (json.dumps writes them bare);
+  optimizer_interop.py check-nonfinite IN
+      loads IN (save_optimizer's layout) into such an SGD and checks that
+      its dampening is NaN and -inf.
 
 SETUP holds the batch (data.x, data.y), the initial parameters (model.*) and,
 in its metadata, the optimizer (`optimizer`: a torch.optim class), its keyword
@@ -17,6 +24,7 @@ by it; without it (Debian's torch 1.13) by the small reader and writer below.
 """
 
 import json
+import math
 import struct
 import sys
 
@@ -136,6 +144,41 @@ def save_parameters(path, model):
     write(path, {"model." + k: v.detach() for k, v in model.named_parameters()}, {})
 
 
+def optimizer_file_state(tensors):
+    state = {}
+    for name, t in tensors.items():
+        i, key = name[len("state."):].split(".", 1)
+        state.setdefault(int(i), {})[key] = t
+    return state
+
+
+def nonfinite(out):
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(
+        [{"params": model.fc1.parameters(), "dampening": float("nan")},
+         {"params": model.fc2.parameters(), "dampening": -math.inf, "max_grad_norm": math.inf}],
+        lr=0.1, momentum=0.9)
+    train(model, optimizer, torch.randn(16, 4), torch.randn(16, 3), 1)
+    sd = optimizer.state_dict()
+    tensors = {f"state.{i}.{key}": value for i, s in sd["state"].items() for key, value in s.items()}
+    write(out, tensors, {"format": "pt", "param_groups": json.dumps(sd["param_groups"])})
+
+
+def check_nonfinite(path):
+    tensors, metadata = read(path)
+    model = Net()
+    optimizer = torch.optim.SGD([{"params": model.fc1.parameters()}, {"params": model.fc2.parameters()}],
+                                lr=0.1, momentum=0.9)
+    optimizer.load_state_dict({"state": optimizer_file_state(tensors),
+                               "param_groups": json.loads(metadata["param_groups"])})
+    groups = optimizer.param_groups
+    if not (math.isnan(groups[0]["dampening"]) and groups[1]["dampening"] == -math.inf):
+        sys.exit(f"dampening {groups[0]['dampening']}, {groups[1]['dampening']}")
+    if len(optimizer.state) != 4:
+        sys.exit(f"state for {len(optimizer.state)} parameters")
+
+
 def main(argv):
     if argv[0] == "continue":
         setup_path, ckpt, steps, out = argv[1:]
@@ -150,8 +193,12 @@ def main(argv):
         save_training_checkpoint(ckpt, model, optimizer, int(n), 0)
         train(model, optimizer, x, y, int(m))
         save_parameters(final, model)
+    elif argv[0] == "nonfinite":
+        nonfinite(argv[1])
+    elif argv[0] == "check-nonfinite":
+        check_nonfinite(argv[1])
     else:
-        sys.exit("usage: optimizer_interop.py continue|start ...")
+        sys.exit("usage: optimizer_interop.py continue|start|nonfinite|check-nonfinite ...")
 
 
 if __name__ == "__main__":

@@ -606,6 +606,29 @@ TEST(MigrateSet, ReadsASetByItsFolderOrItsIndex) {
             ErrorCode::InvalidArgument);
 }
 
+// A set's tensors view its shards' mappings (on Linux, a private mapping sees
+// what another writer changes in a page it has not written); read with
+// pread, they own copies.
+TEST(MigrateSet, TensorsViewTheShardsMappings) {
+  TempDir dir;
+  const std::string folder = dir.file("set");
+  fs::create_directories(folder);
+  for (const auto& entry : fs::directory_iterator(kPythonSet)) fs::copy_file(entry.path(), folder / entry.path().filename());
+  const st::Checkpoint mapped = st::read_checkpoint(folder);
+  const st::Checkpoint read = st::read_checkpoint(folder, st::CheckpointOptions().backend(st::Backend::Pread));
+  const at::Tensor original = mapped.tensors["embed.weight"].clone();
+  {
+    const std::string shard = folder + "/" + kShard1;
+    const st::SafeOpen file(shard);
+    const st::TensorInfo& info = file.info("embed.weight");
+    std::fstream overwrite(shard, std::ios::in | std::ios::out | std::ios::binary);
+    overwrite.seekp(static_cast<std::streamoff>(file.header().data_offset() + info.begin));
+    overwrite.write(std::string(info.nbytes(), '\0').data(), static_cast<std::streamsize>(info.nbytes()));
+  }
+  EXPECT_TRUE(at::equal(mapped.tensors["embed.weight"], at::zeros({3, 4})));
+  EXPECT_TRUE(at::equal(read.tensors["embed.weight"], original));
+}
+
 // One file out of a set: every tensor (the F8 one with its dtype, whatever
 // this LibTorch has), the alias across shards, the shards' metadata with the
 // first shard's value of a key they disagree on, reported, and the index's.

@@ -613,7 +613,8 @@ TEST(MigrateSet, TensorsViewTheShardsMappings) {
   TempDir dir;
   const std::string folder = dir.file("set");
   fs::create_directories(folder);
-  for (const auto& entry : fs::directory_iterator(kPythonSet)) fs::copy_file(entry.path(), folder / entry.path().filename());
+  for (const auto& entry : fs::directory_iterator(kPythonSet))
+    fs::copy_file(entry.path(), folder / entry.path().filename());
   const st::Checkpoint mapped = st::read_checkpoint(folder);
   const st::Checkpoint read = st::read_checkpoint(folder, st::CheckpointOptions().backend(st::Backend::Pread));
   const at::Tensor original = mapped.tensors["embed.weight"].clone();
@@ -709,7 +710,8 @@ TEST(MigrateSet, RefusesToWriteOneFileOverAFileOfItsInputSet) {
   TempDir dir;
   const std::string folder = dir.file("set");
   fs::create_directories(folder);
-  for (const auto& entry : fs::directory_iterator(kPythonSet)) fs::copy_file(entry.path(), folder / entry.path().filename());
+  for (const auto& entry : fs::directory_iterator(kPythonSet))
+    fs::copy_file(entry.path(), folder / entry.path().filename());
   const std::string before = st::test::read_bytes(folder + "/" + kShard2);
   for (const std::string& target : {folder + "/model.safetensors.index.json", folder + "/" + kShard1,
                                     folder + "/" + kShard2}) {

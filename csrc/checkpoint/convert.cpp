@@ -53,7 +53,8 @@ namespace {
 
 // One file written over the index or a shard of the set being read would break
 // that set; a lone file may be replaced, as it is read from its mapping.
-void refuse_to_overwrite(const std::string& in, const std::string& out, const std::vector<std::string>& set_files) {
+void refuse_to_overwrite(const std::string& in, const std::string& out,
+                         const std::vector<std::string>& set_files) {
   for (const std::string& file : set_files) {
     std::error_code ec;
     if (std::filesystem::equivalent(out, file, ec))
@@ -137,7 +138,8 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
     std::error_code ec;
     std::filesystem::create_directories(out, ec);  // save_sharded reports a folder it cannot use
   }
-  summary.files = detail::save_one_or_sharded(tensors, out, std::move(metadata), options.max_shard_size(), options);
+  summary.files =
+      detail::save_one_or_sharded(tensors, out, std::move(metadata), options.max_shard_size(), options);
 
   summary.format = ckpt.format;
   summary.tensors = tensors.size();

@@ -160,7 +160,8 @@ void read_file(const std::string& path, const CheckpointOptions& options, Checkp
   const std::shared_ptr<Source> source = open_file(path, options.backend());
   Detected detected = detect(source);
   ckpt.format = detected.format;
-  if (ckpt.format == CheckpointFormat::Unknown && names_an_index(path)) ckpt.format = CheckpointFormat::SafetensorsSet;
+  if (ckpt.format == CheckpointFormat::Unknown && names_an_index(path))
+    ckpt.format = CheckpointFormat::SafetensorsSet;
   switch (ckpt.format) {
     case CheckpointFormat::TorchZip:
     case CheckpointFormat::TorchArchive: read_torch_zip(source, ckpt.format, options, ckpt); break;

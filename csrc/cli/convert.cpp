@@ -112,9 +112,10 @@ void print_report(const std::string& in, const std::string& out, const ConvertRe
   }
   for (const MetadataConflict& c : s.metadata_conflicts) {
     std::vector<std::string> values;
-    for (const MetadataConflict::Value& v : c.values)
-      values.push_back(printable(nlohmann::json(v.value).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)) +
-                       " (" + joined(v.files) + ")");
+    for (const MetadataConflict::Value& v : c.values) {
+      const std::string text = nlohmann::json(v.value).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      values.push_back(printable(text) + " (" + joined(v.files) + ")");
+    }
     std::cout << "  metadata the set's files disagree on, the first value kept: " << printable(c.key) << ": "
               << joined(values) << '\n';
   }

@@ -185,6 +185,24 @@ TEST_F(ConvertMetadata, OptimizerKeyLoadsIntoLibTorch) {
   }
 }
 
+// The values are names of the checkpoint's tree: selecting and renaming the
+// optimizer's subtree writes what key({"optimizer"}) writes, param_groups included.
+TEST_F(ConvertMetadata, ValuesAreSelectedAndRenamedWithTheirTree) {
+  const st::ConvertReport report = st::convert_checkpoint(
+      in("adam.pt"), out("optimizer.safetensors"),
+      st::ConvertOptions().transform(st::TensorTransform().include({"optimizer.*"}).strip_prefix("optimizer.")));
+  EXPECT_EQ(report.metadata_keys, std::vector<std::string>{"param_groups"});
+  EXPECT_TRUE(report.non_tensors.empty());
+  const st::ConvertReport by_key = st::convert_checkpoint(in("adam.pt"), out("by_key.safetensors"),
+                                                          st::ConvertOptions().key({"optimizer"}));
+  EXPECT_EQ(st::SafeOpen(out("optimizer.safetensors")).metadata(), st::SafeOpen(out("by_key.safetensors")).metadata());
+  EXPECT_TRUE(st::diff_checkpoints(out("optimizer.safetensors"), out("by_key.safetensors")).equal());
+  auto model = make_model();
+  auto optimizer = make_optimizer("adam", *model);
+  st::load_optimizer(*optimizer, out("optimizer.safetensors"));
+  EXPECT_DOUBLE_EQ(static_cast<const torch::optim::AdamOptions&>(optimizer->param_groups().at(0).options()).lr(), 0.01);
+}
+
 // Python trained kSteps steps and saved; C++ resumes from the converted model
 // and optimizer for kResumed steps and reaches the parameters Python reached.
 TEST_F(ConvertMetadata, ResumesPythonTraining) {

@@ -197,4 +197,80 @@ TEST_F(MigrateCliTest, RefusesHostileAndMalformedFilesWithOneLine) {
   EXPECT_TRUE(contains(missing.err, "no key 'nope' (keys: model, optimizer, epoch, note)")) << missing.err;
 }
 
+// --- safetensors sets and files: the same pipeline as pickles -----------------------
+
+const std::string kPythonSet = std::string(SAFETENSORS_TEST_DATA_DIR) + "/sharded/python_set";
+
+// A set written by Python's safetensors (data/sharded/make_python_set.py)
+// merged into one file: the summary names its format and the metadata key its
+// shards disagree on, with every value and the shards giving it.
+TEST_F(MigrateCliTest, ConvertMergesAPythonSetAndReportsMetadataItsShardsDisagreeOn) {
+  const std::string out = dir_.file("merged.safetensors");
+  const Result r = run({"convert", kPythonSet, out});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "(sharded safetensors set) -> " + out + ": 4 tensors, 76 bytes, ")) << r.out;
+  EXPECT_TRUE(contains(r.out, "  shared tensors written once (recorded in the metadata): lm_head.weight -> "
+                              "embed.weight\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "  metadata the set's files disagree on, the first value kept: producer: "
+                              "\"trainer 1\" (model-00001-of-00002.safetensors), \"trainer 2\" "
+                              "(model-00002-of-00002.safetensors)\n")) << r.out;
+  const st::SafeOpen file(out, st::LoadOptions().unsupported_as_bytes(true));
+  EXPECT_EQ(file.metadata().at("producer"), "trainer 1");
+  EXPECT_EQ(file.metadata().at("model_type"), "toy");  // the index's
+  EXPECT_EQ(file.info("f8").dtype, st::Dtype::F8_E4M3);
+  const Result same = run({"diff", kPythonSet + "/model.safetensors.index.json", out});
+  EXPECT_EQ(same.code, 0) << same.out << same.err;
+  EXPECT_TRUE(contains(same.out, "equal: 5 identical")) << same.out;
+
+  // --metadata settles the key: no conflict left to report.
+  const Result given = run({"convert", kPythonSet, dir_.file("given.safetensors"), "--metadata", "producer=me"});
+  ASSERT_EQ(given.code, 0) << given.err;
+  EXPECT_FALSE(contains(given.out, "disagree")) << given.out;
+  EXPECT_EQ(st::SafeOpen(dir_.file("given.safetensors")).metadata().at("producer"), "me");
+}
+
+// --no-values writes no non-tensor value as metadata and lists each as not converted.
+TEST_F(MigrateCliTest, NoValuesKeepsNoNonTensorValue) {
+  const std::string out = dir_.file("tensors.safetensors");
+  const Result r = run({"convert", kFixtures + "training.pt", out, "--no-values"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(contains(r.out, "kept as metadata")) << r.out;
+  EXPECT_TRUE(contains(r.out, "  not tensors, not converted: optimizer (")) << r.out;
+  EXPECT_TRUE(contains(r.out, "epoch (int ")) << r.out;
+  EXPECT_EQ(st::SafeOpen(out).metadata(), (st::Metadata{{"format", "pt"}}));
+  const Result help = run({"convert", "--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_TRUE(contains(help.out, "--no-values")) << help.out;
+}
+
+// The non-tensor values are names of the checkpoint's tree: --include and
+// --exclude select them, --strip-prefix and --add-prefix rename them; the
+// metadata given is never renamed.
+TEST_F(MigrateCliTest, ConvertSelectsAndRenamesNonTensorValuesAsTensors) {
+  const std::string out = dir_.file("renamed.safetensors");
+  const Result r = run({"convert", kFixtures + "training.pt", out, "--exclude", "epoch", "--add-prefix", "ckpt.",
+                        "--metadata", "by=me"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "2 non-tensor values kept as metadata: ckpt.optimizer, ckpt.note\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "  left out: 1 (epoch)\n")) << r.out;
+  const st::Metadata metadata = st::SafeOpen(out).metadata();
+  EXPECT_EQ(metadata.count("ckpt.optimizer") + metadata.count("ckpt.note"), 2u);
+  EXPECT_EQ(metadata.count("epoch") + metadata.count("ckpt.epoch"), 0u);
+  EXPECT_EQ(metadata.at("by"), "me");
+}
+
+// A safetensors file goes through the same pipeline as a pickle: the same
+// summary, and with nothing asked of it the same bytes out as in.
+TEST_F(MigrateCliTest, ConvertOfASafetensorsFileWritesItsBytes) {
+  const std::string in = dir_.file("in.safetensors");
+  st::save_file({{"w", at::arange(6, at::kFloat)}, {"s", at::full({}, 3, at::kLong)}}, in,
+                st::Metadata{{"note", "x"}});
+  const std::string out = dir_.file("out.safetensors");
+  const Result r = run({"convert", in, out});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "converted " + in + " (safetensors) -> " + out + ": 2 tensors, 32 bytes, "))
+      << r.out;
+  EXPECT_EQ(st::test::read_bytes(out), st::test::read_bytes(in));
+}
+
 }  // namespace

@@ -11,10 +11,12 @@
 #include <torch/nn.h>
 #include <torch/serialize.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -560,6 +562,224 @@ TEST(Migrate, ReadsThirdPartyPickles) {
     st::convert_checkpoint(dir + name, out.file("x.safetensors"));
     EXPECT_TRUE(st::diff_checkpoints(dir + name, out.file("x.safetensors")).equal());
   }
+}
+
+// --- sharded sets -----------------------------------------------------------------
+
+// Written by Python's safetensors 0.5.2 with an index as the Hugging Face tools
+// write it (data/sharded/make_python_set.py): shards that agree on "note" and
+// disagree on "producer", an alias in shard 2 of a tensor in shard 1, an F8
+// tensor, and index metadata beside total_size.
+const std::string kPythonSet = kData + "/sharded/python_set";
+const std::string kShard1 = "model-00001-of-00002.safetensors";
+const std::string kShard2 = "model-00002-of-00002.safetensors";
+
+st::MetadataConflict producer_conflict() {
+  return {"producer", {{"trainer 1", {kShard1}}, {"trainer 2", {kShard2}}}};
+}
+
+bool operator==(const st::MetadataConflict& a, const st::MetadataConflict& b) {
+  if (a.key != b.key || a.values.size() != b.values.size()) return false;
+  for (std::size_t i = 0; i < a.values.size(); ++i)
+    if (a.values[i].value != b.values[i].value || a.values[i].files != b.values[i].files) return false;
+  return true;
+}
+
+TEST(MigrateSet, ReadsASetByItsFolderOrItsIndex) {
+  for (const std::string& path : {kPythonSet, kPythonSet + "/model.safetensors.index.json"}) {
+    SCOPED_TRACE(path);
+    EXPECT_EQ(st::detect_format(path), CheckpointFormat::SafetensorsSet);
+    const st::Checkpoint ckpt = st::read_checkpoint(path);
+    EXPECT_EQ(ckpt.format, CheckpointFormat::SafetensorsSet);
+    std::vector<std::string> names;
+    for (const auto& item : ckpt.tensors) names.push_back(item.key());
+    EXPECT_EQ(names, (std::vector<std::string>{"embed.weight", "f8", "layer.0.bias", "layer.0.weight"}));
+    EXPECT_TRUE(at::equal(ckpt.tensors["embed.weight"], at::arange(12, at::kFloat).reshape({3, 4})));
+    EXPECT_EQ(ckpt.aliases, (std::map<std::string, std::string>{{"lm_head.weight", "embed.weight"}}));
+    ASSERT_TRUE(ckpt.metadata);
+    EXPECT_EQ(*ckpt.metadata,
+              (st::Metadata{{"format", "pt"}, {"note", "x"}, {"producer", "trainer 1"}, {"model_type", "toy"}}));
+    ASSERT_EQ(ckpt.metadata_conflicts.size(), 1u);
+    EXPECT_TRUE(ckpt.metadata_conflicts[0] == producer_conflict());
+  }
+  EXPECT_EQ(error_code_of([&] { st::read_checkpoint(kPythonSet, st::CheckpointOptions().key({"embed"})); }),
+            ErrorCode::InvalidArgument);
+}
+
+// A set's tensors view its shards' mappings (on Linux, a private mapping sees
+// what another writer changes in a page it has not written); read with
+// pread, they own copies.
+TEST(MigrateSet, TensorsViewTheShardsMappings) {
+  TempDir dir;
+  const std::string folder = dir.file("set");
+  fs::create_directories(folder);
+  for (const auto& entry : fs::directory_iterator(kPythonSet))
+    fs::copy_file(entry.path(), folder / entry.path().filename());
+  const st::Checkpoint mapped = st::read_checkpoint(folder);
+  const st::Checkpoint read = st::read_checkpoint(folder, st::CheckpointOptions().backend(st::Backend::Pread));
+  const at::Tensor original = mapped.tensors["embed.weight"].clone();
+  {
+    const std::string shard = folder + "/" + kShard1;
+    const st::SafeOpen file(shard);
+    const st::TensorInfo& info = file.info("embed.weight");
+    std::fstream overwrite(shard, std::ios::in | std::ios::out | std::ios::binary);
+    overwrite.seekp(static_cast<std::streamoff>(file.header().data_offset() + info.begin));
+    overwrite.write(std::string(info.nbytes(), '\0').data(), static_cast<std::streamsize>(info.nbytes()));
+  }
+  EXPECT_TRUE(at::equal(mapped.tensors["embed.weight"], at::zeros({3, 4})));
+  EXPECT_TRUE(at::equal(read.tensors["embed.weight"], original));
+}
+
+// One file out of a set: every tensor (the F8 one with its dtype, whatever
+// this LibTorch has), the alias across shards, the shards' metadata with the
+// first shard's value of a key they disagree on, reported, and the index's.
+TEST(MigrateSet, ConvertsASetToOneFileKeepingItsMetadata) {
+  TempDir dir;
+  const std::string out = dir.file("merged.safetensors");
+  const st::ConvertReport report = st::convert_checkpoint(kPythonSet, out, st::ConvertOptions().fsync(false));
+  EXPECT_EQ(report.format, CheckpointFormat::SafetensorsSet);
+  EXPECT_EQ(report.tensors, 4u);
+  EXPECT_EQ(report.bytes, 76u);
+  EXPECT_EQ(report.aliases, (std::map<std::string, std::string>{{"lm_head.weight", "embed.weight"}}));
+  ASSERT_EQ(report.metadata_conflicts.size(), 1u);
+  EXPECT_TRUE(report.metadata_conflicts[0] == producer_conflict());
+
+  const st::SafeOpen file(out, st::LoadOptions().unsupported_as_bytes(true));
+  EXPECT_EQ(file.metadata(), (st::Metadata{{"format", "pt"},
+                                           {"note", "x"},
+                                           {"producer", "trainer 1"},
+                                           {"model_type", "toy"},
+                                           {"lm_head.weight", "embed.weight"}}));
+  EXPECT_EQ(file.info("f8").dtype, st::Dtype::F8_E4M3);
+  EXPECT_EQ(file.info("layer.0.weight").dtype, st::Dtype::BF16);
+  const st::ShardedOpen set(kPythonSet, st::LoadOptions().unsupported_as_bytes(true));
+  for (const std::string& name : set.keys())
+    EXPECT_TRUE(bitwise_equal(file.get_tensor(name), set.get_tensor(name))) << name;
+
+  const st::DiffReport diff = st::diff_checkpoints(kPythonSet, out);
+  EXPECT_TRUE(diff.equal());
+  EXPECT_EQ(diff.identical, 5u);  // the alias too
+}
+
+// The caller's metadata replaces the input's keys; a key it sets is no conflict.
+TEST(MigrateSet, MetadataGivenOverridesTheSets) {
+  TempDir dir;
+  const std::string out = dir.file("merged.safetensors");
+  const st::ConvertReport report = st::convert_checkpoint(
+      kPythonSet, out, st::ConvertOptions().fsync(false).metadata({{"producer", "me"}, {"extra", "1"}}));
+  EXPECT_TRUE(report.metadata_conflicts.empty());
+  const st::Metadata metadata = st::SafeOpen(out).metadata();
+  EXPECT_EQ(metadata.at("producer"), "me");
+  EXPECT_EQ(metadata.at("extra"), "1");
+  EXPECT_EQ(metadata.at("model_type"), "toy");
+}
+
+// A set this library saved: its bookkeeping (kShardSetKey, total_size) is not
+// carried over, its metadata is, and an alias recorded in one shard follows
+// its tensor through a renaming.
+TEST(MigrateSet, ConvertsItsOwnSetsWithTheTransform) {
+  TempDir dir;
+  const std::string folder = dir.file("set");
+  fs::create_directories(folder);
+  st::NamedTensors tensors;
+  for (int i = 0; i < 4; ++i) tensors.add("m.layer." + std::to_string(i), at::full({4}, i, at::kFloat));
+  st::save_sharded(tensors, folder, st::Metadata{{"note", "x"}, {"m.tied", "m.layer.0"}},
+                   st::ShardedSaveOptions().max_shard_size(32).fsync(false));
+  const st::ShardedOpen input(folder);
+  ASSERT_GT(input.shards().size(), 1u);
+
+  const std::string out = dir.file("one.safetensors");
+  const st::ConvertReport report = st::convert_checkpoint(
+      folder, out, st::ConvertOptions().fsync(false).transform(st::TensorTransform().strip_prefix("m.")));
+  EXPECT_TRUE(report.metadata_conflicts.empty());
+  const st::SafeOpen file(out);
+  EXPECT_EQ(file.metadata(), (st::Metadata{{"format", "pt"}, {"note", "x"}, {"tied", "layer.0"}}));
+  EXPECT_EQ(file.size(), 4u);
+
+  // Resharded into another folder: the same tensors, a new set of its own.
+  const std::string again = dir.file("again");
+  st::convert_checkpoint(folder, again, st::ConvertOptions().fsync(false).max_shard_size(16));
+  EXPECT_TRUE(st::diff_checkpoints(folder, again).equal());
+  const st::ShardedOpen resharded(again);
+  EXPECT_EQ(resharded.shards().size(), 4u);
+}
+
+// One file written over the index or a shard of the set being read would
+// break the set: refused before anything is written.
+TEST(MigrateSet, RefusesToWriteOneFileOverAFileOfItsInputSet) {
+  TempDir dir;
+  const std::string folder = dir.file("set");
+  fs::create_directories(folder);
+  for (const auto& entry : fs::directory_iterator(kPythonSet))
+    fs::copy_file(entry.path(), folder / entry.path().filename());
+  const std::string before = st::test::read_bytes(folder + "/" + kShard2);
+  for (const std::string& target : {folder + "/model.safetensors.index.json", folder + "/" + kShard1,
+                                    folder + "/" + kShard2}) {
+    SCOPED_TRACE(target);
+    try {
+      st::convert_checkpoint(folder, target, st::ConvertOptions().fsync(false));
+      ADD_FAILURE() << "did not throw";
+    } catch (const st::Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+      EXPECT_EQ(e.file(), target);
+      EXPECT_NE(std::string(e.what()).find("is a file of the sharded set being converted"), std::string::npos)
+          << e.what();
+    }
+    EXPECT_EQ(st::ShardedOpen(folder).size(), 4u);
+  }
+  EXPECT_EQ(st::test::read_bytes(folder + "/" + kShard2), before);
+}
+
+// A safetensors file keeps its metadata; converted with nothing asked of it,
+// it is written byte for byte as it was, with metadata or without.
+TEST(MigrateSet, ASafetensorsFileConvertsToTheSameBytes) {
+  TempDir dir;
+  st::NamedTensors tensors;
+  tensors.add("b", at::arange(6, at::kFloat).reshape({2, 3}));
+  tensors.add("a", at::arange(4, at::kLong));
+  tensors.add_raw("f8", st::Dtype::F8_E4M3, {2}, at::tensor({0x38, 0x7e}, at::kByte));
+  for (const std::optional<st::Metadata>& metadata :
+       {std::optional<st::Metadata>(), std::optional<st::Metadata>(st::Metadata{{"note", "x"}, {"tied", "a"}})}) {
+    SCOPED_TRACE(metadata ? "with metadata" : "without");
+    const std::string in = dir.file("in.safetensors"), out = dir.file("out.safetensors");
+    st::save_file(tensors, in, metadata, st::SaveOptions().fsync(false));
+    const st::ConvertReport report = st::convert_checkpoint(in, out, st::ConvertOptions().fsync(false));
+    EXPECT_EQ(report.format, CheckpointFormat::Safetensors);
+    EXPECT_EQ(st::test::read_bytes(out), st::test::read_bytes(in));
+  }
+  // The caller's keys over the file's.
+  const std::string in = dir.file("in.safetensors"), out = dir.file("over.safetensors");
+  st::convert_checkpoint(in, out, st::ConvertOptions().fsync(false).metadata({{"note", "y"}, {"format", "pt"}}));
+  EXPECT_EQ(st::SafeOpen(out).metadata(), (st::Metadata{{"format", "pt"}, {"note", "y"}, {"tied", "a"}}));
+}
+
+// The non-tensor values of a pickle are names of its tree: selected and
+// renamed as its tensors are.
+TEST(Migrate, NonTensorValuesFollowTheTransform) {
+  TempDir dir;
+  const std::string out = dir.file("out.safetensors");
+  const st::ConvertReport report = st::convert_checkpoint(
+      kFixtures + "training.pt", out,
+      st::ConvertOptions().fsync(false).metadata({{"by", "me"}}).transform(
+          st::TensorTransform().exclude({"epoch"}).add_prefix("ckpt.")));
+  EXPECT_EQ(report.metadata_keys, (std::vector<std::string>{"ckpt.optimizer", "ckpt.note"}));
+  EXPECT_NE(std::find(report.transform.excluded.begin(), report.transform.excluded.end(), "epoch"),
+            report.transform.excluded.end());
+  EXPECT_EQ(report.transform.renamed, report.tensors + 2);
+  const st::Metadata metadata = st::SafeOpen(out).metadata();
+  EXPECT_EQ(metadata.count("ckpt.optimizer"), 1u);
+  EXPECT_EQ(metadata.count("ckpt.note"), 1u);
+  EXPECT_EQ(metadata.count("epoch") + metadata.count("ckpt.epoch") + metadata.count("optimizer"), 0u);
+  EXPECT_EQ(metadata.at("by"), "me");  // never renamed
+  EXPECT_EQ(metadata.at("format"), "pt");
+
+  // Selected by include patterns, as tensors are; a value left out is not
+  // reported as one not converted.
+  const st::ConvertReport only = st::convert_checkpoint(
+      kFixtures + "training.pt", out,
+      st::ConvertOptions().fsync(false).transform(st::TensorTransform().include({"model.*", "note"})));
+  EXPECT_EQ(only.metadata_keys, std::vector<std::string>{"note"});
+  EXPECT_TRUE(only.non_tensors.empty());
 }
 
 }  // namespace

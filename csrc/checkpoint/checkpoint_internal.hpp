@@ -33,6 +33,12 @@ struct Detected {
 /// is detected exactly when the parser accepts it.
 Detected detect(const std::shared_ptr<Source>& source);
 
+/// Whether `path` is a folder: a sharded set's (ShardedOpen's rule).
+bool is_folder(const std::string& path);
+/// Whether `path` names an index as ShardedOpen takes it: its name ends in
+/// ".json". Only a file that no format's content matches is read as one.
+bool names_an_index(const std::string& path);
+
 /// Refusals of the header-length check: the file does not claim to be a
 /// safetensors file. One that passes it does, and is told why the parser
 /// refuses the rest.
@@ -89,10 +95,16 @@ void flatten(const std::shared_ptr<Source>& source, LocateStorage locate, std::u
 // ---------------------------------------------------------------------------
 // Any format (read.cpp)
 
-/// read_checkpoint, giving in `raw` (when not null) the tensors of a
-/// safetensors input whose dtypes this LibTorch lacks, read as raw bytes.
-Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options,
-                           std::map<std::string, TensorInfo>* raw);
+/// What read_checkpoint knows of a safetensors input beyond its Checkpoint.
+struct SafetensorsInput {
+  /// The tensors whose dtypes this LibTorch lacks, read as raw bytes.
+  std::map<std::string, TensorInfo> raw;
+  /// A set's index and shards, as opened; empty for one file.
+  std::vector<std::string> set_files;
+};
+
+/// read_checkpoint, filling `input` (when not null) for a safetensors input.
+Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options, SafetensorsInput* input);
 
 // Records each alias (name -> kept name, both as written) as a metadata entry
 // of its name; an alias whose name is a metadata key already (the caller's, or

@@ -1,6 +1,7 @@
-// Converting a checkpoint of any format to a safetensors file or sharded set:
-// its aliases and its non-tensor values become metadata, views that overlap
-// become copies, and dtypes this LibTorch lacks are written as they were read.
+// Converting a checkpoint of any format, a sharded set included, to a
+// safetensors file or sharded set: its aliases and its non-tensor values become
+// metadata, a safetensors input keeps its own, views that overlap become
+// copies, and dtypes this LibTorch lacks are written as they were read.
 
 #include <ATen/ATen.h>
 
@@ -17,6 +18,7 @@
 #include "checkpoint/checkpoint_internal.hpp"
 #include "detail/text.hpp"
 #include "save_internal.hpp"
+#include "safetensors/error.hpp"
 #include "safetensors/migrate.hpp"
 #include "safetensors/save.hpp"
 
@@ -47,15 +49,34 @@ void detail::record_aliases(NamedTensors& tensors, std::map<std::string, std::st
   }
 }
 
+namespace {
+
+// One file written over the index or a shard of the set being read would break
+// that set; a lone file may be replaced, as it is read from its mapping.
+void refuse_to_overwrite(const std::string& in, const std::string& out,
+                         const std::vector<std::string>& set_files) {
+  for (const std::string& file : set_files) {
+    std::error_code ec;
+    if (std::filesystem::equivalent(out, file, ec))
+      throw Error(ErrorCode::InvalidArgument, out, "",
+                  "is a file of the sharded set being converted (" + detail::escape_control(in) +
+                      "): writing it would break that set");
+  }
+}
+
+}  // namespace
+
 ConvertReport convert_checkpoint(const std::string& in, const std::string& out, const ConvertOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  std::map<std::string, TensorInfo> raw;
+  // Holds the raw dtypes; the tensors hold the input's mappings until written.
+  detail::SafetensorsInput input;
   Checkpoint ckpt = detail::read_checkpoint(in,
                                             CheckpointOptions()
                                                 .key(options.key())
                                                 .backend(options.backend())
                                                 .non_tensors_as_json(options.keep_non_tensors()),
-                                            &raw);
+                                            &input);
+  if (!options.max_shard_size()) refuse_to_overwrite(in, out, input.set_files);
 
   ConvertReport summary;
   const std::set<std::string> copies(ckpt.copied_views.begin(), ckpt.copied_views.end());
@@ -63,29 +84,48 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   for (const auto& item : ckpt.tensors) {
     if (ckpt.aliases.count(item.key())) continue;
     at::Tensor t = copies.count(item.key()) ? item.value().clone(at::MemoryFormat::Contiguous) : item.value();
-    if (auto r = raw.find(item.key()); r != raw.end()) {
+    if (auto r = input.raw.find(item.key()); r != input.raw.end()) {
       tensors.add_raw(item.key(), r->second.dtype, r->second.shape, t);
     } else {
       tensors.add(item.key(), t);
     }
   }
-  if (!options.transform().identity())
-    tensors = transform_tensors(tensors, options.transform(), &ckpt.aliases, &summary.transform);
-  Metadata metadata = options.metadata();
-  metadata.emplace("format", "pt");
-  detail::record_aliases(tensors, ckpt.aliases, metadata);
-  // Then the non-tensor values with a JSON form, under names no key above has;
-  // a value that is a tensor's name would read back as an alias of it.
+  const TensorTransform& transform = options.transform();
+  if (!transform.identity()) tensors = transform_tensors(tensors, transform, &ckpt.aliases, &summary.transform);
+
+  // A safetensors input's metadata, the caller's over it; a pickle's output
+  // says it holds torch tensors.
+  const bool safetensors_input =
+      ckpt.format == CheckpointFormat::Safetensors || ckpt.format == CheckpointFormat::SafetensorsSet;
+  std::optional<Metadata> metadata = std::move(ckpt.metadata);
+  if (!options.metadata().empty() || !ckpt.aliases.empty() || !safetensors_input) {
+    if (!metadata) metadata.emplace();
+    for (const auto& [key, value] : options.metadata()) (*metadata)[key] = value;
+  }
+  if (!safetensors_input) metadata->emplace("format", "pt");
+  for (MetadataConflict& conflict : ckpt.metadata_conflicts)
+    if (!options.metadata().count(conflict.key)) summary.metadata_conflicts.push_back(std::move(conflict));
+  if (metadata) detail::record_aliases(tensors, ckpt.aliases, *metadata);
+
+  // Then the non-tensor values with a JSON form, selected and renamed as
+  // tensors are, under names no key above has; a value that is a tensor's name
+  // would read back as an alias of it.
   std::set<std::string> written;
   for (const NamedTensors::Item& item : tensors.items()) written.insert(item.name);
   for (NonTensorEntry& entry : ckpt.non_tensors) {
+    if (!entry.name.empty() && !transform.selects(entry.name)) {
+      summary.transform.excluded.push_back(std::move(entry.name));
+      continue;
+    }
     if (entry.json) {
-      const char* refusal = entry.name.empty()                  ? "the checkpoint itself is no metadata entry"
-                            : !detail::is_valid_utf8(entry.name) ? "its name is not valid UTF-8"
+      std::string name = entry.name.empty() ? entry.name : transform.rename(entry.name);
+      const char* refusal = name.empty()                        ? "the checkpoint itself is no metadata entry"
+                            : !detail::is_valid_utf8(name)       ? "its name is not valid UTF-8"
                             : written.count(*entry.json)         ? "its text is a tensor's name (it would read as an alias)"
                                                                  : nullptr;
-      if (!refusal && metadata.try_emplace(entry.name, std::move(*entry.json)).second) {
-        summary.metadata_keys.push_back(entry.name);
+      if (!refusal && metadata->try_emplace(name, std::move(*entry.json)).second) {
+        if (name != entry.name) ++summary.transform.renamed;
+        summary.metadata_keys.push_back(std::move(name));
         continue;
       }
       entry.description.append(", not kept: ").append(refusal ? refusal : "its name is a metadata key already");
@@ -98,8 +138,8 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
     std::error_code ec;
     std::filesystem::create_directories(out, ec);  // save_sharded reports a folder it cannot use
   }
-  summary.files = detail::save_one_or_sharded(tensors, out, std::optional<Metadata>(std::move(metadata)),
-                                              options.max_shard_size(), options);
+  summary.files =
+      detail::save_one_or_sharded(tensors, out, std::move(metadata), options.max_shard_size(), options);
 
   summary.format = ckpt.format;
   summary.tensors = tensors.size();

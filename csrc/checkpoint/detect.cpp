@@ -3,7 +3,10 @@
 // tell.
 
 #include <algorithm>
+#include <filesystem>
 #include <optional>
+#include <string_view>
+#include <system_error>
 
 #include "checkpoint/checkpoint_internal.hpp"
 #include "checkpoint/zip.hpp"
@@ -41,6 +44,16 @@ std::optional<Error> safetensors_refusal(const Source& source) {
 
 }  // namespace
 
+bool is_folder(const std::string& path) {
+  std::error_code ec;  // a path that cannot be inspected is no folder: opening it reports why
+  return std::filesystem::is_directory(path, ec);
+}
+
+bool names_an_index(const std::string& path) {
+  constexpr std::string_view kJson = ".json";
+  return path.size() >= kJson.size() && path.compare(path.size() - kJson.size(), kJson.size(), kJson) == 0;
+}
+
 bool refused_by_length(const Error& e) {
   return e.code() == ErrorCode::HeaderTooSmall || e.code() == ErrorCode::HeaderTooLarge ||
          e.code() == ErrorCode::InvalidHeaderLength;
@@ -66,6 +79,7 @@ Detected detect(const std::shared_ptr<Source>& source) {
 const char* to_string(CheckpointFormat format) noexcept {
   switch (format) {
     case CheckpointFormat::Safetensors: return "safetensors";
+    case CheckpointFormat::SafetensorsSet: return "sharded safetensors set";
     case CheckpointFormat::TorchZip: return "torch.save (zip)";
     case CheckpointFormat::TorchLegacy: return "torch.save (legacy)";
     case CheckpointFormat::TorchArchive: return "TorchScript archive";
@@ -75,7 +89,10 @@ const char* to_string(CheckpointFormat format) noexcept {
 }
 
 CheckpointFormat detect_format(const std::string& path, Backend backend) {
-  return detail::detect(open_file(path, backend)).format;
+  if (detail::is_folder(path)) return CheckpointFormat::SafetensorsSet;
+  const CheckpointFormat format = detail::detect(open_file(path, backend)).format;
+  return format == CheckpointFormat::Unknown && detail::names_an_index(path) ? CheckpointFormat::SafetensorsSet
+                                                                               : format;
 }
 
 }  // namespace safetensors

@@ -1,19 +1,25 @@
-// Reading a checkpoint of any format into named tensors: the reader of its
-// format, then the views that share storage (aliases to record, overlapping
-// views to copy), whatever the format.
+// Reading a checkpoint of any format, a sharded set included, into named
+// tensors: the reader of its format, then the views that share storage
+// (aliases to record, overlapping views to copy), whatever the format.
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <functional>
+#include <iterator>
 #include <map>
+#include <memory>
 #include <set>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "checkpoint/checkpoint_internal.hpp"
 #include "detail/extent.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/load.hpp"
+#include "safetensors/sharded.hpp"
 #include "safetensors/source.hpp"
 #include "safetensors/torch_dtype.hpp"
 
@@ -60,42 +66,112 @@ void find_shared(Checkpoint& ckpt) {
     if (overlapping[i]) ckpt.copied_views.push_back(items[i].key());
 }
 
-// Safetensors inputs: dtypes this LibTorch lacks arrive as raw bytes; their
-// real dtypes are returned so that a conversion keeps them. Names that a
-// state-dict saver removed as tied weights (metadata `removed -> kept`) come
-// back as aliases of the kept tensor, not as tensors of their own: a header of
-// millions of short entries would otherwise make a tensor and its places for each.
-std::map<std::string, TensorInfo> read_safetensors(std::shared_ptr<Source> source, Checkpoint& out) {
-  SafeOpen file(std::move(source), LoadOptions().unsupported_as_bytes(true));
-  std::map<std::string, TensorInfo> raw;
+// The metadata of one file of a safetensors input, named as a conflict names it.
+struct MetadataSource {
+  std::string file;
+  const Metadata* metadata;
+};
+
+// Merges the metadata of a safetensors input's files into `out`, the first
+// file's value of a key kept and every disagreement reported. Names that a
+// state-dict saver removed as tied weights (`removed -> kept`, kept a tensor,
+// removed none) come back as aliases of the kept tensor, not as tensors of
+// their own: a header of millions of short entries would otherwise make a
+// tensor and its places for each. The entries move from the merge into
+// `metadata` or `aliases`, so that a header of millions of them is held twice
+// at most, by its parser and here.
+void merge_metadata(const std::vector<MetadataSource>& sources, bool any, Checkpoint& out) {
+  Metadata merged;
+  std::set<std::string> conflicting;
+  for (const MetadataSource& source : sources)
+    for (const auto& [key, value] : *source.metadata) {
+      if (key == kShardSetKey) continue;
+      const auto [it, fresh] = merged.emplace(key, value);
+      if (!fresh && it->second != value) conflicting.insert(key);
+    }
+  for (const std::string& key : conflicting) {
+    MetadataConflict conflict{key, {}};
+    for (const MetadataSource& source : sources) {
+      const auto found = source.metadata->find(key);
+      if (found == source.metadata->end()) continue;
+      auto same = std::find_if(conflict.values.begin(), conflict.values.end(),
+                               [&](const MetadataConflict::Value& v) { return v.value == found->second; });
+      if (same == conflict.values.end()) {
+        conflict.values.push_back({found->second, {}});
+        same = std::prev(conflict.values.end());
+      }
+      same->files.push_back(source.file);
+    }
+    out.metadata_conflicts.push_back(std::move(conflict));
+  }
+  if (any) out.metadata.emplace();
+  while (!merged.empty()) {
+    auto node = merged.extract(merged.begin());
+    if (node.key() != "format" && !out.tensors.contains(node.key()) && out.tensors.contains(node.mapped())) {
+      out.aliases.insert(out.aliases.end(), std::move(node));
+    } else {
+      out.metadata->insert(out.metadata->end(), std::move(node));
+    }
+  }
+}
+
+// The tensors of a safetensors file, as views of its mapping with the Mmap
+// backend: dtypes this LibTorch lacks arrive as raw bytes; their real dtypes
+// go to `raw`, so that a conversion keeps them.
+void add_tensors(const SafeOpen& file, Checkpoint& out, std::map<std::string, TensorInfo>& raw) {
   for (const TensorInfo& info : file.header().tensors()) {
     out.tensors.insert(info.name, file.get_tensor(info.name));
     if (!to_torch_dtype(info.dtype)) raw.emplace(info.name, info);
   }
-  for (const auto& [removed, kept] : file.metadata())
-    if (removed != "format" && !out.tensors.contains(removed) && file.contains(kept))
-      out.aliases.emplace_hint(out.aliases.end(), removed, kept);
-  return raw;
 }
 
-}  // namespace
+void read_safetensors(std::shared_ptr<Source> source, Checkpoint& out, SafetensorsInput& input) {
+  const SafeOpen file(std::move(source), LoadOptions().unsupported_as_bytes(true));
+  add_tensors(file, out, input.raw);
+  merge_metadata({{file.path(), &file.metadata()}}, file.header().has_metadata(), out);
+}
 
-Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options,
-                           std::map<std::string, TensorInfo>* raw) {
+// A set's shards, shard by shard, then its index's metadata but total_size
+// (which describes the set as it was written, not what is made of it).
+void read_safetensors_set(const std::string& path, const CheckpointOptions& options, Checkpoint& out,
+                          SafetensorsInput& input) {
+  if (!options.key().empty())
+    throw Error(ErrorCode::InvalidArgument, path, "", "a sharded set has no nested keys to select");
+  const ShardedOpen set(path, LoadOptions().unsupported_as_bytes(true).backend(options.backend()));
+  std::vector<MetadataSource> sources;
+  bool any = false;
+  for (const SafeOpen& shard : set.shards()) {
+    add_tensors(shard, out, input.raw);
+    sources.push_back({std::filesystem::path(shard.path()).filename().string(), &shard.metadata()});
+    any = any || shard.header().has_metadata();
+  }
+  if (const ShardIndex* index = set.index()) {
+    sources.push_back({std::filesystem::path(set.path()).filename().string(), &index->metadata});
+    any = any || !index->metadata.empty();
+    input.set_files.push_back(set.path());
+    for (const SafeOpen& shard : set.shards()) input.set_files.push_back(shard.path());
+  }
+  merge_metadata(sources, any, out);
+}
+
+// A file of any format; an index read as its set.
+void read_file(const std::string& path, const CheckpointOptions& options, Checkpoint& ckpt,
+               SafetensorsInput& safetensors) {
   const std::shared_ptr<Source> source = open_file(path, options.backend());
-  Checkpoint ckpt;
   Detected detected = detect(source);
   ckpt.format = detected.format;
+  if (ckpt.format == CheckpointFormat::Unknown && names_an_index(path))
+    ckpt.format = CheckpointFormat::SafetensorsSet;
   switch (ckpt.format) {
     case CheckpointFormat::TorchZip:
     case CheckpointFormat::TorchArchive: read_torch_zip(source, ckpt.format, options, ckpt); break;
     case CheckpointFormat::Safetensors: {
       if (!options.key().empty())
         throw Error(ErrorCode::InvalidArgument, path, "", "a safetensors file has no nested keys to select");
-      auto found = read_safetensors(source, ckpt);
-      if (raw) *raw = std::move(found);
+      read_safetensors(source, ckpt, safetensors);
       break;
     }
+    case CheckpointFormat::SafetensorsSet: read_safetensors_set(path, options, ckpt, safetensors); break;
     case CheckpointFormat::TorchLegacy: read_torch_legacy(source, options, ckpt); break;
     case CheckpointFormat::Unknown:
       // A file whose first 8 bytes are a plausible header length is told why
@@ -103,6 +179,20 @@ Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& opt
       if (!refused_by_length(*detected.safetensors_refusal)) throw *detected.safetensors_refusal;
       throw Error(ErrorCode::InvalidCheckpoint, path, "",
                   "not a safetensors file, torch.save file or TorchScript archive");
+  }
+}
+
+}  // namespace
+
+Checkpoint read_checkpoint(const std::string& path, const CheckpointOptions& options, SafetensorsInput* input) {
+  SafetensorsInput unused;
+  SafetensorsInput& safetensors = input ? *input : unused;
+  Checkpoint ckpt;
+  if (is_folder(path)) {
+    ckpt.format = CheckpointFormat::SafetensorsSet;
+    read_safetensors_set(path, options, ckpt, safetensors);
+  } else {
+    read_file(path, options, ckpt, safetensors);
   }
   find_shared(ckpt);
   return ckpt;

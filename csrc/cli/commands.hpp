@@ -47,6 +47,7 @@ struct ConvertArgs {
   std::optional<std::uint64_t> shard_size;  ///< write a sharded folder
   Backend backend = Backend::Mmap;          ///< how IN is read
   TensorTransform transform;                ///< selection, renaming, dtype
+  bool keep_values = true;                  ///< non-tensor values as metadata entries
 };
 
 /// Rewrites `in` (a safetensors file or set, torch.save or torch::save,
@@ -100,21 +101,6 @@ void emit_json(const nlohmann::ordered_json& doc);
 /// True when `path` names a sharded set: a folder, or an index file (a name
 /// ending in ".json"). Anything else is read as one file.
 bool is_set_path(const std::string& path);
-
-/// A safetensors file or sharded set, read as tensors to rewrite or compare.
-struct SetTensors {
-  ShardedOpen set;
-  /// Every tensor (views of the files), those of dtypes the LibTorch in use
-  /// lacks as raw bytes with their file dtype; not the aliases.
-  NamedTensors tensors;
-  /// Names the files' metadata records as aliases of a tensor: name -> kept.
-  std::map<std::string, std::string> aliases;
-  /// The files' metadata without the aliases and the set's bookkeeping
-  /// (kShardSetKey, total_size).
-  Metadata metadata;
-};
-/// Opens a file or set (ShardedOpen's paths) and lists its tensors.
-SetTensors read_set(const std::string& path, Backend backend);
 
 /// Alias entries of a file's metadata: keys that are not tensors whose value
 /// is one, except "format" and kShardSetKey.

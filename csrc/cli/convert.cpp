@@ -1,45 +1,31 @@
 // `convert IN OUT [--metadata KEY=VALUE]... [--key K] [--shard-size SIZE]
 // [--include GLOB]... [--exclude GLOB]... [--strip-prefix P] [--add-prefix P]
-// [--dtype D]`: reads a safetensors file or sharded set, a Python torch.save
-// file or a C++ torch::save archive (told apart by content) and writes its
-// tensors as safetensors, keeping every tensor's dtype unless --dtype casts the
-// floating-point ones. On a terminal, a large conversion shows its progress on
-// one line of stderr.
+// [--dtype D] [--no-values]`: reads a safetensors file or sharded set, a Python
+// torch.save file or a C++ torch::save archive (told apart by content) and
+// writes its tensors as safetensors through convert_checkpoint, keeping every
+// tensor's dtype unless --dtype casts the floating-point ones. On a terminal, a
+// large conversion shows its progress on one line of stderr.
 
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <iterator>
 #include <map>
-#include <set>
-#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "commands.hpp"
-#include "checkpoint/checkpoint_internal.hpp"
 #include "safetensors/error.hpp"
-#include "safetensors/load.hpp"
 #include "safetensors/migrate.hpp"
-#include "safetensors/save.hpp"
-#include "safetensors/sharded.hpp"
-#include "safetensors/torch_dtype.hpp"
 #include "safetensors/transform.hpp"
 
 namespace safetensors::cli {
 namespace {
-
-// IN's metadata with the overrides applied; none at all when IN has none and
-// nothing is given, so that OUT has no __metadata__ either.
-std::optional<Metadata> merged_metadata(const Header& header, const Metadata& overrides) {
-  if (!header.has_metadata() && overrides.empty()) return std::nullopt;
-  Metadata merged = header.metadata();
-  for (const auto& [key, value] : overrides) merged[key] = value;
-  return merged;
-}
 
 // Below this much tensor data a conversion is over before a progress line
 // would be worth reading.
@@ -92,22 +78,6 @@ class ProgressLine {
   int percent_ = 0;
 };
 
-// Every tensor of the file, as views of its mapping. One whose dtype the
-// LibTorch in use lacks arrives as raw bytes and goes back as raw bytes with
-// its file dtype, so that OUT does not degrade it to U8.
-NamedTensors all_tensors(const SafeOpen& file) {
-  NamedTensors tensors;
-  for (const TensorInfo& info : file.header().tensors()) {
-    at::Tensor t = file.get_tensor(info.name);
-    if (to_torch_dtype(info.dtype)) {
-      tensors.add(info.name, std::move(t));
-    } else {
-      tensors.add_raw(info.name, info.dtype, info.shape, std::move(t));
-    }
-  }
-  return tensors;
-}
-
 std::string joined(const std::vector<std::string>& names) {
   std::string out;
   for (const std::string& name : names) out += (out.empty() ? "" : ", ") + printable(name);
@@ -140,6 +110,15 @@ void print_report(const std::string& in, const std::string& out, const ConvertRe
     for (const NonTensorEntry& e : s.non_tensors) entries.push_back(e.name + " (" + e.description + ")");
     std::cout << "  not tensors, not converted: " << joined(entries) << '\n';
   }
+  for (const MetadataConflict& c : s.metadata_conflicts) {
+    std::vector<std::string> values;
+    for (const MetadataConflict::Value& v : c.values) {
+      const std::string text = nlohmann::json(v.value).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      values.push_back(printable(text) + " (" + joined(v.files) + ")");
+    }
+    std::cout << "  metadata the set's files disagree on, the first value kept: " << printable(c.key) << ": "
+              << joined(values) << '\n';
+  }
   if (!t) return;
   if (!t->excluded.empty()) std::cout << "  left out: " << t->excluded.size() << " (" << joined(t->excluded) << ")\n";
   if (t->renamed) std::cout << "  renamed: " << t->renamed << '\n';
@@ -170,108 +149,25 @@ void print_report(const std::string& in, const std::string& out, const ConvertRe
               << " became infinite: " << joined(overflowed) << '\n';
 }
 
-// A safetensors file or set, its tensors selected, renamed and cast
-// (TensorTransform) on their way to one file or a sharded folder. It keeps its
-// metadata and its dtypes this LibTorch lacks; an alias (a name recorded in
-// the metadata for a tensor's bytes) stays an alias, unless its name is a
-// metadata key already, when it is written as a copy.
-int transform(const std::string& in, const std::string& out, const Metadata& overrides, const ConvertArgs& args) {
-  const auto start = std::chrono::steady_clock::now();
-  if (!args.key.empty())
-    throw Error(ErrorCode::InvalidArgument, in, "", "a safetensors file has no nested keys to select");
-  ConvertReport report;
-  const SetTensors set = read_set(in, args.backend);  // holds the input files open until written
-  if (set.set.index() && !args.shard_size) {
-    // One file written over the index or a shard would leave the input set
-    // broken (a lone file may replace itself: it is read from its mapping).
-    std::vector<std::string> inputs{set.set.path()};
-    for (const SafeOpen& shard : set.set.shards()) inputs.push_back(shard.path());
-    for (const std::string& file : inputs) {
-      std::error_code ec;
-      if (std::filesystem::equivalent(out, file, ec))
-        throw Error(ErrorCode::InvalidArgument, out, "",
-                    "is a file of the sharded set being converted (" + printable(in) +
-                        "): writing it would break that set");
-    }
-  }
-  std::map<std::string, std::string> aliases = set.aliases;
-  Metadata metadata = set.metadata;
-  report.format = CheckpointFormat::Safetensors;
-
-  TransformReport changes;
-  NamedTensors written = transform_tensors(set.tensors, args.transform, &aliases, &changes);
-  for (const auto& [key, value] : overrides) metadata[key] = value;
-  metadata.emplace("format", "pt");
-  detail::record_aliases(written, aliases, metadata);
-  for (const NamedTensors::Item& item : written.items()) report.bytes += item.tensor.nbytes();
-
-  {
-    ProgressLine progress;  // ended before the report is printed
-    if (args.shard_size) {
-      std::error_code ec;
-      std::filesystem::create_directories(out, ec);  // save_sharded reports a folder it cannot use
-      report.files = save_sharded(written, out, metadata,
-                                  ShardedSaveOptions().max_shard_size(*args.shard_size).progress(progress.callback()));
-    } else {
-      save_file(written, out, metadata, SaveOptions().progress(progress.callback()));
-      report.files = {out};
-    }
-  }
-  report.tensors = written.size();
-  report.aliases = std::move(aliases);
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  print_report(in, out, report, &changes);
-  return kExitOk;
-}
-
-// A torch.save file or torch::save archive, or a safetensors file read with
-// migration options.
-int migrate(const std::string& in, const std::string& out, const Metadata& overrides, const ConvertArgs& args) {
-  ConvertReport report;
-  {
-    ProgressLine progress;  // ended before the report is printed
-    report = convert_checkpoint(in, out,
-                                ConvertOptions()
-                                    .key(args.key)
-                                    .backend(args.backend)
-                                    .metadata(overrides)
-                                    .max_shard_size(args.shard_size)
-                                    .transform(args.transform)
-                                    .progress(progress.callback()));
-  }
-  print_report(in, out, report, args.transform.identity() ? nullptr : &report.transform);
-  return kExitOk;
-}
-
-// A safetensors file rewritten through the library.
-int rewrite(const std::string& in, const std::string& out, const Metadata& overrides, Backend backend) {
-  // Streamed from the private mapping (no copy of the file in memory), or
-  // read into memory with the pread backend; OUT may even replace IN, since
-  // the new file is renamed over it and the mapping keeps the old one.
-  SafeOpen file(in, LoadOptions().unsupported_as_bytes(true).backend(backend));
-  std::size_t count = 0;
-  {
-    ProgressLine progress;  // ended before the summary is printed
-    const NamedTensors tensors = all_tensors(file);
-    save_file(tensors, out, merged_metadata(file.header(), overrides), SaveOptions().progress(progress.callback()));
-    count = tensors.size();
-  }
-  std::cout << "converted " << printable(in) << " -> " << printable(out) << ": " << count
-            << " tensors, " << file.header().data_size() << " bytes\n";
-  return kExitOk;
-}
-
 }  // namespace
 
 int convert(const std::string& in, const std::string& out, const Metadata& overrides, const ConvertArgs& args) {
   try {
-    // A safetensors input keeps its metadata whatever is asked of it; a pickle
-    // goes through convert_checkpoint, which reads what the pickle holds.
-    if (!is_set_path(in) && detect_format(in, args.backend) != CheckpointFormat::Safetensors)
-      return migrate(in, out, overrides, args);
-    if (!args.transform.identity() || is_set_path(in) || args.shard_size || !args.key.empty())
-      return transform(in, out, overrides, args);
-    return rewrite(in, out, overrides, args.backend);
+    ConvertReport report;
+    {
+      ProgressLine progress;  // ended before the report is printed
+      report = convert_checkpoint(in, out,
+                                  ConvertOptions()
+                                      .key(args.key)
+                                      .backend(args.backend)
+                                      .metadata(overrides)
+                                      .keep_non_tensors(args.keep_values)
+                                      .max_shard_size(args.shard_size)
+                                      .transform(args.transform)
+                                      .progress(progress.callback()));
+    }
+    print_report(in, out, report, args.transform.identity() ? nullptr : &report.transform);
+    return kExitOk;
   } catch (...) {
     std::cerr << error_line(in) << '\n';
     return failure_status();

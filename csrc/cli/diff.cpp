@@ -9,23 +9,9 @@
 #include "commands.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/migrate.hpp"
-#include "safetensors/transform.hpp"
 
 namespace safetensors::cli {
 namespace {
-
-// A checkpoint of any format; a set's tensors are views of its shards.
-Checkpoint read_any(const std::string& path, const std::vector<std::string>& key, Backend backend) {
-  if (!is_set_path(path)) return read_checkpoint(path, CheckpointOptions().key(key).backend(backend));
-  if (!key.empty())
-    throw Error(ErrorCode::InvalidArgument, path, "", "a sharded set has no nested keys to select");
-  SetTensors set = read_set(path, backend);
-  Checkpoint ckpt;
-  ckpt.format = CheckpointFormat::Safetensors;
-  for (const NamedTensors::Item& item : set.tensors.items()) ckpt.tensors.insert(item.name, item.tensor);
-  ckpt.aliases = std::move(set.aliases);
-  return ckpt;
-}
 
 void print_json(const std::string& a, const std::string& b, const DiffReport& report) {
   nlohmann::ordered_json different = nlohmann::ordered_json::array();
@@ -47,14 +33,10 @@ int diff(const std::string& a, const std::string& b, const std::vector<std::stri
   DiffReport report;
   std::string reading = a;
   try {
-    if (!is_set_path(a) && !is_set_path(b)) {
-      report = diff_checkpoints(a, b, CheckpointOptions().key(key_a).backend(backend),
-                                CheckpointOptions().key(key_b).backend(backend));
-    } else {
-      const Checkpoint ca = read_any(a, key_a, backend);
-      reading = b;
-      report = diff_checkpoints(ca, read_any(b, key_b, backend));
-    }
+    // A set's tensors are views of its shards.
+    const Checkpoint ca = read_checkpoint(a, CheckpointOptions().key(key_a).backend(backend));
+    reading = b;
+    report = diff_checkpoints(ca, read_checkpoint(b, CheckpointOptions().key(key_b).backend(backend)));
   } catch (...) {
     std::cerr << error_line(reading) << '\n';
     if (json) emit_json(json_failure({{"a", a}, {"b", b}, {"file", error_file(reading)}}));

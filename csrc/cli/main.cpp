@@ -178,6 +178,10 @@ int main(int argc, char** argv) {
       ->type_name("P");
   convert->add_option("--dtype", dtype, "Cast floating-point tensors to this dtype (others keep theirs)")
       ->check(CLI::IsMember({"f16", "bf16", "f32", "f64"}));
+  bool no_values = false;
+  convert->add_flag("--no-values", no_values,
+                    "Write no non-tensor value of a torch.save or torch::save file (an epoch, optimizer "
+                    "hyperparameters) as a metadata entry; each is listed as not converted");
   convert->footer("Example: safetensors-torch convert checkpoint/ merged.safetensors --strip-prefix module.");
 
   std::string diff_a, diff_b, key_a, key_b;
@@ -207,7 +211,7 @@ int main(int argc, char** argv) {
     if (*verify) return cli::verify(verify_paths, verify_json);
     if (*diff)
       return cli::diff(diff_a, diff_b, split_key(key_a), split_key(key_b), backend_named(backend), diff_json);
-    cli::ConvertArgs args{split_key(convert_key), std::nullopt, backend_named(backend), {}};
+    cli::ConvertArgs args{split_key(convert_key), std::nullopt, backend_named(backend), {}, !no_values};
     if (!shard_size.empty()) args.shard_size = parse_size(shard_size);
     args.transform.include(include).exclude(exclude).strip_prefix(strip_prefix).add_prefix(add_prefix);
     if (!dtype.empty()) {

@@ -1,5 +1,5 @@
 // Helpers shared by the subcommands: error lines, exit statuses, output
-// escaping, and sharded sets read as tensors.
+// escaping, and what tells a sharded set.
 
 #include <c10/util/Exception.h>
 
@@ -11,7 +11,6 @@
 #include "commands.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/load.hpp"
-#include "safetensors/torch_dtype.hpp"
 
 namespace safetensors::cli {
 
@@ -106,24 +105,6 @@ std::map<std::string, std::string> metadata_aliases(const ShardedOpen& set) {
       if (removed != "format" && removed != kShardSetKey && !set.contains(removed) && set.contains(kept))
         aliases.emplace(removed, kept);
   return aliases;
-}
-
-SetTensors read_set(const std::string& path, Backend backend) {
-  SetTensors out{ShardedOpen(path, LoadOptions().unsupported_as_bytes(true).backend(backend)), {}, {}, {}};
-  out.aliases = metadata_aliases(out.set);
-  for (const SafeOpen& shard : out.set.shards()) {
-    for (const TensorInfo& info : shard.header().tensors()) {
-      at::Tensor t = shard.get_tensor(info.name);
-      if (to_torch_dtype(info.dtype)) {
-        out.tensors.add(info.name, std::move(t));
-      } else {
-        out.tensors.add_raw(info.name, info.dtype, info.shape, std::move(t));
-      }
-    }
-    for (const auto& [key, value] : shard.metadata())
-      if (key != kShardSetKey && !out.aliases.count(key)) out.metadata.emplace(key, value);
-  }
-  return out;
 }
 
 }  // namespace safetensors::cli

@@ -37,6 +37,9 @@ namespace safetensors {
 
 enum class CheckpointFormat {
   Safetensors,     ///< a safetensors file
+  /// A sharded safetensors set, read through ShardedOpen: its folder (holding
+  /// model.safetensors.index.json, or a lone model.safetensors) or its index file
+  SafetensorsSet,
   TorchZip,        ///< Python torch.save (1.6 and later): a zip with data.pkl
   TorchLegacy,     ///< Python torch.save before 1.6, or _use_new_zipfile_serialization=False
   /// A TorchScript archive: C++ torch::save / torch::serialize::OutputArchive,
@@ -49,7 +52,9 @@ enum class CheckpointFormat {
 const char* to_string(CheckpointFormat format) noexcept;
 
 /// The format of a file, decided by its content, never its name: Safetensors
-/// exactly when the safetensors parser accepts it. Throws Error(Io), and
+/// exactly when the safetensors parser accepts it. A folder, and a file of no
+/// format whose name ends in ".json" (an index, as ShardedOpen takes it), are
+/// SafetensorsSet; neither is read further here. Throws Error(Io), and
 /// InvalidCheckpoint for a zip archive that is not a valid torch checkpoint.
 CheckpointFormat detect_format(const std::string& path, Backend backend = Backend::Mmap);
 
@@ -108,6 +113,18 @@ struct NonTensorEntry {
   std::optional<std::string> json;
 };
 
+/// A metadata key whose value differs between the files of a sharded set.
+struct MetadataConflict {
+  struct Value {
+    std::string value;
+    /// The files that give it, by their names in the set's folder, in the
+    /// order read: the shards (ShardIndex::shard_files()), then the index.
+    std::vector<std::string> files;
+  };
+  std::string key;
+  std::vector<Value> values;  ///< each distinct value once; the first is the one kept
+};
+
 struct Checkpoint {
   CheckpointFormat format = CheckpointFormat::Unknown;
   /// Every tensor by its (dotted) name, in the checkpoint's order. Tensors of a
@@ -126,10 +143,23 @@ struct Checkpoint {
   /// share bytes in a safetensors file, so each is saved as its own copy.
   std::vector<std::string> copied_views;
   std::vector<NonTensorEntry> non_tensors;
+  /// A safetensors input's own metadata: its `__metadata__`; for a set, every
+  /// shard's, then the index's `metadata` (non-string values as their JSON
+  /// text), without the entries recorded in `aliases`, kShardSetKey and the
+  /// index's total_size. nullopt for a pickle and for a file without
+  /// `__metadata__` (a set: when no file of it has any).
+  std::optional<Metadata> metadata;
+  /// The keys on which the files of a set disagree; `metadata` (or `aliases`)
+  /// holds the first file's value, as a reader of a set's first shard sees it.
+  std::vector<MetadataConflict> metadata_conflicts;
 };
 
 /// Reads any supported checkpoint (see CheckpointFormat), legacy torch.save
-/// files included. Throws Error: TensorNotFound for a `key` that is not there,
+/// files and sharded sets included: `path` is a file, or a set's folder or
+/// index (the paths ShardedOpen takes). A set's tensors view its shards'
+/// mappings with the Mmap backend, which stay mapped while the tensors live.
+/// Throws Error: InvalidArgument for a `key` of a safetensors file or set,
+/// ShardedOpen's errors for a set, TensorNotFound for a `key` that is not there,
 /// InvalidCheckpoint for a malformed archive or legacy storage table, an
 /// unrecognised or big-endian file, or a refused pickle (naming the opcode or global),
 /// TensorInvalidInfo for a tensor outside its storage, LimitExceeded (depth,
@@ -144,12 +174,18 @@ struct ConvertOptions : WriteOptions<ConvertOptions> {
   TORCH_ARG(std::vector<std::string>, key) = {};
   /// How `in` is read (see CheckpointOptions::backend).
   TORCH_ARG(Backend, backend) = Backend::Mmap;
-  /// Extra metadata; "format": "pt" and the alias entries are always written.
+  /// Metadata entries written, replacing the input's own entries of the same
+  /// keys. A safetensors input (file or set) keeps its metadata (Checkpoint::
+  /// metadata) and adds nothing else but its aliases: a file without metadata
+  /// is written without, as it was. A pickle's output has "format": "pt",
+  /// unless this sets "format". The alias entries are always written.
   TORCH_ARG(Metadata, metadata) = {};
   /// Keep every non-tensor entry that has a JSON form (NonTensorEntry::json) as
   /// a metadata entry of its name: `"epoch": "3"`, `"param_groups": "[{...}]"`.
-  /// The metadata given, "format" and the alias entries take precedence: an
-  /// entry whose name is one of their keys, or not valid UTF-8, is not kept.
+  /// `transform` selects and renames them as it does tensors (its dtype does
+  /// not apply); the metadata given, "format" and the alias entries take
+  /// precedence: an entry whose name is one of their keys, or not valid UTF-8,
+  /// is not kept. False: none is kept; each is reported in ConvertReport::non_tensors.
   TORCH_ARG(bool, keep_non_tensors) = true;
   /// When set, `out` is a folder that receives a sharded checkpoint
   /// (save_sharded) with at most this many tensor bytes per shard.
@@ -168,17 +204,29 @@ struct ConvertReport {
   std::vector<std::string> copied_views;
   /// The non-tensor entries that were not kept as metadata (see keep_non_tensors).
   std::vector<NonTensorEntry> non_tensors;
-  /// The metadata keys the kept non-tensor entries were written as, in the checkpoint's order.
+  /// The metadata keys the kept non-tensor entries were written as (their
+  /// names after the transform), in the checkpoint's order.
   std::vector<std::string> metadata_keys;
+  /// The metadata keys on which the files of a set disagree
+  /// (Checkpoint::metadata_conflicts), but those ConvertOptions::metadata sets:
+  /// the first file's value is written.
+  std::vector<MetadataConflict> metadata_conflicts;
   std::vector<std::string> files;  ///< the files written (several when sharded)
-  TransformReport transform;       ///< what ConvertOptions::transform changed
+  /// What ConvertOptions::transform changed; `excluded` and `renamed` count the
+  /// non-tensor entries too.
+  TransformReport transform;
   double seconds = 0;
 };
 /// The name of release 0.1, kept for one release.
 using ConvertSummary [[deprecated("use ConvertReport")]] = ConvertReport;
 
-/// Reads `in` (any supported format) and writes its tensors to `out` as one
-/// safetensors file, crash-safely (or as shards, see max_shard_size). A tensor
+/// Reads `in` (any supported format, a sharded set included: see
+/// read_checkpoint) and writes its tensors to `out` as one safetensors file,
+/// crash-safely (or as shards, see max_shard_size). The input's files stay
+/// mapped until the output is written, so that `out` may replace a lone input
+/// file; one file written over the index or a shard of the set read would
+/// break that set, and is refused (InvalidArgument) before anything is
+/// written. A tensor
 /// that is the same view as an earlier one is written once, its name recorded
 /// in the metadata; a safetensors input keeps its dtypes, even those this
 /// LibTorch lacks. Non-tensor values (an epoch, an optimizer's param_groups)
@@ -202,7 +250,8 @@ struct DiffReport {
   bool equal() const noexcept { return only_in_a.empty() && only_in_b.empty() && different.empty(); }
 };
 
-/// Compares two checkpoints of any supported formats tensor by tensor: names,
+/// Compares two checkpoints of any supported formats (sharded sets included)
+/// tensor by tensor: names,
 /// dtypes, shapes and bytes (bitwise: a lossless conversion keeps NaN payloads).
 /// Names a safetensors file records as aliases count as present.
 DiffReport diff_checkpoints(const std::string& a, const std::string& b,

@@ -78,7 +78,9 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   // a value that is a tensor's name would read back as an alias of it.
   std::set<std::string> written;
   for (const NamedTensors::Item& item : tensors.items()) written.insert(item.name);
+  const bool keep = ckpt.format != CheckpointFormat::TorchArchive;  // module attributes are reported
   for (NonTensorEntry& entry : ckpt.non_tensors) {
+    if (!keep) entry.json.reset();
     if (entry.json) {
       const char* refusal = entry.name.empty()                  ? "the checkpoint itself is no metadata entry"
                             : !detail::is_valid_utf8(entry.name) ? "its name is not valid UTF-8"
@@ -102,6 +104,9 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
                                               options.max_shard_size(), options);
 
   summary.format = ckpt.format;
+  summary.parameters = ckpt.parameters;
+  summary.buffers = ckpt.buffers;
+  summary.module_bookkeeping = std::move(ckpt.module_bookkeeping);
   summary.tensors = tensors.size();
   summary.aliases = std::move(ckpt.aliases);
   summary.copied_views = std::move(ckpt.copied_views);

@@ -78,7 +78,8 @@ std::optional<std::set<std::string>> quoted_names(std::string_view line, std::si
 // The module classes one code entry defines: `class NAME(Module):` at the
 // start of a line, its `__parameters__` and `__buffers__` lines among those of
 // its body. False when a module class lacks either, or declares one twice.
-bool parse_declarations(std::string_view text, const std::string& qualifier, ModuleDeclarations& out) {
+bool parse_declarations(std::string_view text, const std::string& qualifier, ModuleDeclarations& out,
+                        std::uint64_t& room) {
   constexpr std::string_view kClass = "class ", kModule = "(Module):";
   constexpr std::string_view kParameters = "  __parameters__ = ", kBuffers = "  __buffers__ = ";
   bool ok = true, broken = false;
@@ -88,10 +89,15 @@ bool parse_declarations(std::string_view text, const std::string& qualifier, Mod
   auto finish = [&] {
     if (!current) return;
     if (out.classes.count(*current)) twice.insert(*current);
-    if (broken || !parameters || !buffers || twice.count(*current)) {
+    std::uint64_t cost = kDeclarationCost + current->size();
+    for (const auto* list : {&parameters, &buffers})
+      if (*list)
+        for (const std::string& name : **list) cost += kDeclarationCost + name.size();
+    if (broken || !parameters || !buffers || twice.count(*current) || cost > room) {
       ok = false;
       out.classes.erase(*current);
     } else {
+      room -= cost;
       out.classes.emplace(*current, ModuleDeclaration{std::move(*parameters), std::move(*buffers)});
     }
     current.reset();
@@ -133,7 +139,9 @@ ModuleDeclarations read_module_declarations(const ZipArchive& zip, const std::st
   constexpr std::string_view kPy = ".py";
   ModuleDeclarations out;
   out.complete = true;
-  std::uint64_t total = 0;
+  const std::uint64_t file_size = zip.source()->size();
+  std::uint64_t room =
+      std::min(kMaxCodeTotal, kCodeBytesFloor + std::min(file_size, kMaxCodeTotal) * kCodeBytesPerFileByte);
   for (const ZipEntry& e : zip.entries()) {
     if (e.name.compare(0, code.size(), code) != 0 || e.name.size() < code.size() + kPy.size() ||
         e.name.compare(e.name.size() - kPy.size(), kPy.size(), kPy) != 0)
@@ -142,16 +150,15 @@ ModuleDeclarations read_module_declarations(const ZipArchive& zip, const std::st
     std::string qualifier = e.name.substr(code.size(), e.name.size() - code.size() - kPy.size());
     std::replace(qualifier.begin(), qualifier.end(), '/', '.');
     std::optional<std::string> text;
-    if (e.size <= kMaxCodeTotal - total) {
-      if (e.stored && e.size <= kMaxCodeEntry) text = zip.read(e);
-      else if (!e.stored) text = zip.inflate(e, kMaxCodeEntry);
-    }
+    const std::uint64_t most = std::min(kMaxCodeEntry, room);
+    if (e.stored && e.size <= most) text = zip.read(e);
+    else if (!e.stored) text = zip.inflate(e, most);
     if (!text) {
       out.complete = false;
       continue;
     }
-    total += text->size();
-    if (!parse_declarations(*text, qualifier, out)) out.complete = false;
+    room -= text->size();
+    if (!parse_declarations(*text, qualifier, out, room)) out.complete = false;
   }
   return out;
 }

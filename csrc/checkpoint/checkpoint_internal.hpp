@@ -68,9 +68,15 @@ struct ModuleDeclarations {
 
 /// Most bytes of code/ read from one entry, and from all: the declarations
 /// are a few lines of each class; an archive whose code passes these is read
-/// without them.
+/// without them. The text read and the declarations kept (charged
+/// kDeclarationCost per class and per name, plus its bytes) also stay within
+/// kCodeBytesFloor plus kCodeBytesPerFileByte per byte of the file: deflate
+/// would let a small file claim the whole of kMaxCodeTotal.
 inline constexpr std::uint64_t kMaxCodeEntry = 16 << 20;
 inline constexpr std::uint64_t kMaxCodeTotal = 64 << 20;
+inline constexpr std::uint64_t kCodeBytesFloor = 1 << 20;
+inline constexpr std::uint64_t kCodeBytesPerFileByte = 4;
+inline constexpr std::uint64_t kDeclarationCost = 128;
 
 /// Reads the module declarations of the archive whose folder is `prefix` from
 /// the text of its code/ entries, as data: nothing in them is compiled or run.

@@ -23,6 +23,7 @@
 #include "checkpoint/zip.hpp"
 #include "safetensors/migrate.hpp"
 #include "safetensors/safetensors.hpp"
+#include "support/memory.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -198,6 +199,25 @@ TEST(TorchScriptConvert, UnreadableCodeGivesTensorsWithoutTheSplit) {
   const st::TensorDict expected = st::load_file(kJit + "torch-2.6/scripted.expected.safetensors");
   for (const auto& item : expected) EXPECT_TRUE(ckpt.tensors.contains(item.key())) << item.key();
   EXPECT_TRUE(ckpt.tensors.contains("offset"));  // not told apart from the buffers
+}
+
+// The code/ text read stays within a multiple of the file's size: a code
+// entry of 12 MiB that deflates to a few kilobytes is not inflated (here it
+// declares no module; the others are read as before).
+TEST(TorchScriptConvert, CodeReadIsBoundedByTheFileSize) {
+  TempDir dir;
+  const std::string path = dir.file("scripted.pt");
+  fs::copy_file(kJit + "torch-2.6/scripted.pt", path);
+  const std::string command = "python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], \"a\"); "
+                              "z.writestr(\"scripted/code/__torch__/padding.py\", \"\\n\" * (12 << 20), "
+                              "zipfile.ZIP_DEFLATED)' " + path;
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  ASSERT_LT(fs::file_size(path), 256u << 10);
+  st::Checkpoint ckpt;
+  const long grew_kb = st::test::peak_added_kb([&] { ckpt = st::read_checkpoint(path); });
+  EXPECT_LT(grew_kb, 6 << 10) << "peak memory grew by " << grew_kb << " kB";
+  EXPECT_EQ(ckpt.tensors.keys(), st::load_file(kJit + "torch-2.6/scripted.expected.safetensors").keys());
+  EXPECT_EQ(ckpt.parameters, 12u);
 }
 
 // A deflated entry inflates to its declared size and no further: one that

@@ -70,7 +70,8 @@ void expect_python_state_dict(const std::string& dir, const std::string& name) {
     const st::Checkpoint ckpt = st::read_checkpoint(path, st::CheckpointOptions().backend(backend));
     EXPECT_EQ(ckpt.format, CheckpointFormat::TorchArchive);
     ASSERT_EQ(ckpt.tensors.keys(), expected.keys());
-    for (const auto& item : expected) EXPECT_TRUE(bitwise_equal(ckpt.tensors[item.key()], item.value())) << item.key();
+    for (const auto& item : expected)
+      EXPECT_TRUE(bitwise_equal(ckpt.tensors[item.key()], item.value())) << item.key();
     EXPECT_EQ(ckpt.parameters, kinds["parameters"].size());
     EXPECT_EQ(ckpt.buffers, kinds["buffers"].size());
     EXPECT_EQ(ckpt.aliases, (std::map<std::string, std::string>{{"out.weight", "embed.weight"}}));
@@ -159,7 +160,8 @@ TEST(TorchScriptConvert, LibTorchModuleArchives) {
   EXPECT_EQ(got, names);
   EXPECT_EQ(ckpt.parameters, 3u);
   EXPECT_EQ(ckpt.buffers, 3u);
-  EXPECT_EQ(bookkeeping(ckpt.module_bookkeeping), (std::map<std::string, std::size_t>{{"modules without tensors", 1}}));
+  EXPECT_EQ(bookkeeping(ckpt.module_bookkeeping),
+            (std::map<std::string, std::size_t>{{"modules without tensors", 1}}));
   EXPECT_TRUE(ckpt.non_tensors.empty());
 
   if (!python_has_torch()) GTEST_SKIP() << kPython << " cannot import torch: not compared with Python";
@@ -171,7 +173,8 @@ TEST(TorchScriptConvert, LibTorchModuleArchives) {
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
   const st::TensorDict python = st::load_file(expected);
   EXPECT_EQ(ckpt.tensors.keys(), python.keys());
-  for (const auto& item : python) EXPECT_TRUE(bitwise_equal(ckpt.tensors[item.key()], item.value())) << item.key();
+  for (const auto& item : python)
+    EXPECT_TRUE(bitwise_equal(ckpt.tensors[item.key()], item.value())) << item.key();
   st::convert_checkpoint(path, dir.file("net.safetensors"));
   EXPECT_TRUE(st::diff_checkpoints(expected, dir.file("net.safetensors")).equal());
 }
@@ -184,8 +187,9 @@ TEST(TorchScriptConvert, UnreadableCodeGivesTensorsWithoutTheSplit) {
   fs::copy_file(kJit + "torch-2.6/scripted.pt", path);
   {
     const st::detail::ZipArchive zip(st::open_file(path, st::Backend::Mmap));
-    const auto entry = std::find_if(zip.entries().begin(), zip.entries().end(),
-                                    [](const st::detail::ZipEntry& e) { return e.name == "scripted/code/__torch__.py"; });
+    const auto entry =
+        std::find_if(zip.entries().begin(), zip.entries().end(),
+                     [](const st::detail::ZipEntry& e) { return e.name == "scripted/code/__torch__.py"; });
     ASSERT_NE(entry, zip.entries().end());
     ASSERT_TRUE(entry->deflated);
     ASSERT_TRUE(zip.inflate(*entry, 16 << 20));

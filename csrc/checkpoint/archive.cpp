@@ -109,7 +109,8 @@ bool parse_declarations(std::string_view text, const std::string& qualifier, Mod
     if (line.empty() || line[0] != ' ') {  // the end of a class body
       finish();
       const std::size_t paren = line.find('(');
-      if (line.substr(0, kClass.size()) != kClass || paren == std::string_view::npos || line.substr(paren) != kModule)
+      if (line.substr(0, kClass.size()) != kClass || paren == std::string_view::npos ||
+          line.substr(paren) != kModule)
         continue;  // not a module class
       const std::string_view name = line.substr(kClass.size(), paren - kClass.size());
       current = qualifier + "." + std::string(name);

@@ -149,8 +149,9 @@ bool is_container(const Value& v) {
 // it produces: every name it builds and every entry it makes is charged, so
 // that a name repeated through the memo cannot multiply into memory. The
 // tensors' bytes once written out are bounded by the file's size.
-// A TorchScript object is walked as its state: a module's attributes by name,
-// the tuple its own __getstate__ returned by position.
+// A TorchScript object is walked as its state: a module whose class the
+// archive's code/ declares as its state_dict (walk_module), any other module's
+// attributes by name, the tuple its own __getstate__ returned by position.
 class Flattener {
  public:
   Flattener(Storages& storages, const Source& source, std::uint64_t pickle_size, bool as_json,
@@ -176,7 +177,8 @@ class Flattener {
       case Value::Kind::List:
       case Value::Kind::Tuple: return walk_container(v, v, name, depth);
       case Value::Kind::Object:
-        if (const ModuleDeclaration* declared = module_of(v); declared && v.state && v.state->kind == Value::Kind::Dict)
+        if (const ModuleDeclaration* declared = module_of(v);
+            declared && v.state && v.state->kind == Value::Kind::Dict)
           return walk_module(*v.state, *declared, name, depth);
         if (modules_ && is_torchscript_object(v)) {
           // Not as declared: every tensor attribute, not told apart.
@@ -269,7 +271,8 @@ class Flattener {
 
   void bookkeep(const char* what) {
     auto& kinds = out_.module_bookkeeping;
-    const auto it = std::find_if(kinds.begin(), kinds.end(), [&](const Checkpoint::Bookkeeping& b) { return b.what == what; });
+    const auto it =
+        std::find_if(kinds.begin(), kinds.end(), [&](const Checkpoint::Bookkeeping& b) { return b.what == what; });
     if (it != kinds.end()) ++it->count;
     else kinds.push_back({what, 1});
   }
@@ -278,7 +281,8 @@ class Flattener {
   // its parameters and buffers are tensors of Python's state_dict (a None one
   // is not), its submodules are walked, its flags counted; any other attribute
   // (an int, a list, a tensor that is neither) is reported under its name.
-  void walk_module(const Value& state, const ModuleDeclaration& declared, const std::string& name, std::size_t depth) {
+  void walk_module(const Value& state, const ModuleDeclaration& declared, const std::string& name,
+                   std::size_t depth) {
     const std::size_t tensors_before = out_.tensors.size();
     for (const auto& [key, value] : state.entries) {
       visit(name);

@@ -124,10 +124,12 @@ void print_report(const std::string& in, const std::string& out, const ConvertRe
   char seconds[32];
   std::snprintf(seconds, sizeof seconds, "%.2f", s.seconds);
   std::cout << ", " << seconds << " s\n";
-  if (s.parameters && s.buffers) std::cout << "  read " << *s.parameters << " parameters, " << *s.buffers << " buffers\n";
+  if (s.parameters && s.buffers)
+    std::cout << "  read " << *s.parameters << " parameters, " << *s.buffers << " buffers\n";
   if (!s.module_bookkeeping.empty()) {
     std::vector<std::string> kinds;
-    for (const Checkpoint::Bookkeeping& b : s.module_bookkeeping) kinds.push_back(b.what + " (" + std::to_string(b.count) + ")");
+    for (const Checkpoint::Bookkeeping& b : s.module_bookkeeping)
+      kinds.push_back(b.what + " (" + std::to_string(b.count) + ")");
     std::cout << "  module bookkeeping, not converted: " << joined(kinds) << '\n';
   }
   if (!s.aliases.empty()) {

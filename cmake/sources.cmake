@@ -122,6 +122,7 @@ function(safetensors_torch_add_layer target layer)
     # When static, it is still linked into shared libraries: safetensors::torch
     # or a consumer's.
     set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+    target_link_libraries(${target} PRIVATE ZLIB::ZLIB)
   else()
     target_link_libraries(${target} PUBLIC ${arg_FORMAT} torch)
     if(SAFETENSORS_TORCH_HAS_AOTI)

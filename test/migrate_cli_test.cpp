@@ -25,6 +25,7 @@ namespace st = safetensors;
 using st::test::TempDir;
 
 const std::string kFixtures = std::string(SAFETENSORS_TEST_DATA_DIR) + "/pickle/";
+const std::string kData = SAFETENSORS_TEST_DATA_DIR;
 
 using Result = st::test::CliResult;
 
@@ -127,6 +128,29 @@ TEST_F(MigrateCliTest, ConvertsATorchScriptModuleWithoutRunningItsCode) {
   ASSERT_EQ(scripted.code, 0) << scripted.err;
   const Result same = run({"diff", kFixtures + "scripted.expected.safetensors", dir_.file("scripted.safetensors")});
   EXPECT_EQ(same.code, 0) << same.out << same.err;
+}
+
+// convert says what a TorchScript archive held: its parameters and buffers,
+// its modules' bookkeeping counted once per kind, its other attributes by
+// name; none of them becomes metadata.
+TEST_F(MigrateCliTest, ReportsWhatATorchScriptArchiveHeld) {
+  const std::string out = dir_.file("tiny_lm.safetensors");
+  const Result r = run({"convert", kData + "/jit/tiny_lm.pt", out});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "read 17 parameters, 4 buffers\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "module bookkeeping, not converted: training (17), _is_full_backward_hook (17), "
+                              "modules without tensors (2), parameters set to None (1)\n"))
+      << r.out;
+  EXPECT_FALSE(contains(r.out, "kept as metadata")) << r.out;
+  EXPECT_FALSE(contains(r.out, "embed.training")) << r.out;
+  EXPECT_EQ(st::SafeOpen(out).metadata(), (st::Metadata{{"format", "pt"}, {"head.weight", "embed.weight"}}));
+
+  const Result scripted = run({"convert", kData + "/jit/torch-2.6/scripted.pt", dir_.file("scripted.safetensors")});
+  ASSERT_EQ(scripted.code, 0) << scripted.err;
+  EXPECT_TRUE(contains(scripted.out, "read 12 parameters, 8 buffers\n")) << scripted.out;
+  EXPECT_TRUE(contains(scripted.out, "module attributes, not converted: steps (int 3), label (str 'tiny'), "
+                                     "sizes (list of 2), offset (tensor, neither a parameter nor a buffer)\n"))
+      << scripted.out;
 }
 
 // --key selects every name convert makes, positions in lists included.

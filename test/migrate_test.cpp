@@ -138,9 +138,11 @@ TEST(Migrate, ReadsATorchScriptModuleWithoutRunningIt) {
   const st::ConvertReport summary = st::convert_checkpoint(kFixtures + "hostile_setstate.pt", dir.file("x.safetensors"));
   EXPECT_EQ(summary.format, CheckpointFormat::TorchArchive);
   EXPECT_TRUE(bitwise_equal(st::load_file(dir.file("x.safetensors"))["0"], at::ones({3})));
-  EXPECT_TRUE(summary.non_tensors.empty());
-  ASSERT_EQ(summary.metadata_keys.size(), 1u);  // its `training` flag, as JSON
-  EXPECT_EQ(st::SafeOpen(dir.file("x.safetensors")).metadata().at(summary.metadata_keys[0]), "true");
+  // What it saved besides: its `training` flag, by position, reported and not kept.
+  ASSERT_EQ(summary.non_tensors.size(), 1u);
+  EXPECT_EQ(summary.non_tensors[0].description, "bool True");
+  EXPECT_TRUE(summary.metadata_keys.empty());
+  EXPECT_EQ(st::SafeOpen(dir.file("x.safetensors")).metadata(), (st::Metadata{{"format", "pt"}}));
 }
 
 // Detection asks the safetensors parser: whatever it accepts is a safetensors

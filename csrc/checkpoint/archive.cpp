@@ -3,6 +3,8 @@
 // Python) from a torch.save file, whose containers are alike.
 
 #include <algorithm>
+#include <cctype>
+#include <optional>
 #include <string_view>
 
 #include "checkpoint/checkpoint_internal.hpp"
@@ -44,6 +46,122 @@ bool is_torchscript(const ZipArchive& zip, const ZipEntry& data) {
   if (at > n || bytes.substr(at, kClass.size()) != kClass) return false;
   const char next = at + kClass.size() < n ? bytes[at + kClass.size()] : '\0';
   return next == '.' || next == '\n';
+}
+
+namespace {
+
+// A line's list of quoted names, `["weight", "bias", ]` as TorchScript prints
+// it (the trailing comma optional), from `at`; nullopt for anything else.
+std::optional<std::set<std::string>> quoted_names(std::string_view line, std::size_t at) {
+  std::set<std::string> names;
+  auto skip = [&] {
+    while (at < line.size() && line[at] == ' ') ++at;
+  };
+  if (at >= line.size() || line[at++] != '[') return std::nullopt;
+  for (skip(); at < line.size() && line[at] != ']'; skip()) {
+    if (line[at++] != '"') return std::nullopt;
+    const std::size_t end = line.find('"', at);
+    if (end == std::string_view::npos) return std::nullopt;
+    const std::string_view name = line.substr(at, end - at);
+    if (name.find('\\') != std::string_view::npos || !names.emplace(name).second) return std::nullopt;
+    at = end + 1;
+    skip();
+    if (at < line.size() && line[at] == ',') ++at;
+    else if (at >= line.size() || line[at] != ']') return std::nullopt;
+  }
+  if (at >= line.size()) return std::nullopt;
+  for (++at; at < line.size(); ++at)
+    if (line[at] != ' ' && line[at] != '\r') return std::nullopt;
+  return names;
+}
+
+// The module classes one code entry defines: `class NAME(Module):` at the
+// start of a line, its `__parameters__` and `__buffers__` lines among those of
+// its body. False when a module class lacks either, or declares one twice.
+bool parse_declarations(std::string_view text, const std::string& qualifier, ModuleDeclarations& out,
+                        std::uint64_t& room) {
+  constexpr std::string_view kClass = "class ", kModule = "(Module):";
+  constexpr std::string_view kParameters = "  __parameters__ = ", kBuffers = "  __buffers__ = ";
+  bool ok = true, broken = false;
+  std::optional<std::string> current;
+  std::optional<std::set<std::string>> parameters, buffers;
+  std::set<std::string> twice;  // a class defined twice is neither definition
+  auto finish = [&] {
+    if (!current) return;
+    if (out.classes.count(*current)) twice.insert(*current);
+    std::uint64_t cost = kDeclarationCost + current->size();
+    for (const auto* list : {&parameters, &buffers})
+      if (*list)
+        for (const std::string& name : **list) cost += kDeclarationCost + name.size();
+    if (broken || !parameters || !buffers || twice.count(*current) || cost > room) {
+      ok = false;
+      out.classes.erase(*current);
+    } else {
+      room -= cost;
+      out.classes.emplace(*current, ModuleDeclaration{std::move(*parameters), std::move(*buffers)});
+    }
+    current.reset();
+  };
+  while (!text.empty()) {
+    const std::size_t eol = std::min(text.find('\n'), text.size());
+    const std::string_view line = text.substr(0, eol);
+    text.remove_prefix(std::min(eol + 1, text.size()));
+    if (line.empty() || line[0] != ' ') {  // the end of a class body
+      finish();
+      const std::size_t paren = line.find('(');
+      if (line.substr(0, kClass.size()) != kClass || paren == std::string_view::npos ||
+          line.substr(paren) != kModule)
+        continue;  // not a module class
+      const std::string_view name = line.substr(kClass.size(), paren - kClass.size());
+      current = qualifier + "." + std::string(name);
+      broken = name.empty() || !std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+      });
+      parameters.reset();
+      buffers.reset();
+      continue;
+    }
+    if (!current) continue;
+    const bool is_parameters = line.substr(0, kParameters.size()) == kParameters;
+    if (!is_parameters && line.substr(0, kBuffers.size()) != kBuffers) continue;
+    std::optional<std::set<std::string>>& list = is_parameters ? parameters : buffers;
+    broken = broken || list.has_value();  // declared twice
+    list = quoted_names(line, is_parameters ? kParameters.size() : kBuffers.size());
+    broken = broken || !list;
+  }
+  finish();
+  return ok;
+}
+
+}  // namespace
+
+ModuleDeclarations read_module_declarations(const ZipArchive& zip, const std::string& prefix) {
+  const std::string code = prefix + "code/";
+  constexpr std::string_view kPy = ".py";
+  ModuleDeclarations out;
+  out.complete = true;
+  const std::uint64_t file_size = zip.source()->size();
+  std::uint64_t room =
+      std::min(kMaxCodeTotal, kCodeBytesFloor + std::min(file_size, kMaxCodeTotal) * kCodeBytesPerFileByte);
+  for (const ZipEntry& e : zip.entries()) {
+    if (e.name.compare(0, code.size(), code) != 0 || e.name.size() < code.size() + kPy.size() ||
+        e.name.compare(e.name.size() - kPy.size(), kPy.size(), kPy) != 0)
+      continue;
+    // code/__torch__/a/b.py defines the classes of __torch__.a.b.
+    std::string qualifier = e.name.substr(code.size(), e.name.size() - code.size() - kPy.size());
+    std::replace(qualifier.begin(), qualifier.end(), '/', '.');
+    std::optional<std::string> text;
+    const std::uint64_t most = std::min(kMaxCodeEntry, room);
+    if (e.stored && e.size <= most) text = zip.read(e);
+    else if (!e.stored) text = zip.inflate(e, most);
+    if (!text) {
+      out.complete = false;
+      continue;
+    }
+    room -= text->size();
+    if (!parse_declarations(*text, qualifier, out, room)) out.complete = false;
+  }
+  return out;
 }
 
 void report_torchscript_constants(const ZipArchive& zip, const ZipEntry& constants, Checkpoint& out) {

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,40 @@ std::string archive_prefix(const ZipArchive& zip);
 /// Whether `data`, the archive's data.pkl, pickles a TorchScript object.
 bool is_torchscript(const ZipArchive& zip, const ZipEntry& data);
 
+/// What a TorchScript archive's code/ declares of one module class: the
+/// attributes that are its parameters and its buffers (`__parameters__ = [...]`,
+/// `__buffers__ = [...]` of its class definition).
+struct ModuleDeclaration {
+  std::set<std::string> parameters, buffers;
+};
+
+/// The module classes of a TorchScript archive by qualified name
+/// ("__torch__.torch.nn.modules.linear.Linear"), as its code/ declares them.
+struct ModuleDeclarations {
+  std::map<std::string, ModuleDeclaration, std::less<>> classes;
+  /// Whether every code entry was read and every module class in them parsed:
+  /// then a TorchScript class that is not here is not a module.
+  bool complete = false;
+};
+
+/// Most bytes of code/ read from one entry, and from all: the declarations
+/// are a few lines of each class; an archive whose code passes these is read
+/// without them. The text read and the declarations kept (charged
+/// kDeclarationCost per class and per name, plus its bytes) also stay within
+/// kCodeBytesFloor plus kCodeBytesPerFileByte per byte of the file: deflate
+/// would let a small file claim the whole of kMaxCodeTotal.
+inline constexpr std::uint64_t kMaxCodeEntry = 16 << 20;
+inline constexpr std::uint64_t kMaxCodeTotal = 64 << 20;
+inline constexpr std::uint64_t kCodeBytesFloor = 1 << 20;
+inline constexpr std::uint64_t kCodeBytesPerFileByte = 4;
+inline constexpr std::uint64_t kDeclarationCost = 128;
+
+/// Reads the module declarations of the archive whose folder is `prefix` from
+/// the text of its code/ entries, as data: nothing in them is compiled or run.
+/// An entry that cannot be inflated within the bounds above, or a module class
+/// whose declarations do not parse, is left out (and `complete` is false).
+ModuleDeclarations read_module_declarations(const ZipArchive& zip, const std::string& prefix);
+
 /// Reports the tensor constants of a TorchScript archive's code (its
 /// constants.pkl, `constants`) as one non-tensor entry of `out`; they are not read.
 void report_torchscript_constants(const ZipArchive& zip, const ZipEntry& constants, Checkpoint& out);
@@ -89,8 +124,13 @@ using LocateStorage = std::function<std::optional<Span>(const std::string& key)>
 /// keys, positions and attribute names) of `root`, a pickle of `pickle_size`
 /// bytes whose storages `locate` finds in `source`. What it makes is bounded
 /// by the pickle's and the file's sizes (migrate.hpp).
+/// With `modules` (a TorchScript archive's declarations), a module whose class
+/// they declare contributes its parameters and buffers (Python's state_dict);
+/// its other attributes are reported, its bookkeeping counted (see
+/// Checkpoint::module_bookkeeping).
 void flatten(const std::shared_ptr<Source>& source, LocateStorage locate, std::uint64_t pickle_size,
-             const pickle::Value& root, const CheckpointOptions& options, Checkpoint& out);
+             const pickle::Value& root, const CheckpointOptions& options, Checkpoint& out,
+             const ModuleDeclarations* modules = nullptr);
 
 // ---------------------------------------------------------------------------
 // Any format (read.cpp)

@@ -112,7 +112,9 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   // would read back as an alias of it.
   std::set<std::string> written;
   for (const NamedTensors::Item& item : tensors.items()) written.insert(item.name);
+  const bool keep = ckpt.format != CheckpointFormat::TorchArchive;  // module attributes are reported
   for (NonTensorEntry& entry : ckpt.non_tensors) {
+    if (!keep) entry.json.reset();
     if (!entry.name.empty() && !transform.selects(entry.name)) {
       summary.transform.excluded.push_back(std::move(entry.name));
       continue;
@@ -142,6 +144,9 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
       detail::save_one_or_sharded(tensors, out, std::move(metadata), options.max_shard_size(), options);
 
   summary.format = ckpt.format;
+  summary.parameters = ckpt.parameters;
+  summary.buffers = ckpt.buffers;
+  summary.module_bookkeeping = std::move(ckpt.module_bookkeeping);
   summary.tensors = tensors.size();
   summary.aliases = std::move(ckpt.aliases);
   summary.copied_views = std::move(ckpt.copied_views);

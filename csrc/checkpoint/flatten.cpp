@@ -149,13 +149,16 @@ bool is_container(const Value& v) {
 // it produces: every name it builds and every entry it makes is charged, so
 // that a name repeated through the memo cannot multiply into memory. The
 // tensors' bytes once written out are bounded by the file's size.
-// A TorchScript object is walked as its state: a module's attributes by name,
-// the tuple its own __getstate__ returned by position.
+// A TorchScript object is walked as its state: a module whose class the
+// archive's code/ declares as its state_dict (walk_module), any other module's
+// attributes by name, the tuple its own __getstate__ returned by position.
 class Flattener {
  public:
-  Flattener(Storages& storages, const Source& source, std::uint64_t pickle_size, bool as_json, Checkpoint& out)
+  Flattener(Storages& storages, const Source& source, std::uint64_t pickle_size, bool as_json,
+            const ModuleDeclarations* modules, Checkpoint& out)
       : storages_(storages),
         as_json_(as_json),
+        modules_(modules),
         reported_base_(out.non_tensors.size()),
         file_(source.path()),
         visits_left_(pickle_size + 1),
@@ -167,21 +170,35 @@ class Flattener {
     if (depth > kMaxCheckpointDepth)
       throw Error(ErrorCode::LimitExceeded, file_, shown(name),
                   "nesting deeper than " + std::to_string(kMaxCheckpointDepth));
-    if (visits_left_-- == 0)
-      throw Error(ErrorCode::LimitExceeded, file_, shown(name),
-                  "the pickle refers to its values too many times");
+    visit(name);
     switch (v.kind) {
       case Value::Kind::Tensor: return add_tensor(v, name.empty() ? kLoneTensorName : name);
       case Value::Kind::Dict:
       case Value::Kind::List:
       case Value::Kind::Tuple: return walk_container(v, v, name, depth);
       case Value::Kind::Object:
+        if (const ModuleDeclaration* declared = module_of(v);
+            declared && v.state && v.state->kind == Value::Kind::Dict)
+          return walk_module(*v.state, *declared, name, depth);
+        if (modules_ && is_torchscript_object(v)) {
+          // Not as declared: every tensor attribute, not told apart.
+          split_known_ = false;
+          if (module_of(v)) bookkeep("modules whose own __getstate__ saved their state");
+        }
         if (v.state && is_container(*v.state)) return walk_container(v, *v.state, name, depth);
         if (v.state && (v.state->kind == Value::Kind::Tensor || v.state->kind == Value::Kind::Object))
           return walk(*v.state, name, depth + 1);
         [[fallthrough]];
       default: add_other(v, name, pickle::describe(v));
     }
+  }
+
+  // With module declarations: how many tensors were parameters and buffers,
+  // when every module's were told apart.
+  void count_state() const {
+    if (!modules_ || !split_known_) return;
+    out_.parameters = parameters_;
+    out_.buffers = buffers_;
   }
 
   // Gives the entries reported their JSON text, once the walk has settled
@@ -234,6 +251,66 @@ class Flattener {
     joined.reserve(name.size() + 1 + key.size());
     if (!name.empty()) joined.append(name).append(1, '.');
     return joined.append(key);
+  }
+
+  void visit(const std::string& name) {
+    if (visits_left_-- == 0)
+      throw Error(ErrorCode::LimitExceeded, file_, shown(name), "the pickle refers to its values too many times");
+  }
+
+  static bool is_torchscript_object(const Value& v) {
+    return v.kind == Value::Kind::Object && v.text.compare(0, 10, "__torch__.") == 0;
+  }
+
+  // The declarations of the module class of `v`, or nullptr.
+  const ModuleDeclaration* module_of(const Value& v) const {
+    if (!modules_ || !is_torchscript_object(v)) return nullptr;
+    const auto it = modules_->classes.find(v.text);
+    return it == modules_->classes.end() ? nullptr : &it->second;
+  }
+
+  void bookkeep(const char* what) {
+    auto& kinds = out_.module_bookkeeping;
+    const auto it =
+        std::find_if(kinds.begin(), kinds.end(), [&](const Checkpoint::Bookkeeping& b) { return b.what == what; });
+    if (it != kinds.end()) ++it->count;
+    else kinds.push_back({what, 1});
+  }
+
+  // A module whose class the archive declares, its attributes `state` by name:
+  // its parameters and buffers are tensors of Python's state_dict (a None one
+  // is not), its submodules are walked, its flags counted; any other attribute
+  // (an int, a list, a tensor that is neither) is reported under its name.
+  void walk_module(const Value& state, const ModuleDeclaration& declared, const std::string& name,
+                   std::size_t depth) {
+    const std::size_t tensors_before = out_.tensors.size();
+    for (const auto& [key, value] : state.entries) {
+      visit(name);
+      if (key->kind != Value::Kind::String) {
+        add_other(*value, child(name, *key), pickle::describe(*value));
+        continue;
+      }
+      const std::string& attribute = key->text;
+      const bool parameter = declared.parameters.count(attribute) != 0;
+      const bool buffer = !parameter && declared.buffers.count(attribute) != 0;
+      if ((parameter || buffer) && value->kind == Value::Kind::Tensor) {
+        add_tensor(*value, child(name, attribute));
+        ++(parameter ? parameters_ : buffers_);
+      } else if ((parameter || buffer) && value->kind == Value::Kind::None) {
+        bookkeep(parameter ? "parameters set to None" : "buffers set to None");
+      } else if ((attribute == "training" && value->kind == Value::Kind::Bool) ||
+                 (attribute == "_is_full_backward_hook" &&
+                  (value->kind == Value::Kind::None || value->kind == Value::Kind::Bool))) {
+        bookkeep(attribute == "training" ? "training" : "_is_full_backward_hook");
+      } else if (module_of(*value) || (is_torchscript_object(*value) && !modules_->complete)) {
+        walk(*value, child(name, attribute), depth + 1);  // a submodule, or what may be one
+      } else {
+        add_other(*value, child(name, attribute),
+                  value->kind == Value::Kind::Tensor ? "tensor, neither a parameter nor a buffer"
+                                                     : pickle::describe(*value));
+      }
+    }
+    if (out_.tensors.size() == tensors_before) bookkeep("modules without tensors");
   }
 
   // A container without tensors is reported as one entry, not element by
@@ -389,6 +466,9 @@ class Flattener {
 
   Storages& storages_;
   bool as_json_;
+  const ModuleDeclarations* modules_;
+  std::size_t parameters_ = 0, buffers_ = 0;
+  bool split_known_ = true;
   // With as_json_: the value of each entry this walk added to out_.non_tensors
   // (those from reported_base_ on).
   std::vector<const Value*> reported_;
@@ -462,10 +542,12 @@ const Value& select(const Value& root, const std::vector<std::string>& key, cons
 }  // namespace
 
 void flatten(const std::shared_ptr<Source>& source, LocateStorage locate, std::uint64_t pickle_size,
-             const Value& root, const CheckpointOptions& options, Checkpoint& out) {
+             const Value& root, const CheckpointOptions& options, Checkpoint& out,
+             const ModuleDeclarations* modules) {
   Storages storages(source, std::move(locate));
-  Flattener flattener(storages, *source, pickle_size, options.non_tensors_as_json(), out);
+  Flattener flattener(storages, *source, pickle_size, options.non_tensors_as_json(), modules, out);
   flattener.walk(select(root, options.key(), source->path()), "", 0);
+  flattener.count_state();
   if (options.non_tensors_as_json()) flattener.write_json();
 }
 

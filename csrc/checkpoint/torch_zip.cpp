@@ -27,7 +27,11 @@ void read_torch_zip(const std::shared_ptr<Source>& source, CheckpointFormat form
     if (!entry) return std::nullopt;
     return Span{entry->offset, entry->size};
   };
-  flatten(source, locate, data.size(), *p.root, options, out);
+  // A TorchScript archive's code/ tells its modules' parameters and buffers
+  // from their other attributes; it is read as text, never compiled.
+  std::optional<ModuleDeclarations> modules;
+  if (format == CheckpointFormat::TorchArchive) modules = read_module_declarations(zip, prefix);
+  flatten(source, locate, data.size(), *p.root, options, out, modules ? &*modules : nullptr);
 
   // The tensors TorchScript code uses as constants are not the module's state;
   // they are reported, not read.

@@ -1,6 +1,9 @@
 #include "zip.hpp"
 
+#include <zlib.h>
+
 #include <algorithm>
+#include <climits>
 
 #include "safetensors/error.hpp"
 
@@ -21,6 +24,7 @@ constexpr std::uint64_t kZip64LocatorSize = 20;
 constexpr std::uint64_t kMaxCommentSize = 0xFFFF;
 constexpr std::uint16_t kZip64ExtraId = 0x0001;
 constexpr std::uint16_t kMethodStored = 0;
+constexpr std::uint16_t kMethodDeflated = 8;
 constexpr std::uint16_t kFlagEncrypted = 0x0001;
 constexpr std::uint32_t kZip64Marker32 = 0xFFFFFFFF;
 
@@ -156,11 +160,16 @@ ZipEntry read_entry(const Source& source, const Bytes& dir, std::uint64_t& at, E
   extent = {local, offset + compressed, nullptr};
   if (method != kMethodStored) {
     entry.stored = false;
+    entry.deflated = method == kMethodDeflated;
+    entry.offset = offset;
+    entry.size = size;
+    entry.compressed_size = compressed;
     return entry;
   }
   if (compressed != size) fail(source, "entry '" + entry.name + "' has inconsistent sizes");
   entry.offset = offset;
   entry.size = size;
+  entry.compressed_size = size;
   return entry;
 }
 
@@ -217,6 +226,33 @@ const ZipEntry* ZipArchive::find(std::string_view name) const {
 std::string ZipArchive::read(const ZipEntry& entry) const {
   std::string out(entry.size, '\0');
   source_->read(entry.offset, out.data(), out.size());
+  return out;
+}
+
+std::optional<std::string> ZipArchive::inflate(const ZipEntry& entry, std::uint64_t max_size) const {
+  if (!entry.deflated || entry.size > max_size || entry.size > UINT_MAX) return std::nullopt;
+  z_stream z{};
+  if (inflateInit2(&z, -MAX_WBITS) != Z_OK) return std::nullopt;  // raw deflate, as zip stores it
+  std::string out(entry.size, '\0');
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  constexpr std::uint64_t kPiece = 64 << 10;
+  unsigned char piece[kPiece];
+  std::uint64_t read = 0;
+  int status = Z_OK;
+  while (status == Z_OK && read < entry.compressed_size) {
+    const std::uint64_t n = std::min(kPiece, entry.compressed_size - read);
+    source_->read(entry.offset + read, piece, static_cast<std::size_t>(n));
+    read += n;
+    z.next_in = piece;
+    z.avail_in = static_cast<uInt>(n);
+    // Output room stays at its declared size: a stream that would write more stops (Z_BUF_ERROR).
+    while (status == Z_OK && z.avail_in > 0) status = ::inflate(&z, Z_NO_FLUSH);
+  }
+  if (status == Z_OK && z.avail_out == 0) status = ::inflate(&z, Z_FINISH);  // an empty last block
+  const bool complete = status == Z_STREAM_END && z.total_out == entry.size;
+  inflateEnd(&z);
+  if (!complete) return std::nullopt;
   return out;
 }
 

@@ -5,12 +5,14 @@
 // Torch-free.
 //
 // torch.save stores (never compresses) its entries, so an entry is a byte range
-// of the file and the tensors can view it in place. Compressed entries are
-// listed but never read (inflating them would let a small file claim unbounded
-// memory); encrypted ones are refused.
+// of the file and the tensors can view it in place. Compressed entries (the
+// code/ of a TorchScript archive) are listed, and inflated only on request, to
+// at most a size the caller gives: a small file may not claim unbounded
+// memory. Encrypted entries are refused.
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,12 +25,15 @@ namespace safetensors::detail {
 /// the bound keeps a hostile central directory from costing anything.
 inline constexpr std::uint64_t kMaxZipEntries = 10'000'000;
 
-/// One entry. A stored entry's bytes are [offset, offset + size) of the file.
+/// One entry. A stored entry's bytes are [offset, offset + size) of the file;
+/// a compressed one's are [offset, offset + compressed_size).
 struct ZipEntry {
   std::string name;
   std::uint64_t offset = 0;
-  std::uint64_t size = 0;
-  bool stored = true;  ///< false: compressed, listed only (TorchScript code entries)
+  std::uint64_t size = 0;  ///< once inflated, as its headers declare it
+  std::uint64_t compressed_size = 0;
+  bool stored = true;     ///< false: compressed (TorchScript code entries), read by inflate only
+  bool deflated = false;  ///< compressed with deflate, the one method inflate reads
 };
 
 /// True when the source begins with a zip local-file signature.
@@ -44,6 +49,11 @@ class ZipArchive {
   const ZipEntry* find(std::string_view name) const;
   /// A copy of an entry's bytes (for the small ones: the pickle, the version).
   std::string read(const ZipEntry& entry) const;
+  /// A deflated entry's bytes, or nullopt when it is not deflated, declares
+  /// more than `max_size` bytes, or does not inflate to exactly its declared
+  /// size (the output never passes it). Reads the compressed bytes piece by
+  /// piece: memory is the output's and a piece.
+  std::optional<std::string> inflate(const ZipEntry& entry, std::uint64_t max_size) const;
   const std::shared_ptr<Source>& source() const noexcept { return source_; }
 
  private:

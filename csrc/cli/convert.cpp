@@ -94,6 +94,14 @@ void print_report(const std::string& in, const std::string& out, const ConvertRe
   char seconds[32];
   std::snprintf(seconds, sizeof seconds, "%.2f", s.seconds);
   std::cout << ", " << seconds << " s\n";
+  if (s.parameters && s.buffers)
+    std::cout << "  read " << *s.parameters << " parameters, " << *s.buffers << " buffers\n";
+  if (!s.module_bookkeeping.empty()) {
+    std::vector<std::string> kinds;
+    for (const Checkpoint::Bookkeeping& b : s.module_bookkeeping)
+      kinds.push_back(b.what + " (" + std::to_string(b.count) + ")");
+    std::cout << "  module bookkeeping, not converted: " << joined(kinds) << '\n';
+  }
   if (!s.aliases.empty()) {
     std::vector<std::string> pairs;
     for (const auto& [removed, kept] : s.aliases) pairs.push_back(removed + " -> " + kept);
@@ -108,7 +116,9 @@ void print_report(const std::string& in, const std::string& out, const ConvertRe
   if (!s.non_tensors.empty()) {
     std::vector<std::string> entries;
     for (const NonTensorEntry& e : s.non_tensors) entries.push_back(e.name + " (" + e.description + ")");
-    std::cout << "  not tensors, not converted: " << joined(entries) << '\n';
+    std::cout << (s.format == CheckpointFormat::TorchArchive ? "  module attributes, not converted: "
+                                                              : "  not tensors, not converted: ")
+              << joined(entries) << '\n';
   }
   for (const MetadataConflict& c : s.metadata_conflicts) {
     std::vector<std::string> values;

@@ -142,6 +142,9 @@ struct Checkpoint {
   /// Tensors that overlap a different view of the same storage: they cannot
   /// share bytes in a safetensors file, so each is saved as its own copy.
   std::vector<std::string> copied_views;
+  /// Of a TorchScript archive: its user attributes (an int, a list, a tensor
+  /// that is neither a parameter nor a buffer); of other formats, every value
+  /// that is not a tensor.
   std::vector<NonTensorEntry> non_tensors;
   /// A safetensors input's own metadata: its `__metadata__`; for a set, every
   /// shard's, then the index's `metadata` (non-string values as their JSON
@@ -152,6 +155,23 @@ struct Checkpoint {
   /// The keys on which the files of a set disagree; `metadata` (or `aliases`)
   /// holds the first file's value, as a reader of a set's first shard sees it.
   std::vector<MetadataConflict> metadata_conflicts;
+  /// Of a TorchScript archive whose code/ declares its modules' parameters and
+  /// buffers: how many names of `tensors` are each (tied ones counted per
+  /// name). nullopt for other formats, and when a module's declarations are
+  /// missing or unreadable, or it saved its own __getstate__: its tensors are
+  /// then all its tensor attributes, and the split unknown.
+  std::optional<std::size_t> parameters, buffers;
+  /// One kind of a TorchScript module's bookkeeping: not state, not converted.
+  struct Bookkeeping {
+    std::string what;       ///< "training", "_is_full_backward_hook", "parameters set to None", ...
+    std::size_t count = 0;  ///< how many: of modules with it, or of parameters set to None
+  };
+  /// A TorchScript archive's module bookkeeping, in the order first met: the
+  /// flags every Python module has (`training`, `_is_full_backward_hook`),
+  /// parameters and buffers set to None (Linear(bias=False)), modules that
+  /// hold no tensor (an activation), modules whose own __getstate__ saved their
+  /// state (its tensors named by position).
+  std::vector<Bookkeeping> module_bookkeeping;
 };
 
 /// Reads any supported checkpoint (see CheckpointFormat), legacy torch.save
@@ -182,6 +202,8 @@ struct ConvertOptions : WriteOptions<ConvertOptions> {
   TORCH_ARG(Metadata, metadata) = {};
   /// Keep every non-tensor entry that has a JSON form (NonTensorEntry::json) as
   /// a metadata entry of its name: `"epoch": "3"`, `"param_groups": "[{...}]"`.
+  /// Of torch.save files and safetensors inputs only: a TorchScript module's
+  /// attributes are reported (ConvertReport::non_tensors), not kept.
   /// `transform` selects and renames them as it does tensors (its dtype does
   /// not apply); the metadata given, "format" and the alias entries take
   /// precedence: an entry whose name is one of their keys, or not valid UTF-8,
@@ -204,6 +226,10 @@ struct ConvertReport {
   std::vector<std::string> copied_views;
   /// The non-tensor entries that were not kept as metadata (see keep_non_tensors).
   std::vector<NonTensorEntry> non_tensors;
+  /// What a TorchScript archive's modules held (Checkpoint::parameters, buffers
+  /// and module_bookkeeping), as read.
+  std::optional<std::size_t> parameters, buffers;
+  std::vector<Checkpoint::Bookkeeping> module_bookkeeping;
   /// The metadata keys the kept non-tensor entries were written as (their
   /// names after the transform), in the checkpoint's order.
   std::vector<std::string> metadata_keys;

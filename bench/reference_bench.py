@@ -2,7 +2,12 @@
 sets our figures (from `bench --file`, built against the same LibTorch) beside
 them. Runs in the Debian 13 root (tools/bench-reference.sh).
 
-    python3 bench/reference_bench.py BENCH_BINARY WORK_DIR [REPS]
+    python3 bench/reference_bench.py BENCH_BINARY WORK_DIR [REPS] [--cold]
+
+With --cold: GPT-2 F32 loads, each in a fresh process with the file's pages
+dropped just before (posix_fadvise DONTNEED), rounds interleaving one
+`bench --cold --reps 1` (all our rows) with the reference's load_file + clone;
+medians.
 """
 
 import ctypes
@@ -78,11 +83,49 @@ def first_copy_ms(path):
                              capture_output=True, text=True).stdout) for _ in range(3))
 
 
+def drop_pages(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def cold(bench, workdir, reps):
+    """Cold loads of GPT-2 F32: ours (every row of bench --cold) and the reference's, interleaved."""
+    path = os.path.join(workdir, "gpt2-f32-cold.safetensors")
+    save_file(gpt2(torch.float32), path)
+    times = {}
+    for _ in range(reps):
+        out = subprocess.run([bench, "--cold", "--file", path, "--dir", workdir, "--reps", "1"],
+                             check=True, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.rsplit(None, 3)
+            if len(parts) == 4 and parts[0] != "load":
+                try:
+                    times.setdefault("ours: " + parts[0].strip(), []).append(float(parts[1]))
+                except ValueError:
+                    pass
+        drop_pages(path)
+        ms = float(subprocess.run([sys.executable, "-c", FIRST_COPY, path], check=True,
+                                  capture_output=True, text=True).stdout)
+        times.setdefault("reference: load_file + clone", []).append(ms)
+    os.remove(path)
+    print(f"torch {torch.__version__}, GPT-2 F32 (498 MB), cold: fresh process, pages dropped; median of {reps}")
+    print(f"{'load':40} {'median ms':>10} {'min ms':>10} {'max ms':>10}")
+    for name, t in times.items():
+        print(f"{name:40} {statistics.median(t):10.1f} {min(t):10.1f} {max(t):10.1f}")
+
+
 def main():
-    bench, workdir = sys.argv[1], sys.argv[2]
-    reps = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    args = [a for a in sys.argv[1:] if a != "--cold"]
+    bench, workdir = args[0], args[1]
+    reps = int(args[2]) if len(args) > 2 else 5
     os.makedirs(workdir, exist_ok=True)
     torch.manual_seed(0)
+    if "--cold" in sys.argv:
+        return cold(bench, workdir, reps)
     print(f"torch {torch.__version__}, median of {reps}; ratio = reference time / our time")
     print(f"{'workload':12} {'operation':34} {'reference ms':>12} {'ours ms':>9} {'ratio':>8}")
     for name, make in [("gpt2-f32", lambda: gpt2(torch.float32)),

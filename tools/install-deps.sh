@@ -11,7 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   g++ cmake ninja-build ccache pkg-config \
-  libtorch-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgloo-dev \
+  libtorch-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgloo-dev zlib1g-dev \
   python3 python3-torch \
   mmdebstrap clang-14 libclang-rt-14-dev >/dev/null
 echo "dependencies installed"

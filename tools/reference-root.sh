@@ -17,7 +17,7 @@ MIRROR=${SAFETENSORS_REFERENCE_MIRROR:-http://deb.debian.org/debian}
 SUITE=trixie
 PACKAGES=(
   python3-safetensors python3-torch python3-numpy python3-setuptools
-  libtorch-dev nlohmann-json3-dev libgtest-dev libcli11-dev libgloo-dev
+  libtorch-dev nlohmann-json3-dev libgtest-dev libcli11-dev libgloo-dev zlib1g-dev
   cmake g++ ninja-build ccache
 )
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

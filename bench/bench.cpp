@@ -420,12 +420,7 @@ std::shared_ptr<torch::nn::Module> module_shaped_like(const std::string& file) {
 // machine's whole page cache too (what the kernel's readahead of neighbouring
 // files would otherwise keep).
 void drop_pages(const std::string& path, bool whole_cache) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
-  ::fdatasync(fd);
-  const int err = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  ::close(fd);
-  if (err != 0) throw std::runtime_error("posix_fadvise(" + path + "): " + std::strerror(err));
+  st::test::drop_file_pages(path);
   if (whole_cache && ::geteuid() == 0) {
     ::sync();
     if (FILE* f = std::fopen("/proc/sys/vm/drop_caches", "w")) {

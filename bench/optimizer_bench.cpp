@@ -36,6 +36,7 @@
 
 #include "safetensors/load.hpp"
 #include "safetensors/optimizer.hpp"
+#include "support/memory.hpp"
 
 namespace {
 
@@ -59,16 +60,6 @@ double seconds(const std::function<void()>& f) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// Only clean pages can be dropped: the file's dirty ones are written first.
-void drop_pages(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
-  ::fdatasync(fd);
-  const int err = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  ::close(fd);
-  if (err != 0) throw std::runtime_error("posix_fadvise(" + path + "): " + std::strerror(err));
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -81,7 +72,7 @@ double timed(const std::function<void()>& load, const std::string& file, bool co
   std::vector<double> times;
   for (int i = 0; i < reps; ++i) {
     if (!reuse) ::malloc_trim(0);
-    if (cold) drop_pages(file);
+    if (cold) safetensors::test::drop_file_pages(file);
     times.push_back(seconds(load));
   }
   return median(times);

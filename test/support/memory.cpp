@@ -1,6 +1,12 @@
 #include "support/memory.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
+#include <stdexcept>
 
 namespace safetensors::test {
 
@@ -28,6 +34,15 @@ long status_kb(const std::string& field) {
 std::uint64_t meminfo_bytes(const std::string& field) {
   std::string value;
   return read_field("/proc/meminfo", field, value) ? std::stoull(value) * 1024 : 0;
+}
+
+void drop_file_pages(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+  ::fdatasync(fd);
+  const int err = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+  if (err != 0) throw std::runtime_error("posix_fadvise(" + path + "): " + std::strerror(err));
 }
 
 void reset_peak_memory() {

@@ -58,7 +58,8 @@ set(SAFETENSORS_CLI_SOURCES
   cli/inspect.cpp
   cli/verify.cpp
   cli/convert.cpp
-  cli/diff.cpp)
+  cli/diff.cpp
+  cli/progress.cpp)
 
 set(_safetensors_csrc ${CMAKE_CURRENT_LIST_DIR}/../csrc)
 get_filename_component(_safetensors_csrc ${_safetensors_csrc} ABSOLUTE)

@@ -83,6 +83,22 @@ void dump_into(const json& value, std::string& out) {
 
 }  // namespace
 
+std::size_t json_depth(std::string_view text) {
+  std::size_t depth = 0, deepest = 0;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '"') {
+      for (++i; i < text.size() && text[i] != '"'; ++i)
+        if (text[i] == '\\') ++i;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 json parse_python_json(std::string_view text) {
   std::optional<std::string> rewritten;                // once a token is found
   std::vector<std::pair<std::size_t, double>> values;  // (the number's position among the numbers, value)

@@ -574,6 +574,10 @@ OptimizerLoad::OptimizerLoad(optim::Optimizer& optimizer, const ShardedOpen& che
     throw Error(ErrorCode::StateDictMismatch, file, "",
                 "no metadata key '" + escape_control(groups_key) +
                     "': not an optimizer checkpoint (or another prefix)");
+  if (json_depth(*text) > kMaxJsonDepth)
+    throw Error(ErrorCode::StateDictMismatch, file, "",
+                "metadata '" + escape_control(groups_key) + "' nests deeper than " + std::to_string(kMaxJsonDepth) +
+                    " levels: not param groups");
   json saved;
   try {
     saved = parse_python_json(*text);  // Python's json.dumps writes NaN and Infinity bare

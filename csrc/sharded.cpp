@@ -23,6 +23,7 @@
 #include "safetensors/module.hpp"
 #include "safetensors/writer.hpp"
 #include "detail/durable.hpp"
+#include "detail/json_nonfinite.hpp"
 #include "posix.hpp"
 #include "save_internal.hpp"
 #include "sharded_internal.hpp"
@@ -135,7 +136,9 @@ Checkpoint current_checkpoint(const std::string& folder) {
       text = read_index_text(index.string());
     } catch (const Error&) {  // unreadable: every visible shard counts as the old checkpoint's
     }
-    const nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
+    const nlohmann::json doc = detail::json_depth(text) > detail::kMaxJsonDepth
+                                   ? nlohmann::json(nlohmann::json::value_t::discarded)
+                                   : nlohmann::json::parse(text, nullptr, false);
     if (doc.is_object() && doc.contains("weight_map") && doc["weight_map"].is_object())
       for (const auto& entry : doc["weight_map"].items())
         if (entry.value().is_string() && !unsafe_shard_name(entry.value().get<std::string>()))
@@ -333,6 +336,9 @@ std::vector<std::string> ShardIndex::shard_files() const {
 }
 
 ShardIndex parse_index(std::string_view json, const std::string& file) {
+  // Its metadata values are written back as JSON text, recursively.
+  if (detail::json_depth(json) > detail::kMaxJsonDepth)
+    throw index_error(file, "", "the index nests deeper than " + std::to_string(detail::kMaxJsonDepth) + " levels");
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(json.begin(), json.end());

@@ -93,7 +93,8 @@ std::string TensorTransform::rename(const std::string& name) const {
 }
 
 NamedTensors transform_tensors(const NamedTensors& tensors, const TensorTransform& transform,
-                               std::map<std::string, std::string>* aliases, TransformReport* report) {
+                               std::map<std::string, std::string>* aliases, TransformReport* report,
+                               std::vector<std::string>* values) {
   std::optional<at::ScalarType> target;
   if (const std::optional<Dtype> dtype = transform.dtype()) {
     if (*dtype != Dtype::F16 && *dtype != Dtype::BF16 && *dtype != Dtype::F32 && *dtype != Dtype::F64)
@@ -166,16 +167,32 @@ NamedTensors transform_tensors(const NamedTensors& tensors, const TensorTransfor
       r.excluded.push_back(item.name);
     }
   }
+  // The values written beside the tensors share their names.
+  std::size_t kept_values = 0;
+  if (values)
+    for (std::string& name : *values) {
+      note_matches(name);
+      if (!transform.selects(name)) {
+        r.excluded.push_back(name);
+        name.clear();
+        continue;
+      }
+      name = claim(name);
+      ++kept_values;
+    }
+  const std::size_t input_values = values ? values->size() : 0;
+
   // A selection that leaves nothing of a non-empty input is refused before
   // anything is written.
   const std::size_t input_aliases = aliases ? aliases->size() : 0;
   auto check_selection = [&](std::size_t kept_aliases) {
-    if (tensors.size() + input_aliases == 0 || out.size() + kept_aliases > 0) return;
+    if (tensors.size() + input_aliases + input_values == 0 || out.size() + kept_aliases + kept_values > 0) return;
     std::string selection;
     if (!include.empty()) selection = "include " + quoted(include);
     if (!exclude.empty()) selection += (selection.empty() ? "exclude " : "; exclude ") + quoted(exclude);
     std::string what = std::to_string(tensors.size()) + (tensors.size() == 1 ? " tensor" : " tensors");
     if (input_aliases) what += " and " + std::to_string(input_aliases) + (input_aliases == 1 ? " alias" : " aliases");
+    if (input_values) what += " and " + std::to_string(input_values) + (input_values == 1 ? " value" : " values");
     throw EmptySelection(ErrorCode::InvalidArgument, "", "",
                          "the selection (" + selection + ") leaves none of the " + what);
   };

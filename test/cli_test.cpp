@@ -95,6 +95,47 @@ class CliTest : public ::testing::Test {
   safetensors::test::TempDir dir_;
 };
 
+// --- progress ---------------------------------------------------------------
+
+// On a terminal (here the pseudo-terminal of script(1)), verify and diff of
+// more than 256 MB show a progress line with bytes, throughput and the time
+// left, ended before the result; piped, none. The file is sparse: its 300 MB
+// of zeros cost no disk.
+TEST_F(CliTest, VerifyAndDiffShowProgressOnATerminalOnly) {
+  if (!fs::exists("/usr/bin/script")) GTEST_SKIP() << "no script(1) to give the tool a terminal";
+  const std::uint64_t n = 300'000'000;
+  const std::string big = path("big.safetensors");
+  {
+    std::string header = R"({"t":{"dtype":"U8","shape":[)" + std::to_string(n) + R"(],"data_offsets":[0,)" +
+                         std::to_string(n) + "]}}";
+    header.append((8 - header.size() % 8) % 8, ' ');
+    std::string prefix(8, '\0');
+    for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+    write_bytes(big, prefix + header);
+    fs::resize_file(big, 8 + header.size() + n);
+  }
+  const std::string tool = SAFETENSORS_CLI_PATH;
+  auto on_terminal = [&](const std::string& command) {
+    return safetensors::test::run_program("/usr/bin/script", {"-qec", tool + " " + command, "/dev/null"},
+                                          dir_.path().string());
+  };
+  const Result verified = on_terminal("verify " + big);
+  ASSERT_EQ(verified.code, 0) << verified.out << verified.err;
+  EXPECT_NE(verified.out.find("\r[verified "), std::string::npos) << verified.out;
+  EXPECT_NE(verified.out.find("300.0 MB / 300.0 MB, 100%"), std::string::npos) << verified.out;
+  EXPECT_NE(verified.out.find(big + ": ok (1 tensors, 300000000 bytes)"), std::string::npos) << verified.out;
+  const Result compared = on_terminal("diff " + big + " " + big);
+  ASSERT_EQ(compared.code, 0) << compared.out << compared.err;
+  EXPECT_NE(compared.out.find("\r[compared "), std::string::npos) << compared.out;
+  EXPECT_NE(compared.out.find("equal: 1 identical"), std::string::npos) << compared.out;
+  // A line past the first tenth of a second also has a rate ("MB/s"); on a
+  // fast machine the whole run may take less.
+  const Result piped = run({"verify", big});
+  EXPECT_EQ(piped.code, 0) << piped.err;
+  EXPECT_EQ(piped.err.find("[verified"), std::string::npos) << piped.err;
+  EXPECT_EQ(piped.out, big + ": ok (1 tensors, 300000000 bytes)\n");
+}
+
 // --- inspect ----------------------------------------------------------------
 
 TEST_F(CliTest, InspectPrintsTensorsInFileOrderThenMetadataAndTotals) {

@@ -258,6 +258,53 @@ TEST_F(ConvertMetadata, AValueNamingATensorIsNotKept) {
   EXPECT_TRUE(st::diff_checkpoints(in("list_value.pt"), out("l.safetensors")).equal());
 }
 
+// Values share the tensors' names: a prefix strip that makes a value's name
+// that of a tensor or of another value is refused, as for two tensors.
+TEST_F(ConvertMetadata, RenamingRefusesNamesItMakesOneWithValues) {
+  const auto strip = st::ConvertOptions().transform(st::TensorTransform().strip_prefix("p."));
+  EXPECT_EQ(error_code_of([&] { st::convert_checkpoint(in("colliding.pt"), out("c.safetensors"), strip); }),
+            ErrorCode::InvalidArgument);
+  EXPECT_FALSE(fs::exists(out("c.safetensors")));
+  // Without the value of the tensor's new name, the values still collide.
+  const auto strip_b = st::ConvertOptions().transform(st::TensorTransform().exclude({"a"}).strip_prefix("p."));
+  try {
+    st::convert_checkpoint(in("colliding.pt"), out("c.safetensors"), strip_b);
+    FAIL() << "converted";
+  } catch (const st::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("both 'p.b' and 'b'"), std::string::npos) << e.what();
+  }
+}
+
+// A selection is of tensors and values alike: a pattern that matches only a
+// value matches, and a selection of values alone is no empty selection. An
+// optimizer without tensor state is one value, "optimizer" (the largest
+// subtree without a tensor), which `optimizer.*` does not select: key()
+// takes it apart, and gives a file load_optimizer reads.
+TEST_F(ConvertMetadata, ValuesCountForTheSelection) {
+  const auto below = st::ConvertOptions().transform(st::TensorTransform().include({"optimizer.*"}));
+  EXPECT_EQ(error_code_of([&] { st::convert_checkpoint(in("plain_sgd.pt"), out("o.safetensors"), below); }),
+            ErrorCode::InvalidArgument);
+  const st::ConvertReport report =
+      st::convert_checkpoint(in("plain_sgd.pt"), out("o.safetensors"), st::ConvertOptions().key({"optimizer"}));
+  EXPECT_EQ(report.tensors, 0u);
+  EXPECT_EQ(report.metadata_keys, (std::vector<std::string>{"state", "param_groups"}));
+  auto model = torch::nn::Linear(2, 1);
+  torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(1));
+  st::load_optimizer(sgd, out("o.safetensors"));
+  EXPECT_DOUBLE_EQ(static_cast<const torch::optim::SGDOptions&>(sgd.param_groups().at(0).options()).lr(), 0.5);
+
+  const st::ConvertReport some = st::convert_checkpoint(
+      in("plain_sgd.pt"), out("m.safetensors"),
+      st::ConvertOptions().transform(st::TensorTransform().include({"model.*", "epoch"})));
+  EXPECT_TRUE(some.transform.unmatched_include.empty());
+  EXPECT_EQ(some.metadata_keys, std::vector<std::string>{"epoch"});
+  EXPECT_EQ(some.tensors, 2u);
+  const st::ConvertReport only_value = st::convert_checkpoint(
+      in("plain_sgd.pt"), out("e.safetensors"), st::ConvertOptions().transform(st::TensorTransform().include({"epoch"})));
+  EXPECT_EQ(only_value.tensors, 0u);
+  EXPECT_EQ(st::SafeOpen(out("e.safetensors")).metadata().at("epoch"), "4");
+}
+
 TEST_F(ConvertMetadata, ValuesWithoutJsonAreReported) {
   const st::ConvertReport report = st::convert_checkpoint(in("no_json.pt"), out("n.safetensors"));
   EXPECT_EQ(report.metadata_keys, std::vector<std::string>{"epoch"});

@@ -158,5 +158,16 @@ TEST(PythonJson, WritesWhatJsonLoadsReads) {
   EXPECT_THROW(dump_python_json(json("\xff")), json::type_error);
 }
 
+// Depth counts brackets outside strings only, escaped quotes included.
+TEST(PythonJson, DepthCountsBracketsOutsideStrings) {
+  EXPECT_EQ(json_depth(""), 0u);
+  EXPECT_EQ(json_depth("3"), 0u);
+  EXPECT_EQ(json_depth("[1, {\"a\": [2]}]"), 3u);
+  EXPECT_EQ(json_depth("[[]] [[[]]]"), 3u);
+  EXPECT_EQ(json_depth(R"(["[[[[", "\\", "\"[[[", {}])"), 2u);
+  EXPECT_EQ(json_depth(std::string(100000, '[') + std::string(100000, ']')), 100000u);
+  EXPECT_EQ(json_depth("]]]]["), 1u);  // not JSON: the count means nothing, but stays bounded
+}
+
 }  // namespace
 }  // namespace safetensors::detail

@@ -527,6 +527,25 @@ std::string with_groups(const TempDir& dir, const Spec& spec, const std::string&
   return path;
 }
 
+// Param groups nested far deeper than any optimizer's are refused before a
+// document is built from them (nlohmann copies documents recursively).
+TEST(Optimizer, DeeplyNestedGroupsAreRefused) {
+  TempDir dir;
+  const std::string deep = "[{\"lr\": " + std::string(100000, '[') + std::string(100000, ']') + ", \"params\": [0]}]";
+  const std::string path = with_groups(dir, specs()[0], deep);
+  Net net = make_net(1);
+  auto sgd = specs()[0].make(net);
+  const std::string before = snapshot(*sgd);
+  try {
+    load_optimizer(*sgd, path);
+    FAIL() << "loaded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::StateDictMismatch);
+    EXPECT_NE(std::string(e.what()).find("nests deeper than"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(snapshot(*sgd), before);
+}
+
 TEST(Optimizer, ReadsPythonsNonFiniteHyperparameters) {
   TempDir dir;
   const double inf = std::numeric_limits<double>::infinity();

@@ -47,6 +47,29 @@ void write_index(const TempDir& dir, const nlohmann::json& weight_map) {
               nlohmann::json{{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}}.dump());
 }
 
+// An index nested far deeper than any real one (its metadata values are kept
+// as JSON text, which is written recursively) is refused, not followed until
+// the stack runs out; so is a save's look at such an old index.
+TEST(ShardIndex, NestedTooDeeplyIsRefused) {
+  TempDir dir;
+  save_file(ten_tensors(), dir.file("model.safetensors"));
+  nlohmann::json weight_map;
+  for (int i = 0; i < 10; ++i) weight_map["t" + std::to_string(i)] = "model.safetensors";
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const std::string text = R"({"metadata": {"deep": )" + deep + R"(}, "weight_map": )" + weight_map.dump() + "}";
+  write_bytes(dir.file(std::string(kIndexFileName)), text);
+  EXPECT_EQ(error_code_of([&] { ShardedOpen set(dir.path().string()); }), ErrorCode::InvalidIndex);
+  // A level below the bound is read, its value kept as JSON text.
+  const std::string fine = std::string(500, '[') + std::string(500, ']');
+  write_bytes(dir.file(std::string(kIndexFileName)),
+              R"({"metadata": {"deep": )" + fine + R"(}, "weight_map": )" + weight_map.dump() + "}");
+  EXPECT_EQ(ShardedOpen(dir.path().string()).size(), 10u);
+  // A save into the folder of the deep index replaces it.
+  write_bytes(dir.file(std::string(kIndexFileName)), text);
+  save_sharded(ten_tensors(), dir.path().string(), std::nullopt, ShardedSaveOptions().max_shard_size(200));
+  EXPECT_EQ(ShardedOpen(dir.path().string()).size(), 10u);
+}
+
 TEST(ShardedSave, PacksGreedilyInKeyOrderAndWritesTheIndex) {
   TempDir dir;
   auto files = save_sharded(ten_tensors(), dir.path().string(), Metadata{{"k", "v"}},

@@ -51,9 +51,12 @@ bool is_torchscript(const ZipArchive& zip, const ZipEntry& data) {
 namespace {
 
 // A line's list of quoted names, `["weight", "bias", ]` as TorchScript prints
-// it (the trailing comma optional), from `at`; nullopt for anything else.
-std::optional<std::set<std::string>> quoted_names(std::string_view line, std::size_t at) {
+// it (the trailing comma optional), from `at`; nullopt for anything else, and
+// for a list whose names would cost more than `room` (kDeclarationCost each,
+// plus its bytes), so that the set built never outgrows what the caller allows.
+std::optional<std::set<std::string>> quoted_names(std::string_view line, std::size_t at, std::uint64_t room) {
   std::set<std::string> names;
+  std::uint64_t cost = 0;
   auto skip = [&] {
     while (at < line.size() && line[at] == ' ') ++at;
   };
@@ -63,7 +66,9 @@ std::optional<std::set<std::string>> quoted_names(std::string_view line, std::si
     const std::size_t end = line.find('"', at);
     if (end == std::string_view::npos) return std::nullopt;
     const std::string_view name = line.substr(at, end - at);
-    if (name.find('\\') != std::string_view::npos || !names.emplace(name).second) return std::nullopt;
+    cost += kDeclarationCost + name.size();
+    if (cost > room || name.find('\\') != std::string_view::npos || !names.emplace(name).second)
+      return std::nullopt;
     at = end + 1;
     skip();
     if (at < line.size() && line[at] == ',') ++at;
@@ -126,7 +131,7 @@ bool parse_declarations(std::string_view text, const std::string& qualifier, Mod
     if (!is_parameters && line.substr(0, kBuffers.size()) != kBuffers) continue;
     std::optional<std::set<std::string>>& list = is_parameters ? parameters : buffers;
     broken = broken || list.has_value();  // declared twice
-    list = quoted_names(line, is_parameters ? kParameters.size() : kBuffers.size());
+    list = quoted_names(line, is_parameters ? kParameters.size() : kBuffers.size(), room);
     broken = broken || !list;
   }
   finish();
@@ -150,15 +155,21 @@ ModuleDeclarations read_module_declarations(const ZipArchive& zip, const std::st
     // code/__torch__/a/b.py defines the classes of __torch__.a.b.
     std::string qualifier = e.name.substr(code.size(), e.name.size() - code.size() - kPy.size());
     std::replace(qualifier.begin(), qualifier.end(), '/', '.');
-    std::optional<std::string> text;
-    const std::uint64_t most = std::min(kMaxCodeEntry, room);
-    if (e.stored && e.size <= most) text = zip.read(e);
-    else if (!e.stored) text = zip.inflate(e, most);
+    // Charged before it is read, whether or not it inflates: what it declares
+    // (the memory made for it) and what is read of it at first (the work done
+    // before a lying stream stops), so that many small entries declaring much
+    // cost what they would if they held it.
+    const std::uint64_t cost = e.size + (e.stored ? 0 : std::min<std::uint64_t>(e.compressed_size, 64 << 10));
+    if (e.size > kMaxCodeEntry || cost > room) {
+      out.complete = false;
+      continue;
+    }
+    room -= cost;
+    const std::optional<std::string> text = e.stored ? std::optional<std::string>(zip.read(e)) : zip.inflate(e, e.size);
     if (!text) {
       out.complete = false;
       continue;
     }
-    room -= text->size();
     if (!parse_declarations(*text, qualifier, out, room)) out.complete = false;
   }
   return out;

@@ -90,8 +90,20 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
       tensors.add(item.key(), t);
     }
   }
+  // The values to keep are selected and renamed with the tensors: one
+  // selection, one namespace for collisions.
+  const bool keep = ckpt.format != CheckpointFormat::TorchArchive;  // module attributes are reported
+  std::vector<std::string> value_names;
+  std::vector<std::optional<std::string>> renamed_value(ckpt.non_tensors.size());
+  for (NonTensorEntry& entry : ckpt.non_tensors) {
+    if (!keep) entry.json.reset();
+    if (entry.json && !entry.name.empty()) value_names.push_back(entry.name);
+  }
   const TensorTransform& transform = options.transform();
-  if (!transform.identity()) tensors = transform_tensors(tensors, transform, &ckpt.aliases, &summary.transform);
+  if (!transform.identity())
+    tensors = transform_tensors(tensors, transform, &ckpt.aliases, &summary.transform, &value_names);
+  for (std::size_t i = 0, v = 0; i < ckpt.non_tensors.size(); ++i)
+    if (ckpt.non_tensors[i].json && !ckpt.non_tensors[i].name.empty()) renamed_value[i] = value_names[v++];
 
   // A safetensors input's metadata, the caller's over it; a pickle's output
   // says it holds torch tensors.
@@ -112,21 +124,20 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   // would read back as an alias of it.
   std::set<std::string> written;
   for (const NamedTensors::Item& item : tensors.items()) written.insert(item.name);
-  const bool keep = ckpt.format != CheckpointFormat::TorchArchive;  // module attributes are reported
-  for (NonTensorEntry& entry : ckpt.non_tensors) {
-    if (!keep) entry.json.reset();
-    if (!entry.name.empty() && !transform.selects(entry.name)) {
+  for (std::size_t i = 0; i < ckpt.non_tensors.size(); ++i) {
+    NonTensorEntry& entry = ckpt.non_tensors[i];
+    if (renamed_value[i] && renamed_value[i]->empty()) continue;  // left out (TransformReport::excluded)
+    if (!renamed_value[i] && !entry.name.empty() && !transform.selects(entry.name)) {
       summary.transform.excluded.push_back(std::move(entry.name));
       continue;
     }
     if (entry.json) {
-      std::string name = entry.name.empty() ? entry.name : transform.rename(entry.name);
+      std::string name = renamed_value[i] ? std::move(*renamed_value[i]) : entry.name;
       const char* refusal = name.empty()                        ? "the checkpoint itself is no metadata entry"
                             : !detail::is_valid_utf8(name)       ? "its name is not valid UTF-8"
                             : written.count(*entry.json)         ? "its text is a tensor's name (it would read as an alias)"
                                                                  : nullptr;
       if (!refusal && metadata->try_emplace(name, std::move(*entry.json)).second) {
-        if (name != entry.name) ++summary.transform.renamed;
         summary.metadata_keys.push_back(std::move(name));
         continue;
       }

@@ -6,7 +6,6 @@
 // tensor's dtype unless --dtype casts the floating-point ones. On a terminal, a
 // large conversion shows its progress on one line of stderr.
 
-#include <unistd.h>
 
 #include <cstdio>
 #include <functional>
@@ -20,63 +19,13 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "progress.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/migrate.hpp"
 #include "safetensors/transform.hpp"
 
 namespace safetensors::cli {
 namespace {
-
-// Below this much tensor data a conversion is over before a progress line
-// would be worth reading.
-constexpr std::uint64_t kProgressThreshold = 256ull << 20;
-
-// "1.2 GB", "340.0 MB", "512 B": decimal units, as file managers show sizes.
-std::string human_bytes(std::uint64_t n) {
-  constexpr const char* kUnits[] = {"kB", "MB", "GB", "TB", "PB"};
-  if (n < 1000) return std::to_string(n) + " B";
-  double value = static_cast<double>(n) / 1000;
-  std::size_t unit = 0;
-  while (value >= 1000 && unit + 1 < std::size(kUnits)) value /= 1000, ++unit;
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f %s", value, kUnits[unit]);
-  return text;
-}
-
-// A line on stderr redrawn in place ("\r[converted 1.2 GB / 4.8 GB, 25%]").
-// Only on a terminal, so that redirected output and logs stay one line per
-// event; redrawn only when the percentage changes, so that a checkpoint of many
-// small tensors does not flood the terminal. The destructor ends the line, also
-// when the conversion fails, so that the error starts on a line of its own.
-class ProgressLine {
- public:
-  ProgressLine() : terminal_(isatty(STDERR_FILENO) == 1) {}
-  ProgressLine(const ProgressLine&) = delete;
-  ProgressLine& operator=(const ProgressLine&) = delete;
-  ~ProgressLine() {
-    if (shown_) std::fputc('\n', stderr);
-  }
-
-  void update(std::uint64_t done, std::uint64_t total) {
-    if (!terminal_ || total <= kProgressThreshold) return;
-    const int percent = static_cast<int>(static_cast<double>(done) / static_cast<double>(total) * 100);
-    if (shown_ && percent == percent_) return;
-    std::fprintf(stderr, "\r[converted %s / %s, %d%%]", human_bytes(done).c_str(), human_bytes(total).c_str(),
-                 percent);
-    std::fflush(stderr);
-    shown_ = true;
-    percent_ = percent;
-  }
-
-  std::function<void(std::uint64_t, std::uint64_t)> callback() {
-    return [this](std::uint64_t done, std::uint64_t total) { update(done, total); };
-  }
-
- private:
-  bool terminal_;
-  bool shown_ = false;
-  int percent_ = 0;
-};
 
 std::string joined(const std::vector<std::string>& names) {
   std::string out;
@@ -165,7 +114,7 @@ int convert(const std::string& in, const std::string& out, const Metadata& overr
   try {
     ConvertReport report;
     {
-      ProgressLine progress;  // ended before the report is printed
+      ProgressLine progress("converted");  // ended before the report is printed
       report = convert_checkpoint(in, out,
                                   ConvertOptions()
                                       .key(args.key)

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "progress.hpp"
 #include "safetensors/error.hpp"
 #include "safetensors/migrate.hpp"
 
@@ -36,7 +37,9 @@ int diff(const std::string& a, const std::string& b, const std::vector<std::stri
     // A set's tensors are views of its shards.
     const Checkpoint ca = read_checkpoint(a, CheckpointOptions().key(key_a).backend(backend));
     reading = b;
-    report = diff_checkpoints(ca, read_checkpoint(b, CheckpointOptions().key(key_b).backend(backend)));
+    const Checkpoint cb = read_checkpoint(b, CheckpointOptions().key(key_b).backend(backend));
+    ProgressLine progress("compared");  // ended before the result is printed
+    report = diff_checkpoints(ca, cb, progress.callback());
   } catch (...) {
     std::cerr << error_line(reading) << '\n';
     if (json) emit_json(json_failure({{"a", a}, {"b", b}, {"file", error_file(reading)}}));

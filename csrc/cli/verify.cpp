@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "progress.hpp"
 #include "safetensors/load.hpp"
 
 namespace safetensors::cli {
@@ -28,8 +29,14 @@ Verified verify_one(const std::string& path) {
   const ShardedOpen set = is_set_path(path) ? ShardedOpen(path, options) : ShardedOpen(SafeOpen(path, options));
   Verified v;
   if (set.index()) v.shards = set.shards().size();
+  std::uint64_t total = 0, done = 0;
+  for (const SafeOpen& shard : set.shards()) total += shard.header().data_size();
+  ProgressLine progress("verified");  // ended before the file's line is printed
   for (const SafeOpen& shard : set.shards()) {
-    for (const TensorInfo& info : shard.header().tensors()) (void)shard.get_tensor(info.name);
+    for (const TensorInfo& info : shard.header().tensors()) {
+      (void)shard.get_tensor(info.name);
+      progress.update(done += info.end - info.begin, total);
+    }
     v.tensors += shard.size();
     v.bytes += shard.header().data_size();
   }

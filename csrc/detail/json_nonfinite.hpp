@@ -12,6 +12,17 @@
 
 namespace safetensors::detail {
 
+/// The deepest nesting of JSON text read from a file that is built into a
+/// document: nlohmann copies and writes documents recursively, so a deeper
+/// one could overflow the stack. Python's json.loads gives up near the same
+/// depth (its recursion limit, 1000).
+inline constexpr std::size_t kMaxJsonDepth = 512;
+
+/// The deepest nesting of arrays and objects in `text`, brackets inside
+/// strings not counted; one pass, no allocation. Meant for a check before
+/// parsing: for text that is not JSON the count means nothing.
+std::size_t json_depth(std::string_view text);
+
 /// Parses `text` as Python's json.loads does: NaN, Infinity and -Infinity in
 /// the place of a value (after `[`, `,`, `:` or at the start, and followed by
 /// whitespace, `,`, `]`, `}` or the end) become those doubles; the same

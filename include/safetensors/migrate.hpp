@@ -283,8 +283,12 @@ struct DiffReport {
 DiffReport diff_checkpoints(const std::string& a, const std::string& b,
                             const CheckpointOptions& options_a = {},
                             const CheckpointOptions& options_b = {});
+/// Called as a diff goes: the bytes compared so far, of all it compares (each
+/// pair of views once, of one dtype and shape); last with done == total.
+using DiffProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
+
 /// Compares two checkpoints already read, as above: a checkpoint read from a
 /// sharded set compares with one read from a single file.
-DiffReport diff_checkpoints(const Checkpoint& a, const Checkpoint& b);
+DiffReport diff_checkpoints(const Checkpoint& a, const Checkpoint& b, const DiffProgress& progress = {});
 
 }  // namespace safetensors

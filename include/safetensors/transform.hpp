@@ -85,9 +85,13 @@ class EmptySelection : public Error {
 /// Throws InvalidArgument for a dtype that is not F16, BF16, F32 or F64, for two
 /// names that the renaming makes one (naming both) and for a name it makes
 /// empty; EmptySelection when nothing of a non-empty input is selected. An
-/// empty input gives an empty output.
+/// empty input gives an empty output. `values`, when given, are the names of
+/// non-tensor values written beside the tensors (a checkpoint's epoch, its
+/// param groups): each is selected and renamed in place as tensors are (an
+/// empty string when left out), and counts for the selection, the patterns
+/// matched and the names the renaming makes one.
 NamedTensors transform_tensors(const NamedTensors& tensors, const TensorTransform& transform,
                                std::map<std::string, std::string>* aliases = nullptr,
-                               TransformReport* report = nullptr);
+                               TransformReport* report = nullptr, std::vector<std::string>* values = nullptr);
 
 }  // namespace safetensors

@@ -71,3 +71,9 @@ torch.save([torch.ones(2), torch.ones(2) * 2, torch.ones(2) * 3, 1], f"{out}/lis
 torch.save({"t": torch.zeros(1), "z": torch.float16, "where": torch.device("cpu"), "epoch": 1},
            f"{out}/no_json.pt")
 torch.save({"t": torch.zeros(1), "name": "\ud800"}, f"{out}/surrogate.pt")
+# Values whose names a prefix strip makes those of a tensor and of another value.
+torch.save({"p.a": torch.zeros(1), "a": 5, "p.b": 7, "b": 8}, f"{out}/colliding.pt")
+# An optimizer without tensor state (SGD without momentum), beside its model.
+model = torch.nn.Linear(2, 1)
+plain = torch.optim.SGD(model.parameters(), lr=0.5)
+torch.save({"model": model.state_dict(), "optimizer": plain.state_dict(), "epoch": 4}, f"{out}/plain_sgd.pt")

@@ -17,7 +17,7 @@ set -euo pipefail
 seconds=${1:-60}
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SAFETENSORS_FUZZ_BUILD_DIR:-$root/build-fuzz}
-targets=(fuzz_header fuzz_load fuzz_checkpoint)
+targets=(fuzz_header fuzz_json fuzz_load fuzz_checkpoint)
 
 cc=${CC:-clang-14}
 cxx=${CXX:-clang++-14}
@@ -53,6 +53,11 @@ for path in list(folder.iterdir()):
     except (zipfile.BadZipFile, OSError):  # not a zip, or a hostile one (hand-made CRCs)
         pass
 PY
+# JSON as Python's json.dumps writes param groups, NaN and Infinity among them.
+mkdir -p "$seeds/json"
+printf '%s' '[{"lr": 0.01, "betas": [0.9, 0.999], "eps": Infinity, "dampening": NaN, "params": [0, 1]}]' \
+  >"$seeds/json/groups"
+printf '%s' '{"a": [-Infinity, 1e-07, "NaN", {"b": null, "c": true}], "\u00e9": "x\"y"}' >"$seeds/json/mixed"
 echo "== $(ls "$seeds/safetensors" | wc -l) safetensors seeds, $(ls "$seeds/checkpoint" | wc -l) checkpoint seeds"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
@@ -63,7 +68,9 @@ for target in "${targets[@]}"; do
   corpus=$build/corpus/$target
   mkdir -p "$corpus"
   log=$build/$target.log
-  if [[ $target == fuzz_checkpoint ]]; then
+  if [[ $target == fuzz_json ]]; then
+    kind=json dict=$root/fuzz/safetensors.dict regressions=() limits=(-rss_limit_mb=2048)
+  elif [[ $target == fuzz_checkpoint ]]; then
     kind=checkpoint dict=$root/fuzz/checkpoint.dict
     regressions=("$root"/fuzz/regressions/*.pt "$root"/fuzz/regressions/*.pkl)
     # A 64 KiB input may make its pickle's values take 48 bytes a byte plus

@@ -44,6 +44,12 @@ double max_finite(Dtype dtype) noexcept {
     case Dtype::F16: return 65504.0;
     case Dtype::BF16: return 3.3895313892515355e38;
     case Dtype::F32: return 3.4028234663852886e38;
+    // The 8-bit floats fit in F16 (and wider), F8_E8M0 in F32 alone.
+    case Dtype::F8_E4M3:
+    case Dtype::F8_E4M3FNUZ: return 448.0;
+    case Dtype::F8_E5M2:
+    case Dtype::F8_E5M2FNUZ: return 57344.0;
+    case Dtype::F8_E8M0: return 1.7014118346046923e38;
     default: return std::numeric_limits<double>::max();
   }
 }
@@ -51,13 +57,18 @@ double max_finite(Dtype dtype) noexcept {
 // The infinities and NaNs of `t`, counted a slice at a time so that the mask
 // stays small whatever the tensor's size.
 std::uint64_t non_finite(const at::Tensor& t) {
+  // LibTorch's isfinite lacks the 8-bit floats: they are counted widened
+  // (exactly), a slice at a time.
+  const bool narrow = t.element_size() == 1;
+  if (narrow && !t.is_contiguous()) return non_finite(t.contiguous());
   if (!t.is_contiguous()) return static_cast<std::uint64_t>(at::isfinite(t).logical_not().sum().item<std::int64_t>());
   const at::Tensor flat = t.view({-1});
   constexpr std::int64_t kSlice = std::int64_t{1} << 24;
   std::uint64_t n = 0;
   for (std::int64_t i = 0; i < flat.numel(); i += kSlice) {
     const at::Tensor slice = flat.narrow(0, i, std::min(kSlice, flat.numel() - i));
-    n += static_cast<std::uint64_t>(at::isfinite(slice).logical_not().sum().item<std::int64_t>());
+    n += static_cast<std::uint64_t>(
+        at::isfinite(narrow ? slice.to(at::kFloat) : slice).logical_not().sum().item<std::int64_t>());
   }
   return n;
 }

@@ -286,8 +286,8 @@ std::string shown(const json& value) { return dump_python_json(value); }
 // Reads one group's hyperparameters, collecting every problem.
 class GroupReader {
  public:
-  GroupReader(const json& group, std::size_t index, Kind kind, std::vector<std::string>& problems)
-      : group_(group), where_("param_groups[" + std::to_string(index) + "]"), kind_(kind), problems_(problems) {}
+  GroupReader(const json& group, std::size_t index, std::vector<std::string>& problems)
+      : group_(group), where_("param_groups[" + std::to_string(index) + "]"), problems_(problems) {}
 
   // A number >= `min` (and < `below` when given): NaN never is one.
   std::optional<double> number(const char* key, double min = 0,
@@ -385,7 +385,6 @@ class GroupReader {
 
   const json& group_;
   std::string where_;
-  Kind kind_;
   std::vector<std::string>& problems_;
   std::set<std::string> seen_;
 };
@@ -397,7 +396,7 @@ std::unique_ptr<optim::OptimizerOptions> read_group(Kind kind, const json& g, st
                                                     std::vector<std::string>& problems,
                                                     std::vector<std::string>& unknown) {
   std::unique_ptr<optim::OptimizerOptions> out = current.clone();
-  GroupReader r(g, index, kind, problems);
+  GroupReader r(g, index, problems);
   constexpr const char* kNoMaximize = "LibTorch's optimizers cannot maximize";
   const auto set = [](auto&& value, auto&& setter) {
     if (value) setter(*value);
